@@ -1,0 +1,63 @@
+//! Policy values the rules are judged against (DESIGN §1, §4). Defaults come
+//! from the design; each product and clinic may override them.
+
+use chrono::Duration;
+
+use crate::message::{SkinThickness, TreatmentArea};
+
+/// Default device depth limit: 2.0 mm.
+pub const DEFAULT_MAX_DEPTH_UM: u32 = 2000;
+
+/// The thresholds the rules use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// A new session on the same device with the same cartridge within this
+    /// time after the cartridge's last activity is a resume, not a reuse.
+    pub resume_window: Duration,
+    /// `sent_at` further than this from the server's receive time is skew.
+    pub skew_window: Duration,
+    /// A hole in a device's seq not filled within this time is a data gap.
+    pub gap_window: Duration,
+    /// Depth limit when neither device nor product sets one.
+    pub default_max_depth_um: u32,
+    /// Sample length assumed when a batch does not tell (ms).
+    pub sample_interval_ms: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            resume_window: Duration::minutes(10),
+            skew_window: Duration::minutes(5),
+            gap_window: Duration::minutes(10),
+            default_max_depth_um: DEFAULT_MAX_DEPTH_UM,
+            sample_interval_ms: 100,
+        }
+    }
+}
+
+/// Upper bound of the depth guidance for an area and skin, micrometres;
+/// `None` when the area is unspecified. Values are DESIGN §1's table (the
+/// upper end of each range; stretch marks and scalp have one range).
+pub fn area_guidance_um(area: TreatmentArea, skin: SkinThickness) -> Option<u32> {
+    use SkinThickness::{Thick, Thin};
+    use TreatmentArea::*;
+    let um = match (area, skin) {
+        (Unspecified, _) => return None,
+        (Forehead, Thin) => 500,
+        (Forehead, Thick) => 750,
+        (Nose, Thin) => 250,
+        (Nose, Thick) => 500,
+        (Periorbital, Thin) => 250,
+        (Periorbital, Thick) => 500,
+        (Cheeks, Thin) => 1000,
+        (Cheeks, Thick) => 2000,
+        (UpperLip, Thin) => 250,
+        (UpperLip, Thick) => 750,
+        (Scars, Thin) => 1250,
+        (Scars, Thick) => 2000,
+        (StretchMarks, _) => 2000,
+        (Scalp, _) => 1500,
+    };
+    Some(um)
+}

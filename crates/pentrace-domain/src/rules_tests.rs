@@ -1,0 +1,584 @@
+//! Every flag kind of DESIGN §4 at its boundaries.
+
+#![allow(clippy::unwrap_used)]
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+
+use super::*;
+use crate::message::{
+    Heartbeat, SessionEnd, SessionStart, SkinThickness, StrokeSample, TreatmentArea,
+};
+
+const GTIN: &str = "09506000134352";
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()
+}
+
+fn udi(serial: &str, expiry: &str) -> String {
+    format!("(01){GTIN}(17){expiry}(10)LOT1(21){serial}")
+}
+
+fn ctx(session: &str, udi: &str, started_at: DateTime<Utc>) -> SessionContext {
+    SessionContext {
+        session_id: session.into(),
+        cartridge: CartridgeRef {
+            udi: udi.into(),
+            chip_uid: String::new(),
+        },
+        area: TreatmentArea::Cheeks,
+        skin: SkinThickness::Thick,
+        patient_ref: Some("p1".into()),
+        started_at,
+    }
+}
+
+fn start(device: &str, ctx: SessionContext, sent_at: DateTime<Utc>) -> DeviceMessage {
+    DeviceMessage {
+        device_id: device.into(),
+        seq: 1,
+        sent_at,
+        body: Body::SessionStart(SessionStart {
+            session: ctx,
+            operator_ref: "op".into(),
+            firmware: "1.0".into(),
+        }),
+    }
+}
+
+fn batch(ctx: SessionContext, depths: &[u32], strokes: u32) -> DeviceMessage {
+    let started_at = ctx.started_at;
+    let samples = depths
+        .iter()
+        .enumerate()
+        .map(|(i, d)| StrokeSample {
+            offset_ms: 100 * i as u32,
+            strokes,
+            depth_um: *d,
+            speed_hz: 100,
+        })
+        .collect();
+    DeviceMessage {
+        device_id: "pen-1".into(),
+        seq: 2,
+        sent_at: started_at,
+        body: Body::StrokeBatch(StrokeBatch {
+            session: ctx,
+            started_at,
+            samples,
+        }),
+    }
+}
+
+fn known_facts() -> Facts {
+    Facts {
+        product: Some(ProductFacts {
+            max_depth_um: 0,
+            rated_strokes: 0,
+            max_active_ms: 0,
+        }),
+        lot: Some(LotFacts::default()),
+        ..Facts::default()
+    }
+}
+
+fn run(msg: &DeviceMessage, facts: &Facts, received_at: DateTime<Utc>) -> Judgement {
+    let ident = msg
+        .session()
+        .map(|c| identify(&c.cartridge, received_at.date_naive()));
+    judge(msg, ident.as_ref(), facts, &Policy::default(), received_at)
+}
+
+fn kinds(j: &Judgement) -> Vec<FlagKind> {
+    let mut k: Vec<_> = j.verdicts.iter().map(|v| v.kind).collect();
+    k.sort();
+    k
+}
+
+fn bound(session: &str, device: &str, last: DateTime<Utc>) -> Binding {
+    Binding {
+        session_id: session.into(),
+        device_id: device.into(),
+        patient_ref: Some("p1".into()),
+        last_activity_at: last,
+    }
+}
+
+#[test]
+fn first_session_claims_the_cartridge_without_flags() {
+    let msg = start("pen-1", ctx("s1", &udi("A", "301231"), t0()), t0());
+    let j = run(&msg, &known_facts(), t0());
+    assert_eq!(kinds(&j), vec![]);
+    assert_eq!(j.decided, Some(CartridgeRelation::Owner));
+}
+
+#[test]
+fn owner_session_stays_owner() {
+    let msg = start("pen-1", ctx("s1", &udi("A", "301231"), t0()), t0());
+    let facts = Facts {
+        binding: Some(bound("s1", "pen-1", t0())),
+        ..known_facts()
+    };
+    let j = run(&msg, &facts, t0());
+    assert_eq!(j.decided, Some(CartridgeRelation::Owner));
+    assert!(j.verdicts.is_empty());
+}
+
+#[test]
+fn resume_window_boundary() {
+    let window = Policy::default().resume_window;
+    let last = t0();
+    let facts = Facts {
+        binding: Some(bound("s1", "pen-1", last)),
+        ..known_facts()
+    };
+    let inside = last + window - Duration::seconds(1);
+    let j = run(
+        &start("pen-1", ctx("s2", &udi("A", "301231"), inside), inside),
+        &facts,
+        inside,
+    );
+    assert_eq!(kinds(&j), vec![FlagKind::SessionResumed]);
+    assert_eq!(
+        j.decided,
+        Some(CartridgeRelation::Resumed {
+            owner_session_id: "s1".into()
+        })
+    );
+
+    let exactly = last + window;
+    let j = run(
+        &start("pen-1", ctx("s2", &udi("A", "301231"), exactly), exactly),
+        &facts,
+        exactly,
+    );
+    assert_eq!(kinds(&j), vec![FlagKind::SessionResumed]);
+
+    let outside = last + window + Duration::seconds(1);
+    let j = run(
+        &start("pen-1", ctx("s2", &udi("A", "301231"), outside), outside),
+        &facts,
+        outside,
+    );
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeReused]);
+    assert_eq!(
+        j.decided,
+        Some(CartridgeRelation::Reused {
+            owner_session_id: "s1".into()
+        })
+    );
+}
+
+#[test]
+fn another_device_is_always_reuse() {
+    let facts = Facts {
+        binding: Some(bound("s1", "pen-1", t0())),
+        ..known_facts()
+    };
+    let at = t0() + Duration::seconds(1);
+    let j = run(
+        &start("pen-2", ctx("s2", &udi("A", "301231"), at), at),
+        &facts,
+        at,
+    );
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeReused]);
+}
+
+#[test]
+fn another_patient_is_always_reuse_but_a_missing_one_is_not() {
+    let facts = Facts {
+        binding: Some(bound("s1", "pen-1", t0())),
+        ..known_facts()
+    };
+    let at = t0() + Duration::seconds(1);
+    let mut other = ctx("s2", &udi("A", "301231"), at);
+    other.patient_ref = Some("p2".into());
+    let j = run(&start("pen-1", other.clone(), at), &facts, at);
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeReused]);
+
+    other.patient_ref = None;
+    let j = run(&start("pen-1", other, at), &facts, at);
+    assert_eq!(kinds(&j), vec![FlagKind::SessionResumed]);
+}
+
+#[test]
+fn a_decided_session_is_not_judged_again() {
+    let facts = Facts {
+        binding: Some(bound("s1", "pen-1", t0())),
+        session: SessionFacts {
+            relation: Some(CartridgeRelation::Reused {
+                owner_session_id: "s1".into(),
+            }),
+            ..SessionFacts::default()
+        },
+        ..known_facts()
+    };
+    let j = run(
+        &batch(ctx("s2", &udi("A", "301231"), t0()), &[500], 10),
+        &facts,
+        t0(),
+    );
+    assert!(j.verdicts.is_empty());
+    assert_eq!(j.decided, None);
+}
+
+#[test]
+fn expiry_is_judged_through_the_whole_expiry_day() {
+    let on_day = Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 59).unwrap();
+    let msg = start("pen-1", ctx("s1", &udi("A", "261100"), on_day), on_day);
+    assert_eq!(kinds(&run(&msg, &known_facts(), on_day)), vec![]);
+
+    let next_day = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+    let msg = start("pen-1", ctx("s1", &udi("A", "261100"), next_day), next_day);
+    let j = run(&msg, &known_facts(), next_day);
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeExpired]);
+    // Day 00 is the month's last day.
+    assert_eq!(j.verdicts[0].evidence["expiry"], "2026-11-30");
+}
+
+#[test]
+fn lot_registry_expiry_applies_when_earlier() {
+    let lot = LotFacts {
+        expiry: NaiveDate::from_ymd_opt(2026, 11, 24),
+        recalled_at: None,
+    };
+    let facts = Facts {
+        lot: Some(lot),
+        ..known_facts()
+    };
+    let msg = start("pen-1", ctx("s1", &udi("A", "301231"), t0()), t0());
+    assert_eq!(
+        kinds(&run(&msg, &facts, t0())),
+        vec![FlagKind::CartridgeExpired]
+    );
+}
+
+#[test]
+fn a_backfilled_session_is_judged_when_it_happened() {
+    // Cartridge expired 2026-11-20; the session ran on the 19th with an
+    // honest clock and was uploaded six days later: not expired.
+    let session_at = Utc.with_ymd_and_hms(2026, 11, 19, 9, 0, 0).unwrap();
+    let msg = start("pen-1", ctx("s1", &udi("A", "261120"), session_at), t0());
+    assert_eq!(kinds(&run(&msg, &known_facts(), t0())), vec![]);
+}
+
+#[test]
+fn a_pen_whose_clock_is_a_year_behind_cannot_hide_an_expired_cartridge() {
+    let year = Duration::days(365);
+    let device_now = t0() - year;
+    let msg = start(
+        "pen-1",
+        ctx("s1", &udi("A", "261120"), device_now),
+        device_now,
+    );
+    let j = run(&msg, &known_facts(), t0());
+    assert_eq!(
+        kinds(&j),
+        vec![FlagKind::CartridgeExpired, FlagKind::ClockSkew]
+    );
+}
+
+#[test]
+fn skew_inside_the_window_does_not_correct_times() {
+    let skew = Policy::default().skew_window;
+    let device_now = Utc.with_ymd_and_hms(2026, 11, 20, 23, 57, 0).unwrap();
+    let received = device_now + skew;
+    let msg = start(
+        "pen-1",
+        ctx("s1", &udi("A", "261120"), device_now),
+        device_now,
+    );
+    assert_eq!(kinds(&run(&msg, &known_facts(), received)), vec![]);
+}
+
+#[test]
+fn clock_skew_boundary() {
+    let window = Policy::default().skew_window;
+    let hb = |sent_at| DeviceMessage {
+        device_id: "pen-1".into(),
+        seq: 9,
+        sent_at,
+        body: Body::Heartbeat(Heartbeat {
+            battery_pct: 50,
+            firmware: "1".into(),
+        }),
+    };
+    assert!(
+        run(&hb(t0() - window), &known_facts(), t0())
+            .verdicts
+            .is_empty()
+    );
+    assert!(
+        run(&hb(t0() + window), &known_facts(), t0())
+            .verdicts
+            .is_empty()
+    );
+    let late = run(
+        &hb(t0() - window - Duration::seconds(1)),
+        &known_facts(),
+        t0(),
+    );
+    assert_eq!(kinds(&late), vec![FlagKind::ClockSkew]);
+    let early = run(
+        &hb(t0() + window + Duration::seconds(1)),
+        &known_facts(),
+        t0(),
+    );
+    assert_eq!(kinds(&early), vec![FlagKind::ClockSkew]);
+}
+
+#[test]
+fn recall_before_session_is_recalled_and_after_is_exposure() {
+    let before = LotFacts {
+        expiry: None,
+        recalled_at: Some(t0() - Duration::seconds(1)),
+    };
+    let facts = Facts {
+        lot: Some(before),
+        ..known_facts()
+    };
+    let msg = start("pen-1", ctx("s1", &udi("A", "301231"), t0()), t0());
+    assert_eq!(
+        kinds(&run(&msg, &facts, t0())),
+        vec![FlagKind::CartridgeRecalled]
+    );
+
+    let after = LotFacts {
+        expiry: None,
+        recalled_at: Some(t0() + Duration::seconds(1)),
+    };
+    let facts = Facts {
+        lot: Some(after),
+        ..known_facts()
+    };
+    assert_eq!(
+        kinds(&run(&msg, &facts, t0())),
+        vec![FlagKind::RecallExposure]
+    );
+}
+
+#[test]
+fn unknown_gtin_is_flagged() {
+    let facts = Facts {
+        product: None,
+        lot: None,
+        ..Facts::default()
+    };
+    let msg = start("pen-1", ctx("s1", &udi("A", "301231"), t0()), t0());
+    assert_eq!(
+        kinds(&run(&msg, &facts, t0())),
+        vec![FlagKind::CartridgeUnknown]
+    );
+}
+
+#[test]
+fn invalid_udi_is_flagged_and_leaves_the_cartridge_unidentified() {
+    let bad = "(01)09506000134353(17)301231(10)LOT1(21)A";
+    let msg = start("pen-1", ctx("s1", bad, t0()), t0());
+    let j = run(&msg, &known_facts(), t0());
+    assert_eq!(kinds(&j), vec![FlagKind::UdiInvalid]);
+    assert_eq!(j.decided, Some(CartridgeRelation::Unidentified));
+    assert!(
+        j.verdicts[0].detail.contains("check digit"),
+        "{}",
+        j.verdicts[0].detail
+    );
+}
+
+#[test]
+fn a_udi_without_serial_is_invalid_unless_a_chip_identifies_it() {
+    let no_serial = format!("(01){GTIN}(17)301231(10)LOT1");
+    let msg = start("pen-1", ctx("s1", &no_serial, t0()), t0());
+    assert_eq!(
+        kinds(&run(&msg, &known_facts(), t0())),
+        vec![FlagKind::UdiInvalid]
+    );
+
+    let mut with_chip = ctx("s1", &no_serial, t0());
+    with_chip.cartridge.chip_uid = "04AB".into();
+    let j = run(&start("pen-1", with_chip, t0()), &known_facts(), t0());
+    assert_eq!(kinds(&j), vec![]);
+    assert_eq!(j.decided, Some(CartridgeRelation::Owner));
+}
+
+#[test]
+fn depth_limit_boundary_default_device_and_product() {
+    let decided = Facts {
+        session: SessionFacts {
+            relation: Some(CartridgeRelation::Owner),
+            ..Default::default()
+        },
+        ..known_facts()
+    };
+    let mut c = ctx("s1", &udi("A", "301231"), t0());
+    c.area = TreatmentArea::Unspecified; // no area guidance: the limit alone
+    let at_limit = run(&batch(c.clone(), &[1000, 2000], 10), &decided, t0());
+    assert_eq!(kinds(&at_limit), vec![]);
+    let over = run(&batch(c.clone(), &[2001], 10), &decided, t0());
+    assert_eq!(kinds(&over), vec![FlagKind::DepthExceeded]);
+
+    let device = Facts {
+        device_max_depth_um: 1500,
+        ..decided.clone()
+    };
+    assert_eq!(
+        kinds(&run(&batch(c.clone(), &[1501], 10), &device, t0())),
+        vec![FlagKind::DepthExceeded]
+    );
+    let product = Facts {
+        product: Some(ProductFacts {
+            max_depth_um: 1200,
+            ..Default::default()
+        }),
+        ..decided
+    };
+    assert_eq!(
+        kinds(&run(&batch(c.clone(), &[1200], 10), &product, t0())),
+        vec![]
+    );
+    assert_eq!(
+        kinds(&run(&batch(c, &[1201], 10), &product, t0())),
+        vec![FlagKind::DepthExceeded]
+    );
+}
+
+#[test]
+fn depth_above_area_guidance_boundary() {
+    let decided = Facts {
+        session: SessionFacts {
+            relation: Some(CartridgeRelation::Owner),
+            ..Default::default()
+        },
+        ..known_facts()
+    };
+    let mut c = ctx("s1", &udi("A", "301231"), t0());
+    c.area = TreatmentArea::Forehead;
+    c.skin = SkinThickness::Thin;
+    assert_eq!(
+        kinds(&run(&batch(c.clone(), &[500], 10), &decided, t0())),
+        vec![]
+    );
+    assert_eq!(
+        kinds(&run(&batch(c.clone(), &[501], 10), &decided, t0())),
+        vec![FlagKind::DepthAboveAreaGuidance]
+    );
+    // Both limits at once are two facts, two flags.
+    assert_eq!(
+        kinds(&run(&batch(c, &[2100], 10), &decided, t0())),
+        vec![FlagKind::DepthExceeded, FlagKind::DepthAboveAreaGuidance]
+    );
+}
+
+#[test]
+fn overuse_boundary_on_strokes_and_active_time() {
+    let product = ProductFacts {
+        max_depth_um: 0,
+        rated_strokes: 1000,
+        max_active_ms: 0,
+    };
+    let before = |strokes, active_ms| Facts {
+        product: Some(product.clone()),
+        session: SessionFacts {
+            relation: Some(CartridgeRelation::Owner),
+            strokes,
+            active_ms,
+        },
+        ..known_facts()
+    };
+    let c = ctx("s1", &udi("A", "301231"), t0());
+    // 10 samples × 10 strokes = 100 strokes in the batch.
+    assert_eq!(
+        kinds(&run(
+            &batch(c.clone(), &[500; 10], 10),
+            &before(900, 0),
+            t0()
+        )),
+        vec![]
+    );
+    assert_eq!(
+        kinds(&run(
+            &batch(c.clone(), &[500; 10], 10),
+            &before(901, 0),
+            t0()
+        )),
+        vec![FlagKind::CartridgeOverused]
+    );
+
+    let timed = ProductFacts {
+        max_depth_um: 0,
+        rated_strokes: 0,
+        max_active_ms: 60_000,
+    };
+    let facts = |active_ms| Facts {
+        product: Some(timed.clone()),
+        session: SessionFacts {
+            relation: Some(CartridgeRelation::Owner),
+            strokes: 0,
+            active_ms,
+        },
+        ..known_facts()
+    };
+    // 10 samples of 100 ms = 1,000 ms active.
+    assert_eq!(
+        kinds(&run(
+            &batch(c.clone(), &[500; 10], 10),
+            &facts(59_000),
+            t0()
+        )),
+        vec![]
+    );
+    assert_eq!(
+        kinds(&run(&batch(c, &[500; 10], 10), &facts(59_001), t0())),
+        vec![FlagKind::CartridgeOverused]
+    );
+}
+
+#[test]
+fn data_gap_boundary() {
+    let hole = SeqHole {
+        device_id: "pen-1".into(),
+        first: 5,
+        last: 7,
+        detected_at: t0(),
+    };
+    let window = Policy::default().gap_window;
+    let p = Policy::default();
+    assert_eq!(
+        judge_gap(&hole, t0() + window - Duration::seconds(1), &p),
+        None
+    );
+    let v = judge_gap(&hole, t0() + window, &p).unwrap();
+    assert_eq!(v.kind, FlagKind::DataGap);
+    assert_eq!(v.evidence["missing"], 3);
+}
+
+#[test]
+fn session_end_and_batch_report_activity_time() {
+    let c = ctx("s1", &udi("A", "301231"), t0());
+    let end_at = t0() + Duration::minutes(20);
+    let msg = DeviceMessage {
+        device_id: "pen-1".into(),
+        seq: 3,
+        sent_at: end_at,
+        body: Body::SessionEnd(SessionEnd {
+            session: c.clone(),
+            ended_at: end_at,
+            total_strokes: 0,
+            reason: crate::message::EndReason::Completed,
+        }),
+    };
+    assert_eq!(run(&msg, &known_facts(), end_at).activity_at, Some(end_at));
+    let b = batch(c, &[500; 10], 10);
+    assert_eq!(
+        run(&b, &known_facts(), t0()).activity_at,
+        Some(t0() + Duration::milliseconds(900))
+    );
+}
+
+#[test]
+fn every_kind_has_a_verdict_key_scoped_to_its_subject() {
+    let a = recall_exposure("s1", GTIN, "L", t0());
+    let b = recall_exposure("s2", GTIN, "L", t0());
+    assert_ne!(a.dedupe_key, b.dedupe_key);
+    assert_eq!(a.severity, crate::flag::Severity::Critical);
+}

@@ -1,0 +1,3 @@
+//! End-to-end tests of the `pentrace` command line: they run the real binary.
+
+mod udi;
