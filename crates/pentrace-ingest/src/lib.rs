@@ -1,0 +1,254 @@
+//! The ingest pipeline (DESIGN §2, §6): bounded queue in, batches closed by
+//! size or age, facts loaded per batch, rules judged by the domain, one
+//! transaction per batch, outcomes reported only after commit.
+//!
+//! Transports (gRPC, MQTT) submit [`Envelope`]s through an [`IngestHandle`]
+//! and ack what comes back on their reply channel. The queue is bounded:
+//! when the store is slow, `submit` waits, so transports stop reading rather
+//! than drop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pentrace_domain::message::DeviceMessage;
+use pentrace_domain::policy::Policy;
+use pentrace_store::{FlagRecord, Store};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+mod gaps;
+mod judge;
+pub mod metrics;
+mod writer;
+
+pub use metrics::IngestMetrics;
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// A batch closes when it holds this many messages...
+    pub batch_max_messages: usize,
+    /// ...or when its first message has waited this long.
+    pub batch_max_age: Duration,
+    /// Messages the queue holds before `submit` waits.
+    pub queue_capacity: usize,
+    /// Register unknown devices to this clinic instead of rejecting them.
+    pub auto_register_clinic: Option<String>,
+    /// How often open seq holes are checked for `DATA_GAP`.
+    pub gap_check_interval: Duration,
+    pub policy: Policy,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_max_messages: 500,
+            batch_max_age: Duration::from_millis(20),
+            queue_capacity: 10_000,
+            auto_register_clinic: None,
+            gap_check_interval: Duration::from_secs(30),
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// A message as a transport received it, with where to report its outcome.
+#[derive(Debug)]
+pub struct Envelope {
+    pub message: DeviceMessage,
+    /// Server clock at receipt.
+    pub received_at: DateTime<Utc>,
+    pub reply: mpsc::UnboundedSender<Outcome>,
+}
+
+/// What became of one submitted message. Sent only once it is final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub device_id: String,
+    pub seq: u64,
+    pub disposition: Disposition,
+}
+
+/// Final state of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Committed by this batch.
+    Committed,
+    /// Already stored (a redelivery): safe to ack.
+    Duplicate,
+    /// Not stored; the transport must tell the sender.
+    Rejected(RejectReason),
+}
+
+impl Disposition {
+    /// Whether the message is stored and may be acknowledged.
+    pub fn is_stored(&self) -> bool {
+        matches!(self, Disposition::Committed | Disposition::Duplicate)
+    }
+}
+
+/// Why the pipeline refused a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The device is not registered (and auto-registration is off).
+    UnknownDevice,
+    /// The database refused the message's data.
+    StoreRejected(String),
+    /// The server is stopping and the store is unreachable: not stored, the
+    /// sender must retry.
+    ShuttingDown,
+}
+
+impl RejectReason {
+    /// The metric label of the reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::UnknownDevice => "unknown_device",
+            RejectReason::StoreRejected(_) => "store_rejected",
+            RejectReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Whether the pipeline can currently commit (for `/readyz`).
+#[derive(Debug, Default)]
+pub struct Health {
+    store_down: AtomicBool,
+}
+
+impl Health {
+    /// True while the last commit attempt succeeded.
+    pub fn is_ready(&self) -> bool {
+        !self.store_down.load(Ordering::Relaxed)
+    }
+
+    fn set_store_down(&self, down: bool) {
+        self.store_down.store(down, Ordering::Relaxed);
+    }
+}
+
+/// The pipeline is gone (server stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("the ingest pipeline has stopped")]
+pub struct Closed;
+
+/// How transports talk to the pipeline; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct IngestHandle {
+    tx: mpsc::Sender<Envelope>,
+    flags: broadcast::Sender<Arc<FlagRecord>>,
+    health: Arc<Health>,
+    metrics: IngestMetrics,
+}
+
+impl IngestHandle {
+    /// Queues a message; waits while the queue is full (back-pressure).
+    pub async fn submit(&self, envelope: Envelope) -> Result<(), Closed> {
+        self.metrics.queue_depth.inc();
+        let sent = self.tx.send(envelope).await;
+        if sent.is_err() {
+            self.metrics.queue_depth.dec();
+        }
+        sent.map_err(|_| Closed)
+    }
+
+    /// Flags as they are committed (for `WatchFlags` and MQTT publishing).
+    pub fn subscribe_flags(&self) -> broadcast::Receiver<Arc<FlagRecord>> {
+        self.flags.subscribe()
+    }
+
+    /// Sender side of the flag feed, for flags raised outside the pipeline
+    /// (registry recalls).
+    pub fn flag_feed(&self) -> &broadcast::Sender<Arc<FlagRecord>> {
+        &self.flags
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    pub fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
+    }
+}
+
+/// The running pipeline's tasks.
+#[derive(Debug)]
+pub struct Pipeline {
+    writer: JoinHandle<()>,
+    gaps: JoinHandle<()>,
+    stop_gaps: CancellationToken,
+}
+
+impl Pipeline {
+    /// Starts the writer and the data-gap checker. `shutdown` cancels store
+    /// retries once the server is stopping.
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: IngestConfig,
+        shutdown: CancellationToken,
+    ) -> (Pipeline, IngestHandle) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (flags, _) = broadcast::channel(4096);
+        let handle = IngestHandle {
+            tx,
+            flags,
+            health: Arc::new(Health::default()),
+            metrics: IngestMetrics::default(),
+        };
+        let stop_gaps = CancellationToken::new();
+        let gaps = tokio::spawn(gaps::run(
+            store.clone(),
+            config.clone(),
+            handle.clone_feed(),
+            stop_gaps.clone(),
+        ));
+        let writer = tokio::spawn(writer::run(
+            store,
+            config,
+            rx,
+            handle.clone_feed(),
+            shutdown,
+        ));
+        (
+            Pipeline {
+                writer,
+                gaps,
+                stop_gaps,
+            },
+            handle,
+        )
+    }
+
+    /// Waits until every queued message is committed (or rejected). Call it
+    /// once every [`IngestHandle`] is dropped: the queue closes then.
+    pub async fn drained(self) {
+        if let Err(e) = self.writer.await {
+            tracing::error!(error = %e, "ingest writer task failed");
+        }
+        self.stop_gaps.cancel();
+        let _ = self.gaps.await;
+    }
+}
+
+/// What the background tasks need of a handle, without keeping the queue
+/// open (a task holding a sender would stop the queue from ever closing).
+#[derive(Debug, Clone)]
+pub(crate) struct Feed {
+    pub flags: broadcast::Sender<Arc<FlagRecord>>,
+    pub health: Arc<Health>,
+    pub metrics: IngestMetrics,
+}
+
+impl IngestHandle {
+    fn clone_feed(&self) -> Feed {
+        Feed {
+            flags: self.flags.clone(),
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The application the binary and the tests start: build (bind, migrate,
+//! start the pipeline), then run until stopped, then drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pentrace_ingest::Pipeline;
+use pentrace_proto::v1::compliance_server::ComplianceServer;
+use pentrace_proto::v1::fleet_server::FleetServer;
+use pentrace_proto::v1::registry_server::RegistryServer;
+use pentrace_proto::v1::telemetry_server::TelemetryServer;
+use pentrace_store::Store;
+use pentrace_store::postgres::PgStore;
+use prometheus_client::registry::Registry;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::grpc::compliance::ComplianceService;
+use crate::grpc::fleet::FleetService;
+use crate::grpc::registry::RegistryService;
+use crate::grpc::telemetry::TelemetryService;
+use crate::http::{self, HttpState};
+
+/// Why the application could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] pentrace_store::StoreError),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Ports the application actually listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub grpc: u16,
+    pub http: u16,
+}
+
+/// A built, not yet running, pentrace server.
+#[derive(Debug)]
+pub struct Application {
+    config: Config,
+    store: Arc<dyn Store>,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Connects and migrates the store, and binds both listeners (port 0 =
+    /// any free port).
+    pub async fn build(config: Config) -> Result<Application, AppError> {
+        let url = config.database_url.expose_secret();
+        let store = PgStore::connect(url, config.database_max_connections).await?;
+        store.migrate().await?;
+        let grpc = bind(config.grpc_addr).await?;
+        let http = bind(config.http_addr).await?;
+        Ok(Application {
+            config,
+            store: Arc::new(store),
+            grpc,
+            http,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The ports bound.
+    pub fn ports(&self) -> Ports {
+        let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap_or(0);
+        Ports {
+            grpc: port(&self.grpc),
+            http: port(&self.http),
+        }
+    }
+
+    /// Cancel it to stop the application gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops accepting,
+    /// lets open streams flush their acks, drains the pipeline and returns.
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
+        let Application {
+            config,
+            store,
+            grpc,
+            http,
+            shutdown,
+        } = self;
+        let ingest_shutdown = CancellationToken::new();
+        let (pipeline, ingest) = Pipeline::start(
+            store.clone(),
+            config.ingest_config(),
+            ingest_shutdown.clone(),
+        );
+        let mut registry = Registry::default();
+        ingest.metrics().register(&mut registry);
+        let http_state = HttpState {
+            store: store.clone(),
+            health: ingest.health().clone(),
+            registry: Arc::new(registry),
+        };
+        let flags = ingest.flag_feed().clone();
+        let limit = config.max_message_bytes;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<TelemetryServer<TelemetryService>>()
+            .await;
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(
+                TelemetryServer::new(TelemetryService::new(ingest, shutdown.clone()))
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(FleetServer::new(FleetService::new(store.clone())))
+            .add_service(ComplianceServer::new(ComplianceService::new(
+                store.clone(),
+                flags.clone(),
+            )))
+            .add_service(RegistryServer::new(RegistryService::new(
+                store.clone(),
+                flags,
+            )))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc),
+                shutdown.clone().cancelled_owned(),
+            );
+        let http_server = axum::serve(http, http::router(http_state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let (grpc_result, http_result) = tokio::join!(grpc_server, async { http_server.await });
+        tracing::info!("listeners closed; draining the ingest pipeline");
+        // Outages no longer wait for the store once every stream has ended.
+        ingest_shutdown.cancel();
+        pipeline.drained().await;
+        grpc_result?;
+        http_result.map_err(AppError::Http)?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })
+}

@@ -1,0 +1,207 @@
+//! Configuration: defaults in code, then an optional TOML file, then
+//! `PENTRACE_*` environment variables (`__` for nesting, e.g.
+//! `PENTRACE_INGEST__BATCH_MAX_MESSAGES=1000`), then `DATABASE_URL`, then
+//! command-line flags. Validated once, naming the key that is wrong.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use pentrace_domain::policy::Policy;
+use pentrace_ingest::IngestConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Everything `pentrace serve` can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address (port 0 = any free port).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address for /healthz, /readyz, /metrics.
+    pub http_addr: SocketAddr,
+    /// PostgreSQL URL; also read from `DATABASE_URL`.
+    #[serde(serialize_with = "redacted")]
+    pub database_url: SecretString,
+    /// Connections in the database pool.
+    pub database_max_connections: u32,
+    /// Register unknown devices to `default_clinic` instead of rejecting them.
+    pub auto_register: bool,
+    /// Clinic that auto-registered devices join.
+    pub default_clinic: String,
+    /// Largest device message accepted, bytes.
+    pub max_message_bytes: usize,
+    /// `text` or `json` logs.
+    pub log_format: LogFormat,
+    pub ingest: IngestSettings,
+    pub policy: PolicySettings,
+}
+
+/// Batching of the ingest pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    pub batch_max_messages: usize,
+    pub batch_max_age_ms: u64,
+    pub queue_capacity: usize,
+    pub gap_check_interval_s: u64,
+}
+
+/// Rule thresholds (DESIGN §4 defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    pub resume_window_s: u64,
+    pub skew_window_s: u64,
+    pub gap_window_s: u64,
+    pub default_max_depth_um: u32,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: SecretString::from("postgres://postgres@127.0.0.1:5432/pentrace"),
+            database_max_connections: 8,
+            auto_register: false,
+            default_clinic: "default".into(),
+            max_message_bytes: 1024 * 1024,
+            log_format: LogFormat::Text,
+            ingest: IngestSettings::default(),
+            policy: PolicySettings::default(),
+        }
+    }
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        let d = IngestConfig::default();
+        IngestSettings {
+            batch_max_messages: d.batch_max_messages,
+            batch_max_age_ms: d.batch_max_age.as_millis() as u64,
+            queue_capacity: d.queue_capacity,
+            gap_check_interval_s: d.gap_check_interval.as_secs(),
+        }
+    }
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        let p = Policy::default();
+        PolicySettings {
+            resume_window_s: p.resume_window.num_seconds().unsigned_abs(),
+            skew_window_s: p.skew_window.num_seconds().unsigned_abs(),
+            gap_window_s: p.gap_window.num_seconds().unsigned_abs(),
+            default_max_depth_um: p.default_max_depth_um,
+        }
+    }
+}
+
+fn redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[redacted]")
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// Values given on the command line; `None` = not given.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_register: Option<bool>,
+}
+
+impl Config {
+    /// Loads the layers in order and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(
+                Env::prefixed("PENTRACE_")
+                    .split("__")
+                    .filter(|k| !k.as_str().starts_with("test")),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| ConfigError::Invalid {
+            key,
+            problem: problem.into(),
+        };
+        let url = self.database_url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid("database_url", "must be a postgres:// URL"));
+        }
+        if self.database_max_connections < 2 {
+            return Err(invalid("database_max_connections", "must be at least 2"));
+        }
+        if self.ingest.batch_max_messages == 0 {
+            return Err(invalid("ingest.batch_max_messages", "must be at least 1"));
+        }
+        if self.ingest.queue_capacity == 0 {
+            return Err(invalid("ingest.queue_capacity", "must be at least 1"));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(invalid("max_message_bytes", "must be at least 1024"));
+        }
+        if self.default_clinic.trim().is_empty() {
+            return Err(invalid("default_clinic", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The pipeline settings this configuration describes.
+    pub fn ingest_config(&self) -> IngestConfig {
+        let secs = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
+        IngestConfig {
+            batch_max_messages: self.ingest.batch_max_messages,
+            batch_max_age: Duration::from_millis(self.ingest.batch_max_age_ms),
+            queue_capacity: self.ingest.queue_capacity,
+            auto_register_clinic: self.auto_register.then(|| self.default_clinic.clone()),
+            gap_check_interval: Duration::from_secs(self.ingest.gap_check_interval_s.max(1)),
+            policy: Policy {
+                resume_window: secs(self.policy.resume_window_s),
+                skew_window: secs(self.policy.skew_window_s),
+                gap_window: secs(self.policy.gap_window_s),
+                default_max_depth_um: self.policy.default_max_depth_um,
+                ..Policy::default()
+            },
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Which seq a stream may acknowledge: the highest seq such that every seq
+//! of the device up to it that arrived on this stream is stored. A message
+//! that was rejected is a barrier: nothing past it is acknowledged, so the
+//! pen never believes a lost message was stored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Per-device ack bookkeeping of one stream.
+#[derive(Debug, Default)]
+pub struct AckTracker {
+    devices: HashMap<String, DeviceAcks>,
+    unresolved: usize,
+}
+
+#[derive(Debug, Default)]
+struct DeviceAcks {
+    /// Received but not yet final (count: the same seq may arrive twice).
+    pending: BTreeMap<u64, u32>,
+    /// Stored seqs above the last ack.
+    stored: BTreeSet<u64>,
+    /// Lowest rejected seq, if any.
+    barrier: Option<u64>,
+    acked: u64,
+}
+
+impl AckTracker {
+    /// A message was submitted.
+    pub fn received(&mut self, device_id: &str, seq: u64) {
+        let d = self.devices.entry(device_id.to_owned()).or_default();
+        *d.pending.entry(seq).or_default() += 1;
+        self.unresolved += 1;
+    }
+
+    /// A submitted message reached its final state; returns the new ack for
+    /// the device when it moved.
+    pub fn resolved(&mut self, device_id: &str, seq: u64, stored: bool) -> Option<u64> {
+        let d = self.devices.get_mut(device_id)?;
+        let count = d.pending.get_mut(&seq)?;
+        *count -= 1;
+        if *count == 0 {
+            d.pending.remove(&seq);
+        }
+        self.unresolved = self.unresolved.saturating_sub(1);
+        if stored {
+            d.stored.insert(seq);
+        } else {
+            d.barrier = Some(d.barrier.map_or(seq, |b| b.min(seq)));
+        }
+        d.advance()
+    }
+
+    /// Messages submitted whose outcome has not arrived.
+    pub fn unresolved(&self) -> usize {
+        self.unresolved
+    }
+}
+
+impl DeviceAcks {
+    fn advance(&mut self) -> Option<u64> {
+        let limit = [self.pending.keys().next().copied(), self.barrier]
+            .into_iter()
+            .flatten()
+            .min();
+        let candidate = match limit {
+            Some(l) => self.stored.range(..l).next_back().copied(),
+            None => self.stored.last().copied(),
+        }?;
+        if candidate <= self.acked {
+            return None;
+        }
+        self.acked = candidate;
+        // Everything at or below the ack is settled; keep the set small.
+        self.stored = self.stored.split_off(&candidate);
+        Some(candidate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_wait_for_earlier_messages() {
+        let mut t = AckTracker::default();
+        for s in 1..=3 {
+            t.received("p", s);
+        }
+        assert_eq!(t.resolved("p", 2, true), None);
+        assert_eq!(t.resolved("p", 1, true), Some(2));
+        assert_eq!(t.resolved("p", 3, true), Some(3));
+        assert_eq!(t.unresolved(), 0);
+    }
+
+    #[test]
+    fn a_rejected_message_is_a_barrier() {
+        let mut t = AckTracker::default();
+        for s in 1..=3 {
+            t.received("p", s);
+        }
+        assert_eq!(t.resolved("p", 1, true), Some(1));
+        assert_eq!(t.resolved("p", 2, false), None);
+        assert_eq!(t.resolved("p", 3, true), None);
+    }
+
+    #[test]
+    fn duplicates_in_one_stream_are_counted() {
+        let mut t = AckTracker::default();
+        t.received("p", 1);
+        t.received("p", 1);
+        assert_eq!(t.resolved("p", 1, true), Some(1));
+        assert_eq!(t.resolved("p", 1, true), None);
+        assert_eq!(t.unresolved(), 0);
+    }
+
+    #[test]
+    fn devices_are_independent_and_holes_do_not_block() {
+        let mut t = AckTracker::default();
+        t.received("a", 5);
+        t.received("b", 1);
+        assert_eq!(t.resolved("a", 5, true), Some(5));
+        assert_eq!(t.resolved("b", 1, true), Some(1));
+    }
+}

@@ -1,0 +1,233 @@
+//! `Registry`: clinics, devices, the product catalogue, lots and recalls.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use pentrace_domain::rules::recall_exposure;
+use pentrace_domain::udi::gtin_check_digit;
+use pentrace_proto::v1 as pb;
+use pentrace_proto::v1::registry_server::Registry;
+use pentrace_store::{Clinic, Device, FlagRecord, Lot, Product, Store};
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+
+use super::{invalid, status};
+use crate::convert::{self, timestamp};
+
+/// The Registry service.
+#[derive(Debug, Clone)]
+pub struct RegistryService {
+    store: Arc<dyn Store>,
+    flags: broadcast::Sender<Arc<FlagRecord>>,
+}
+
+impl RegistryService {
+    pub fn new(store: Arc<dyn Store>, flags: broadcast::Sender<Arc<FlagRecord>>) -> Self {
+        RegistryService { store, flags }
+    }
+}
+
+fn required(field: &str, value: &str) -> Result<String, Status> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{field} must be 1-256 printable characters"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+/// A GTIN-14 with a valid check digit.
+fn gtin(value: &str) -> Result<String, Status> {
+    let ok = value.len() == 14
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && gtin_check_digit(&value[..13]) == value[13..].parse::<u8>().ok();
+    if !ok {
+        return Err(invalid(format!(
+            "gtin {value:?} is not a GTIN-14 with a valid check digit"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+fn clinic_out(c: Clinic) -> pb::Clinic {
+    pb::Clinic {
+        clinic_id: c.id,
+        name: c.name,
+        time_zone: c.time_zone,
+    }
+}
+
+fn device_out(d: Device) -> pb::Device {
+    pb::Device {
+        device_id: d.id,
+        clinic_id: d.clinic_id,
+        model: d.model,
+        max_depth_um: d.max_depth_um,
+    }
+}
+
+fn product_out(p: Product) -> pb::Product {
+    pb::Product {
+        gtin: p.gtin,
+        name: p.name,
+        max_depth_um: p.max_depth_um,
+        rated_strokes: p.rated_strokes,
+        max_active_s: p.max_active_s,
+        shelf_life_days: p.shelf_life_days,
+    }
+}
+
+fn lot_out(l: Lot) -> pb::Lot {
+    pb::Lot {
+        gtin: l.gtin,
+        lot: l.lot,
+        expiry: l.expiry.map(|d| d.to_string()).unwrap_or_default(),
+        recalled: l.recalled_at.is_some(),
+        recalled_at: l.recalled_at.map(timestamp),
+        recall_reason: l.recall_reason.unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn register_clinic(
+        &self,
+        request: Request<pb::RegisterClinicRequest>,
+    ) -> Result<Response<pb::Clinic>, Status> {
+        let c = request
+            .into_inner()
+            .clinic
+            .ok_or_else(|| invalid("clinic is missing"))?;
+        let clinic = Clinic {
+            id: required("clinic_id", &c.clinic_id)?,
+            name: required(
+                "name",
+                if c.name.is_empty() {
+                    &c.clinic_id
+                } else {
+                    &c.name
+                },
+            )?,
+            time_zone: if c.time_zone.is_empty() {
+                "UTC".into()
+            } else {
+                c.time_zone
+            },
+        };
+        let stored = self.store.upsert_clinic(&clinic).await.map_err(status)?;
+        Ok(Response::new(clinic_out(stored)))
+    }
+
+    async fn register_device(
+        &self,
+        request: Request<pb::RegisterDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let d = request
+            .into_inner()
+            .device
+            .ok_or_else(|| invalid("device is missing"))?;
+        let device = Device {
+            id: required("device_id", &d.device_id)?,
+            clinic_id: required("clinic_id", &d.clinic_id)?,
+            model: d.model,
+            max_depth_um: d.max_depth_um,
+        };
+        let stored = self.store.upsert_device(&device).await.map_err(status)?;
+        Ok(Response::new(device_out(stored)))
+    }
+
+    async fn register_product(
+        &self,
+        request: Request<pb::RegisterProductRequest>,
+    ) -> Result<Response<pb::Product>, Status> {
+        let p = request
+            .into_inner()
+            .product
+            .ok_or_else(|| invalid("product is missing"))?;
+        let product = Product {
+            gtin: gtin(&p.gtin)?,
+            name: p.name,
+            max_depth_um: p.max_depth_um,
+            rated_strokes: p.rated_strokes,
+            max_active_s: p.max_active_s,
+            shelf_life_days: p.shelf_life_days,
+        };
+        let stored = self.store.upsert_product(&product).await.map_err(status)?;
+        Ok(Response::new(product_out(stored)))
+    }
+
+    async fn register_lot(
+        &self,
+        request: Request<pb::RegisterLotRequest>,
+    ) -> Result<Response<pb::Lot>, Status> {
+        let l = request
+            .into_inner()
+            .lot
+            .ok_or_else(|| invalid("lot is missing"))?;
+        let lot = Lot {
+            gtin: gtin(&l.gtin)?,
+            lot: required("lot", &l.lot)?,
+            expiry: convert::date("expiry", &l.expiry).map_err(invalid)?,
+            recalled_at: None,
+            recall_reason: None,
+        };
+        let stored = self.store.upsert_lot(&lot).await.map_err(status)?;
+        Ok(Response::new(lot_out(stored)))
+    }
+
+    async fn recall_lot(
+        &self,
+        request: Request<pb::RecallLotRequest>,
+    ) -> Result<Response<pb::RecallLotResponse>, Status> {
+        let r = request.into_inner();
+        let (gtin, lot) = (gtin(&r.gtin)?, required("lot", &r.lot)?);
+        let reason = required("reason", &r.reason)?;
+        let (lot, flags) = self
+            .store
+            .recall_lot(&gtin, &lot, &reason, Utc::now(), recall_exposure)
+            .await
+            .map_err(status)?;
+        let raised = u32::try_from(flags.len()).unwrap_or(u32::MAX);
+        tracing::info!(%gtin, lot = %lot.lot, exposure_flags = raised, "lot recalled");
+        for flag in flags {
+            let _ = self.flags.send(Arc::new(flag));
+        }
+        Ok(Response::new(pb::RecallLotResponse {
+            lot: Some(lot_out(lot)),
+            exposure_flags_raised: raised,
+        }))
+    }
+
+    async fn list_clinics(
+        &self,
+        _: Request<pb::ListClinicsRequest>,
+    ) -> Result<Response<pb::ListClinicsResponse>, Status> {
+        let clinics = self.store.list_clinics().await.map_err(status)?;
+        Ok(Response::new(pb::ListClinicsResponse {
+            clinics: clinics.into_iter().map(clinic_out).collect(),
+        }))
+    }
+
+    async fn list_products(
+        &self,
+        _: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        let products = self.store.list_products().await.map_err(status)?;
+        Ok(Response::new(pb::ListProductsResponse {
+            products: products.into_iter().map(product_out).collect(),
+        }))
+    }
+
+    async fn list_lots(
+        &self,
+        request: Request<pb::ListLotsRequest>,
+    ) -> Result<Response<pb::ListLotsResponse>, Status> {
+        let gtin = request.into_inner().gtin;
+        let filter = Some(gtin.as_str()).filter(|g| !g.is_empty());
+        let lots = self.store.list_lots(filter).await.map_err(status)?;
+        Ok(Response::new(pb::ListLotsResponse {
+            lots: lots.into_iter().map(lot_out).collect(),
+        }))
+    }
+}

@@ -1,0 +1,12 @@
+//! `pentrace serve`: the gRPC services, the HTTP endpoints, configuration
+//! and telemetry around the ingest pipeline.
+
+pub mod app;
+pub mod config;
+pub mod convert;
+pub mod grpc;
+pub mod http;
+pub mod telemetry;
+
+pub use app::{AppError, Application, Ports};
+pub use config::Config;

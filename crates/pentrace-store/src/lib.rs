@@ -1,0 +1,214 @@
+//! pentrace's storage: the [`Store`] trait the pipeline and the query services
+//! use, and its PostgreSQL implementation ([`postgres::PgStore`]).
+//!
+//! The store holds facts and arbitrates races (bind-once, `(device_id, seq)`
+//! dedupe, one flag per dedupe key) with unique constraints; it never decides
+//! a rule. SQL dialect stays inside each implementation.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub mod model;
+pub mod postgres;
+
+pub use model::*;
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or the connection broke: retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database refused the data (a constraint or a value): retrying the
+    /// same data will fail again.
+    #[error("store rejected the data: {0}")]
+    Rejected(#[source] sqlx::Error),
+    /// A referenced thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request itself is invalid.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Anything else the database reported.
+    #[error("store error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later (connection trouble,
+    /// serialization failures, deadlocks).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        classify(e)
+    }
+}
+
+/// Sorts a database error into the kinds callers act on.
+fn classify(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => {
+            StoreError::Unavailable(e)
+        }
+        E::Database(db) => match db.code().as_deref() {
+            // serialization_failure, deadlock_detected, admin shutdown,
+            // cannot_connect_now, connection exceptions (class 08).
+            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03") => StoreError::Unavailable(e),
+            Some(code) if code.starts_with("08") => StoreError::Unavailable(e),
+            // Data exceptions (22) and integrity violations (23).
+            Some(code) if code.starts_with("22") || code.starts_with("23") => {
+                StoreError::Rejected(e)
+            }
+            _ => StoreError::Other(e),
+        },
+        E::RowNotFound => StoreError::NotFound("row".into()),
+        _ => StoreError::Other(e),
+    }
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What the pipeline asks for before judging a batch: everything is looked
+/// up by key with one round trip per table.
+#[derive(Debug, Clone, Default)]
+pub struct FactsQuery {
+    /// `(device_id, seq)` keys of the batch: which are already stored?
+    pub keys: Vec<(String, u64)>,
+    pub device_ids: HashSet<String>,
+    pub gtins: HashSet<String>,
+    /// `(gtin, lot)`.
+    pub lots: HashSet<(String, String)>,
+    /// Cartridge ids in text form (`CartridgeId::to_string`).
+    pub cartridge_ids: HashSet<String>,
+    pub session_ids: HashSet<String>,
+}
+
+/// The facts a batch is judged against.
+#[derive(Debug, Clone, Default)]
+pub struct StoredFacts {
+    /// Keys of the query that are already stored (redeliveries).
+    pub seen: HashSet<(String, u64)>,
+    /// Registered devices among those asked for.
+    pub devices: HashMap<String, DeviceState>,
+    /// Catalogue entries among the GTINs asked for.
+    pub products: HashMap<String, pentrace_domain::rules::ProductFacts>,
+    /// Registered lots among those asked for, by `(gtin, lot)`.
+    pub lots: HashMap<(String, String), pentrace_domain::rules::LotFacts>,
+    /// Existing bindings by cartridge id.
+    pub bindings: HashMap<String, pentrace_domain::rules::Binding>,
+    /// Stored sessions by session id.
+    pub sessions: HashMap<String, SessionState>,
+    /// Open seq holes of the devices asked for.
+    pub holes: HashMap<String, Vec<pentrace_domain::rules::SeqHole>>,
+}
+
+/// Everything one batch writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    /// One row per message: the dedupe keys. Must all be new: if another
+    /// process stored one meanwhile, the commit reports a conflict.
+    pub messages: Vec<MessageRow>,
+    /// Bind-once claims; a claim lost to another process is a conflict.
+    pub claims: Vec<ClaimRow>,
+    /// New sessions and changes to stored ones.
+    pub sessions: Vec<SessionWrite>,
+    /// Stroke samples, written with COPY.
+    pub samples: Vec<SampleBlock>,
+    /// Flags to raise; one per dedupe key, later ones ignored.
+    pub flags: Vec<NewFlag>,
+    /// Latest activity of cartridges (only ever moves forward).
+    pub activity: Vec<(String, DateTime<Utc>)>,
+    /// Device liveness and progress.
+    pub devices: Vec<DeviceWrite>,
+    /// Devices whose open seq holes are replaced by the given list.
+    pub holes: Vec<(String, Vec<pentrace_domain::rules::SeqHole>)>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone)]
+pub enum CommitOutcome {
+    /// Everything was written; the flags that were new (not deduped).
+    Committed { new_flags: Vec<FlagRecord> },
+    /// Another writer got there first (a message key or a cartridge binding):
+    /// nothing was written; reload the facts and judge again.
+    Conflict { detail: String },
+}
+
+/// The storage behind pentrace.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// A short name for logs and `pentrace status` ("postgres").
+    fn kind(&self) -> &'static str;
+    /// Cheap liveness check (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    // -- ingest ------------------------------------------------------------
+    async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts>;
+    async fn commit(&self, batch: &WriteBatch) -> StoreResult<CommitOutcome>;
+    /// Registers an unknown device to the default clinic (`--auto-register`).
+    async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()>;
+
+    // -- registry ----------------------------------------------------------
+    async fn upsert_clinic(&self, clinic: &Clinic) -> StoreResult<Clinic>;
+    async fn upsert_device(&self, device: &Device) -> StoreResult<Device>;
+    async fn upsert_product(&self, product: &Product) -> StoreResult<Product>;
+    async fn upsert_lot(&self, lot: &Lot) -> StoreResult<Lot>;
+    /// Marks a lot recalled and, in the same transaction, raises the
+    /// verdicts `exposure(session_id, gtin, lot, recalled_at)` on every stored
+    /// session of the lot that started before `at`. Returns the lot and the
+    /// new flags.
+    async fn recall_lot(
+        &self,
+        gtin: &str,
+        lot: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+        exposure: ExposureVerdict,
+    ) -> StoreResult<(Lot, Vec<FlagRecord>)>;
+    async fn list_clinics(&self) -> StoreResult<Vec<Clinic>>;
+    async fn list_products(&self) -> StoreResult<Vec<Product>>;
+    async fn list_lots(&self, gtin: Option<&str>) -> StoreResult<Vec<Lot>>;
+
+    // -- fleet -------------------------------------------------------------
+    /// Devices with their status; `clinic_id` None = every clinic.
+    async fn list_devices(
+        &self,
+        clinic_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<DeviceStatus>>;
+    async fn list_sessions(&self, query: &SessionQuery) -> StoreResult<Vec<SessionRecord>>;
+
+    // -- compliance --------------------------------------------------------
+    async fn list_flags(&self, query: &FlagQuery) -> StoreResult<Vec<FlagRecord>>;
+    /// The binding and every session and flag of one cartridge.
+    async fn cartridge_history(&self, cartridge_id: &str) -> StoreResult<CartridgeHistory>;
+    /// Every session that used a cartridge of the lot, oldest first.
+    async fn lot_lookback(&self, gtin: &str, lot: &str) -> StoreResult<Vec<SessionRecord>>;
+
+    // -- data gaps ---------------------------------------------------------
+    /// Open holes first seen missing before `before`, with their clinic.
+    async fn due_holes(
+        &self,
+        before: DateTime<Utc>,
+    ) -> StoreResult<Vec<(pentrace_domain::rules::SeqHole, String)>>;
+    /// Raises the gap flags and closes the holes they are about.
+    async fn flag_holes(
+        &self,
+        holes: &[(pentrace_domain::rules::SeqHole, NewFlag)],
+    ) -> StoreResult<Vec<FlagRecord>>;
+}
+
+/// Builds the `RECALL_EXPOSURE` verdict for a session (the domain's rule,
+/// passed in so the store never decides it).
+pub type ExposureVerdict = fn(&str, &str, &str, DateTime<Utc>) -> pentrace_domain::Verdict;

@@ -1,0 +1,288 @@
+//! Rows the store reads and writes, in domain terms.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use pentrace_domain::rules::CartridgeRelation;
+use pentrace_domain::{FlagKind, Severity};
+
+/// A clinic: the owner of devices and of one audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clinic {
+    pub id: String,
+    pub name: String,
+    /// IANA time zone, e.g. "Europe/Berlin".
+    pub time_zone: String,
+}
+
+/// A registered pen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub id: String,
+    pub clinic_id: String,
+    pub model: String,
+    /// Depth limit, µm; 0 = default.
+    pub max_depth_um: u32,
+}
+
+/// A product of the cartridge catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    pub gtin: String,
+    pub name: String,
+    /// µm; 0 = no product limit.
+    pub max_depth_um: u32,
+    /// 0 = unlimited.
+    pub rated_strokes: u64,
+    /// Seconds; 0 = unlimited.
+    pub max_active_s: u32,
+    pub shelf_life_days: u32,
+}
+
+/// A production lot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lot {
+    pub gtin: String,
+    pub lot: String,
+    pub expiry: Option<NaiveDate>,
+    pub recalled_at: Option<DateTime<Utc>>,
+    pub recall_reason: Option<String>,
+}
+
+/// What the pipeline needs of a registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    pub clinic_id: String,
+    /// µm; 0 = default.
+    pub max_depth_um: u32,
+    /// Highest seq stored for the device (0 = none yet).
+    pub max_seq: u64,
+}
+
+/// What the pipeline needs of a stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    pub device_id: String,
+    pub relation: CartridgeRelation,
+    pub strokes: u64,
+    pub active_ms: u64,
+}
+
+/// One stored message key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    pub device_id: String,
+    pub seq: u64,
+    /// `session_start`, `stroke_batch`, `session_end`, `heartbeat`.
+    pub kind: &'static str,
+    pub session_id: Option<String>,
+    /// Device clock.
+    pub sent_at: DateTime<Utc>,
+    /// Server clock.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A bind-once claim of a cartridge by a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRow {
+    pub cartridge_id: String,
+    pub session_id: String,
+    pub device_id: String,
+    pub patient_ref: Option<String>,
+    /// Skew-corrected device time of the session start.
+    pub bound_at: DateTime<Utc>,
+}
+
+/// Creates a session or adds to it. The first write of a session sets every
+/// field; later writes add the deltas and move `ended_at`/`last_activity_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionWrite {
+    pub session_id: String,
+    pub device_id: String,
+    pub clinic_id: String,
+    /// Set when this write decides the relation (first message).
+    pub relation: Option<CartridgeRelation>,
+    pub cartridge_id: Option<String>,
+    pub udi: String,
+    pub gtin: Option<String>,
+    pub lot: Option<String>,
+    pub expiry: Option<NaiveDate>,
+    /// `TreatmentArea::as_str`.
+    pub area: &'static str,
+    pub patient_ref: Option<String>,
+    /// Empty when not known from this message.
+    pub operator_ref: String,
+    pub firmware: String,
+    /// Device clock at session start.
+    pub started_at: DateTime<Utc>,
+    /// Set by a session end.
+    pub ended_at: Option<DateTime<Utc>>,
+    pub add_strokes: u64,
+    pub add_active_ms: u64,
+    pub add_samples: u64,
+    pub max_depth_um: u32,
+}
+
+/// One stroke sample row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleRow {
+    /// Device time of the sample (batch start + offset).
+    pub time: DateTime<Utc>,
+    pub seq: u64,
+    pub strokes: u32,
+    pub depth_um: u32,
+    pub speed_hz: u32,
+}
+
+/// Samples of one message share device and session; kept apart from
+/// [`SampleRow`] so the batch does not repeat strings per sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleBlock {
+    pub device_id: String,
+    pub session_id: String,
+    pub rows: Vec<SampleRow>,
+}
+
+/// Device liveness and progress written by a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceWrite {
+    pub device_id: String,
+    /// Server time of the latest message.
+    pub last_seen: DateTime<Utc>,
+    /// Highest seq in the batch (the store keeps the maximum).
+    pub max_seq: u64,
+    pub battery_pct: Option<u32>,
+    pub firmware: Option<String>,
+}
+
+/// A flag to raise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewFlag {
+    pub kind: FlagKind,
+    pub severity: Severity,
+    pub dedupe_key: String,
+    pub clinic_id: String,
+    pub device_id: String,
+    pub session_id: Option<String>,
+    pub cartridge_id: Option<String>,
+    /// Seq of the message that raised it (0 = raised by the server).
+    pub seq: u64,
+    pub detail: String,
+    pub evidence: serde_json::Value,
+}
+
+/// Lifecycle state of a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlagState {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+impl FlagState {
+    /// The stable name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagState::Open => "open",
+            FlagState::Acknowledged => "acknowledged",
+            FlagState::Resolved => "resolved",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<FlagState> {
+        match s {
+            "open" => Some(FlagState::Open),
+            "acknowledged" => Some(FlagState::Acknowledged),
+            "resolved" => Some(FlagState::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// A stored flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagRecord {
+    pub id: uuid::Uuid,
+    pub kind: FlagKind,
+    pub severity: Severity,
+    pub state: FlagState,
+    pub clinic_id: String,
+    pub device_id: String,
+    pub session_id: Option<String>,
+    pub cartridge_id: Option<String>,
+    pub seq: u64,
+    /// Server time of the commit that raised it.
+    pub raised_at: DateTime<Utc>,
+    pub detail: String,
+    pub evidence: serde_json::Value,
+}
+
+/// Filters of `list_flags`; empty vectors and `None` mean "any".
+#[derive(Debug, Clone, Default)]
+pub struct FlagQuery {
+    /// Restrict to these clinics (`None` = every clinic).
+    pub clinic_ids: Option<Vec<String>>,
+    pub device_id: Option<String>,
+    pub session_id: Option<String>,
+    pub kinds: Vec<FlagKind>,
+    pub states: Vec<FlagState>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Return flags raised strictly after this `(raised_at, id)` (paging).
+    pub after: Option<(DateTime<Utc>, uuid::Uuid)>,
+    /// Maximum rows.
+    pub limit: u32,
+}
+
+/// Filters of `list_sessions`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery {
+    pub device_id: String,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Maximum rows, newest first.
+    pub limit: u32,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub device_id: String,
+    pub clinic_id: String,
+    pub cartridge_id: Option<String>,
+    pub udi: String,
+    pub gtin: Option<String>,
+    pub lot: Option<String>,
+    pub expiry: Option<NaiveDate>,
+    pub area: String,
+    pub operator_ref: String,
+    pub patient_ref: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub strokes: u64,
+    pub max_depth_um: u32,
+    pub samples: u64,
+}
+
+/// A device with its status, for the fleet view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceStatus {
+    pub device: Device,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub online: bool,
+    pub battery_pct: Option<u32>,
+    pub sessions_today: u32,
+    pub strokes_today: u64,
+    pub open_flags: u32,
+    pub last_seq: u64,
+}
+
+/// Everything known about one cartridge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CartridgeHistory {
+    pub cartridge_id: String,
+    /// `(session_id, device_id, bound_at)` of the owner.
+    pub binding: Option<(String, String, DateTime<Utc>)>,
+    pub sessions: Vec<SessionRecord>,
+    pub flags: Vec<FlagRecord>,
+}

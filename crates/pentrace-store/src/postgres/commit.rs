@@ -1,0 +1,314 @@
+//! `commit`: a whole write batch in one transaction.
+//!
+//! The order matters: the arbiters (message keys, then bind-once claims, then
+//! the session rows the batch was judged on) go first, so a lost race is
+//! found before any bulk work and the transaction rolls back as
+//! `CommitOutcome::Conflict`. Every multi-row statement sends its rows sorted
+//! by key, so concurrent commits take row and index locks in the same order
+//! and do not deadlock on each other.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use pentrace_domain::rules::SeqHole;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use super::convert::{parse_uuid, to_i32, to_i64};
+use super::{copy, flags, sessions};
+use crate::{
+    ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, WriteBatch,
+};
+
+/// Writes the batch, or nothing if another writer got there first.
+pub(super) async fn commit(pool: &PgPool, batch: &WriteBatch) -> StoreResult<CommitOutcome> {
+    let mut tx = pool.begin().await?;
+    if let Some(detail) = insert_messages(&mut tx, &batch.messages).await? {
+        return conflict(tx, detail).await;
+    }
+    if let Some(detail) = insert_claims(&mut tx, &batch.claims).await? {
+        return conflict(tx, detail).await;
+    }
+    if let Some(detail) = sessions::write(&mut tx, &batch.sessions).await? {
+        return conflict(tx, detail).await;
+    }
+    copy::copy_samples(&mut tx, &batch.samples).await?;
+    let new_flags = flags::insert(&mut tx, &batch.flags).await?;
+    update_activity(&mut tx, &batch.activity).await?;
+    update_devices(&mut tx, &batch.devices).await?;
+    replace_holes(&mut tx, &batch.holes).await?;
+    tx.commit().await?;
+    Ok(CommitOutcome::Committed { new_flags })
+}
+
+async fn conflict(tx: Transaction<'_, Postgres>, detail: String) -> StoreResult<CommitOutcome> {
+    tx.rollback().await?;
+    Ok(CommitOutcome::Conflict { detail })
+}
+
+/// Stores the message keys; `Some(detail)` when one was already stored.
+async fn insert_messages(
+    conn: &mut PgConnection,
+    messages: &[MessageRow],
+) -> StoreResult<Option<String>> {
+    if messages.is_empty() {
+        return Ok(None);
+    }
+    let mut rows: Vec<&MessageRow> = messages.iter().collect();
+    rows.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+    if let Some(pair) = rows
+        .windows(2)
+        .find(|w| (&w[0].device_id, w[0].seq) == (&w[1].device_id, w[1].seq))
+    {
+        // A conflict would make the pipeline retry the same batch forever.
+        return Err(StoreError::Invalid(format!(
+            "message {}/{} appears twice in one batch",
+            pair[0].device_id, pair[0].seq
+        )));
+    }
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut sessions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        seqs.push(to_i64(row.seq, "seq")?);
+        sessions.push(
+            row.session_id
+                .as_deref()
+                .map(|s| parse_uuid(s, "session id"))
+                .transpose()?,
+        );
+    }
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "INSERT INTO device_messages (device_id, seq, kind, session_id, sent_at, received_at) \
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::uuid[], \
+                              $5::timestamptz[], $6::timestamptz[]) \
+         ON CONFLICT DO NOTHING RETURNING device_id, seq",
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.device_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(&seqs)
+    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+    .bind(sessions)
+    .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    if stored.len() == rows.len() {
+        return Ok(None);
+    }
+    let stored: HashSet<(String, i64)> = stored.into_iter().collect();
+    let lost = rows
+        .iter()
+        .zip(&seqs)
+        .find(|(r, s)| !stored.contains(&(r.device_id.clone(), **s)));
+    Ok(Some(match lost {
+        Some((row, _)) => format!("message {}/{} is already stored", row.device_id, row.seq),
+        None => "a message of the batch is already stored".to_owned(),
+    }))
+}
+
+/// Bind-once: `Some(detail)` when a cartridge is already bound. The primary
+/// key decides; a concurrent claim waits for this transaction and loses.
+async fn insert_claims(
+    conn: &mut PgConnection,
+    claims: &[ClaimRow],
+) -> StoreResult<Option<String>> {
+    if claims.is_empty() {
+        return Ok(None);
+    }
+    let mut rows: Vec<&ClaimRow> = claims.iter().collect();
+    rows.sort_by(|a, b| a.cartridge_id.cmp(&b.cartridge_id));
+    if let Some(pair) = rows
+        .windows(2)
+        .find(|w| w[0].cartridge_id == w[1].cartridge_id)
+    {
+        return Err(StoreError::Invalid(format!(
+            "cartridge {} is claimed twice in one batch",
+            pair[0].cartridge_id
+        )));
+    }
+    let sessions = rows
+        .iter()
+        .map(|r| parse_uuid(&r.session_id, "session id"))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let won: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO cartridges (cartridge_id, session_id, device_id, patient_ref, bound_at, \
+                                 last_activity_at) \
+         SELECT c, s, d, p, b, b FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], \
+                                             $5::timestamptz[]) AS u(c, s, d, p, b) \
+         ON CONFLICT (cartridge_id) DO NOTHING RETURNING cartridge_id",
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.cartridge_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(sessions)
+    .bind(
+        rows.iter()
+            .map(|r| r.device_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.patient_ref.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.bound_at).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    if won.len() == rows.len() {
+        return Ok(None);
+    }
+    let won: HashSet<&str> = won.iter().map(String::as_str).collect();
+    let lost = rows.iter().find(|r| !won.contains(r.cartridge_id.as_str()));
+    Ok(Some(match lost {
+        Some(row) => format!("cartridge {} is already bound", row.cartridge_id),
+        None => "a cartridge of the batch is already bound".to_owned(),
+    }))
+}
+
+/// Moves each cartridge's last activity forward (never back).
+async fn update_activity(
+    conn: &mut PgConnection,
+    activity: &[(String, DateTime<Utc>)],
+) -> StoreResult<()> {
+    // One row per cartridge: UPDATE ... FROM applies only one of several
+    // matching rows, so duplicates are reduced to their latest time first.
+    let mut latest: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    for (id, at) in activity {
+        let slot = latest.entry(id.as_str()).or_insert(*at);
+        *slot = (*slot).max(*at);
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE cartridges c SET last_activity_at = GREATEST(c.last_activity_at, u.at) \
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS u(cartridge_id, at) \
+         WHERE c.cartridge_id = u.cartridge_id",
+    )
+    .bind(latest.keys().copied().collect::<Vec<_>>())
+    .bind(latest.values().copied().collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Liveness and progress: times and seq only grow, battery and firmware keep
+/// their last known value.
+async fn update_devices(conn: &mut PgConnection, writes: &[DeviceWrite]) -> StoreResult<()> {
+    let merged = merge_devices(writes);
+    if merged.is_empty() {
+        return Ok(());
+    }
+    let mut max_seq = Vec::with_capacity(merged.len());
+    let mut battery = Vec::with_capacity(merged.len());
+    for w in merged.values() {
+        max_seq.push(to_i64(w.max_seq, "device max seq")?);
+        battery.push(w.battery_pct.map(|b| to_i32(b, "battery")).transpose()?);
+    }
+    sqlx::query(
+        "UPDATE devices d SET last_seen = GREATEST(d.last_seen, u.last_seen), \
+                              max_seq = GREATEST(d.max_seq, u.max_seq), \
+                              battery_pct = COALESCE(u.battery_pct, d.battery_pct), \
+                              firmware = COALESCE(u.firmware, d.firmware) \
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::int4[], $5::text[]) \
+              AS u(id, last_seen, max_seq, battery_pct, firmware) \
+         WHERE d.id = u.id",
+    )
+    .bind(merged.keys().copied().collect::<Vec<_>>())
+    .bind(merged.values().map(|w| w.last_seen).collect::<Vec<_>>())
+    .bind(max_seq)
+    .bind(battery)
+    .bind(
+        merged
+            .values()
+            .map(|w| w.firmware.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One write per device, in device order; later values win where the
+/// database would also let them win.
+fn merge_devices(writes: &[DeviceWrite]) -> BTreeMap<&str, DeviceWrite> {
+    let mut merged: BTreeMap<&str, DeviceWrite> = BTreeMap::new();
+    for w in writes {
+        match merged.get_mut(w.device_id.as_str()) {
+            None => {
+                merged.insert(&w.device_id, w.clone());
+            }
+            Some(m) => {
+                m.last_seen = m.last_seen.max(w.last_seen);
+                m.max_seq = m.max_seq.max(w.max_seq);
+                m.battery_pct = w.battery_pct.or(m.battery_pct);
+                m.firmware = w.firmware.clone().or(m.firmware.take());
+            }
+        }
+    }
+    merged
+}
+
+/// Replaces the open holes of each listed device with the given list.
+async fn replace_holes(
+    conn: &mut PgConnection,
+    holes: &[(String, Vec<SeqHole>)],
+) -> StoreResult<()> {
+    if holes.is_empty() {
+        return Ok(());
+    }
+    let devices: Vec<&str> = holes.iter().map(|(d, _)| d.as_str()).collect();
+    let mut c = HoleColumns::default();
+    for (device_id, list) in holes {
+        for hole in list {
+            c.push(device_id, hole)?;
+        }
+    }
+    sqlx::query("DELETE FROM seq_holes WHERE device_id = ANY($1)")
+        .bind(devices)
+        .execute(&mut *conn)
+        .await?;
+    if c.device_id.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO seq_holes (device_id, first_seq, last_seq, detected_at) \
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::timestamptz[])",
+    )
+    .bind(c.device_id)
+    .bind(c.first)
+    .bind(c.last)
+    .bind(c.detected_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Seq holes as one array per column.
+#[derive(Debug, Default)]
+struct HoleColumns<'a> {
+    device_id: Vec<&'a str>,
+    first: Vec<i64>,
+    last: Vec<i64>,
+    detected_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> HoleColumns<'a> {
+    fn push(&mut self, device_id: &'a str, hole: &SeqHole) -> StoreResult<()> {
+        if hole.device_id != device_id {
+            return Err(StoreError::Invalid(format!(
+                "a hole of device {} listed under device {device_id}",
+                hole.device_id
+            )));
+        }
+        self.device_id.push(device_id);
+        self.first.push(to_i64(hole.first, "hole first seq")?);
+        self.last.push(to_i64(hole.last, "hole last seq")?);
+        self.detected_at.push(hole.detected_at);
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! Session rows of a commit: created by the write that decides the
+//! session's cartridge relation, then only added to.
+//!
+//! Writes of one session are merged here first: PostgreSQL refuses an
+//! `ON CONFLICT DO UPDATE` that touches the same row twice in one statement,
+//! and one row per session is less work anyway.
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::convert::{parse_uuid, relation_columns, to_i32, to_i64};
+use crate::{SessionWrite, StoreError, StoreResult};
+
+/// Writes the sessions; `Some(detail)` when a write adds to a session that
+/// is not stored, i.e. the batch was judged on facts that no longer hold.
+pub(super) async fn write(
+    conn: &mut PgConnection,
+    writes: &[SessionWrite],
+) -> StoreResult<Option<String>> {
+    let merged = merge(writes)?;
+    let (deciding, adding): (Vec<&SessionWrite>, Vec<&SessionWrite>) =
+        merged.iter().partition(|w| w.relation.is_some());
+    upsert(conn, &deciding).await?;
+    add(conn, &adding).await
+}
+
+/// One write per session, sorted by session id (lock order). Counters add
+/// up, the depth is the maximum, the relation and the names keep their first
+/// known value, a later end time replaces an earlier one.
+fn merge(writes: &[SessionWrite]) -> StoreResult<Vec<SessionWrite>> {
+    let mut merged: Vec<SessionWrite> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for w in writes {
+        match index.get(w.session_id.as_str()) {
+            Some(&i) => fold(&mut merged[i], w)?,
+            None => {
+                index.insert(&w.session_id, merged.len());
+                merged.push(w.clone());
+            }
+        }
+    }
+    merged.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    Ok(merged)
+}
+
+fn fold(acc: &mut SessionWrite, w: &SessionWrite) -> StoreResult<()> {
+    let sum = |a: u64, b: u64, what: &str| {
+        a.checked_add(b)
+            .ok_or_else(|| StoreError::Invalid(format!("session {} {what} overflow", w.session_id)))
+    };
+    acc.add_strokes = sum(acc.add_strokes, w.add_strokes, "strokes")?;
+    acc.add_active_ms = sum(acc.add_active_ms, w.add_active_ms, "active ms")?;
+    acc.add_samples = sum(acc.add_samples, w.add_samples, "samples")?;
+    acc.max_depth_um = acc.max_depth_um.max(w.max_depth_um);
+    acc.ended_at = w.ended_at.or(acc.ended_at);
+    if acc.relation.is_none() {
+        acc.relation = w.relation.clone();
+    }
+    if acc.patient_ref.is_none() {
+        acc.patient_ref = w.patient_ref.clone();
+    }
+    if acc.operator_ref.is_empty() {
+        acc.operator_ref = w.operator_ref.clone();
+    }
+    if acc.firmware.is_empty() {
+        acc.firmware = w.firmware.clone();
+    }
+    Ok(())
+}
+
+/// Creates the sessions, or adds to them when another process created them
+/// meanwhile (then the stored relation stands: it was decided first).
+async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut c = Columns::default();
+    for w in writes {
+        c.push(w)?;
+    }
+    sqlx::query(
+        "INSERT INTO sessions (session_id, device_id, clinic_id, relation, owner_session_id, \
+             cartridge_id, udi, gtin, lot, expiry, area, patient_ref, operator_ref, firmware, \
+             started_at, ended_at, strokes, active_ms, samples, max_depth_um) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::date[], $11::text[], \
+             $12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[], \
+             $17::int8[], $18::int8[], $19::int8[], $20::int4[]) \
+         ON CONFLICT (session_id) DO UPDATE SET \
+             strokes = sessions.strokes + EXCLUDED.strokes, \
+             active_ms = sessions.active_ms + EXCLUDED.active_ms, \
+             samples = sessions.samples + EXCLUDED.samples, \
+             max_depth_um = GREATEST(sessions.max_depth_um, EXCLUDED.max_depth_um), \
+             ended_at = COALESCE(EXCLUDED.ended_at, sessions.ended_at), \
+             patient_ref = COALESCE(sessions.patient_ref, EXCLUDED.patient_ref), \
+             operator_ref = COALESCE(NULLIF(sessions.operator_ref, ''), EXCLUDED.operator_ref), \
+             firmware = COALESCE(NULLIF(sessions.firmware, ''), EXCLUDED.firmware)",
+    )
+    .bind(c.session_id)
+    .bind(c.device_id)
+    .bind(c.clinic_id)
+    .bind(c.relation)
+    .bind(c.owner_session_id)
+    .bind(c.cartridge_id)
+    .bind(c.udi)
+    .bind(c.gtin)
+    .bind(c.lot)
+    .bind(c.expiry)
+    .bind(c.area)
+    .bind(c.patient_ref)
+    .bind(c.operator_ref)
+    .bind(c.firmware)
+    .bind(c.started_at)
+    .bind(c.ended_at)
+    .bind(c.strokes)
+    .bind(c.active_ms)
+    .bind(c.samples)
+    .bind(c.max_depth_um)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds to stored sessions. A session row is never created without its
+/// relation (the column is NOT NULL), so a write that does not decide it
+/// must find the row; if it does not, the batch is stale.
+async fn add(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<Option<String>> {
+    if writes.is_empty() {
+        return Ok(None);
+    }
+    let mut c = Columns::default();
+    for w in writes {
+        c.push(w)?;
+    }
+    let updated: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE sessions s SET \
+             strokes = s.strokes + u.strokes, \
+             active_ms = s.active_ms + u.active_ms, \
+             samples = s.samples + u.samples, \
+             max_depth_um = GREATEST(s.max_depth_um, u.max_depth_um), \
+             ended_at = COALESCE(u.ended_at, s.ended_at), \
+             patient_ref = COALESCE(s.patient_ref, u.patient_ref), \
+             operator_ref = COALESCE(NULLIF(s.operator_ref, ''), u.operator_ref), \
+             firmware = COALESCE(NULLIF(s.firmware, ''), u.firmware) \
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], \
+                     $6::int4[], $7::text[], $8::text[], $9::text[]) \
+              AS u(session_id, ended_at, strokes, active_ms, samples, max_depth_um, \
+                   patient_ref, operator_ref, firmware) \
+         WHERE s.session_id = u.session_id \
+         RETURNING s.session_id",
+    )
+    .bind(&c.session_id)
+    .bind(c.ended_at)
+    .bind(c.strokes)
+    .bind(c.active_ms)
+    .bind(c.samples)
+    .bind(c.max_depth_um)
+    .bind(c.patient_ref)
+    .bind(c.operator_ref)
+    .bind(c.firmware)
+    .fetch_all(conn)
+    .await?;
+    if updated.len() == c.session_id.len() {
+        return Ok(None);
+    }
+    let missing = c.session_id.iter().find(|id| !updated.contains(id));
+    Ok(Some(match missing {
+        Some(id) => format!("session {id} is not stored yet; the batch was judged on stale facts"),
+        None => "a session of the batch is not stored yet".to_owned(),
+    }))
+}
+
+/// Session writes as one array per column.
+#[derive(Debug, Default)]
+struct Columns<'a> {
+    session_id: Vec<Uuid>,
+    device_id: Vec<&'a str>,
+    clinic_id: Vec<&'a str>,
+    relation: Vec<Option<&'static str>>,
+    owner_session_id: Vec<Option<Uuid>>,
+    cartridge_id: Vec<Option<&'a str>>,
+    udi: Vec<&'a str>,
+    gtin: Vec<Option<&'a str>>,
+    lot: Vec<Option<&'a str>>,
+    expiry: Vec<Option<chrono::NaiveDate>>,
+    area: Vec<&'static str>,
+    patient_ref: Vec<Option<&'a str>>,
+    operator_ref: Vec<&'a str>,
+    firmware: Vec<&'a str>,
+    started_at: Vec<chrono::DateTime<chrono::Utc>>,
+    ended_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    strokes: Vec<i64>,
+    active_ms: Vec<i64>,
+    samples: Vec<i64>,
+    max_depth_um: Vec<i32>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, w: &'a SessionWrite) -> StoreResult<()> {
+        let (relation, owner) = match &w.relation {
+            Some(r) => relation_columns(r).map(|(name, owner)| (Some(name), owner))?,
+            None => (None, None),
+        };
+        self.session_id
+            .push(parse_uuid(&w.session_id, "session id")?);
+        self.device_id.push(&w.device_id);
+        self.clinic_id.push(&w.clinic_id);
+        self.relation.push(relation);
+        self.owner_session_id.push(owner);
+        self.cartridge_id.push(w.cartridge_id.as_deref());
+        self.udi.push(&w.udi);
+        self.gtin.push(w.gtin.as_deref());
+        self.lot.push(w.lot.as_deref());
+        self.expiry.push(w.expiry);
+        self.area.push(w.area);
+        self.patient_ref.push(w.patient_ref.as_deref());
+        self.operator_ref.push(&w.operator_ref);
+        self.firmware.push(&w.firmware);
+        self.started_at.push(w.started_at);
+        self.ended_at.push(w.ended_at);
+        self.strokes.push(to_i64(w.add_strokes, "session strokes")?);
+        self.active_ms
+            .push(to_i64(w.add_active_ms, "session active ms")?);
+        self.samples.push(to_i64(w.add_samples, "session samples")?);
+        self.max_depth_um
+            .push(to_i32(w.max_depth_um, "session max depth")?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use pentrace_domain::rules::CartridgeRelation;
+
+    fn write(id: &str) -> SessionWrite {
+        SessionWrite {
+            session_id: id.into(),
+            device_id: "pen-1".into(),
+            clinic_id: "c1".into(),
+            relation: None,
+            cartridge_id: None,
+            udi: String::new(),
+            gtin: None,
+            lot: None,
+            expiry: None,
+            area: "face",
+            patient_ref: None,
+            operator_ref: String::new(),
+            firmware: String::new(),
+            started_at: DateTime::<Utc>::UNIX_EPOCH,
+            ended_at: None,
+            add_strokes: 0,
+            add_active_ms: 0,
+            add_samples: 0,
+            max_depth_um: 0,
+        }
+    }
+
+    #[test]
+    fn writes_of_one_session_merge_into_one() {
+        let first = SessionWrite {
+            relation: Some(CartridgeRelation::Owner),
+            add_strokes: 10,
+            max_depth_um: 800,
+            ..write("b")
+        };
+        let second = SessionWrite {
+            relation: Some(CartridgeRelation::Unidentified),
+            operator_ref: "op-7".into(),
+            add_strokes: 5,
+            max_depth_um: 600,
+            ended_at: Some(DateTime::<Utc>::UNIX_EPOCH),
+            ..write("b")
+        };
+        let merged = merge(&[first, write("a"), second]).ok().unwrap_or_default();
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].session_id, "a");
+        let b = &merged[1];
+        assert_eq!(b.relation, Some(CartridgeRelation::Owner));
+        assert_eq!((b.add_strokes, b.max_depth_um), (15, 800));
+        assert_eq!(b.operator_ref, "op-7");
+        assert!(b.ended_at.is_some());
+    }
+
+    #[test]
+    fn counters_that_overflow_are_refused() {
+        let big = SessionWrite {
+            add_strokes: u64::MAX,
+            ..write("a")
+        };
+        assert!(matches!(
+            merge(&[big.clone(), big]),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}

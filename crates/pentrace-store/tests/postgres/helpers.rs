@@ -1,0 +1,277 @@
+//! A database per test, and builders for registry rows and write batches.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use pentrace_domain::rules::CartridgeRelation;
+use pentrace_domain::FlagKind;
+use pentrace_store::postgres::PgStore;
+use pentrace_store::{
+    ClaimRow, Clinic, CommitOutcome, Device, DeviceWrite, FlagRecord, Lot, MessageRow, NewFlag,
+    Product, SampleBlock, SampleRow, SessionWrite, Store, WriteBatch,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+pub const CLINIC: &str = "clinic-1";
+pub const GTIN: &str = "09506000134352";
+pub const LOT: &str = "LOT-A";
+
+/// The server the tests create their databases on.
+fn server_url() -> String {
+    std::env::var("PENTRACE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+async fn admin() -> PgConnection {
+    PgConnection::connect(&server_url()).await.expect("connect to the test server")
+}
+
+/// A fresh database and a store on it. Drop it with [`TestDb::drop_db`].
+pub struct TestDb {
+    name: String,
+    pub store: PgStore,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!("pentrace_test_{}", Uuid::new_v4().simple());
+        let mut admin = admin().await;
+        admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create db");
+        let _ = admin.close().await;
+        let options = PgConnectOptions::from_str(&server_url()).expect("url").database(&name);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .expect("connect to the test database");
+        TestDb { name, store: PgStore::from_pool(pool) }
+    }
+
+    /// Closes the pool and drops the database, even if connections linger.
+    pub async fn drop_db(self) {
+        let _ = tokio::time::timeout(StdDuration::from_secs(5), self.store.pool().close()).await;
+        let mut admin = admin().await;
+        let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+        if let Err(e) = admin.execute(sql.as_str()).await {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+        let _ = admin.close().await;
+    }
+}
+
+/// Runs `body` against a fresh, migrated database and drops the database
+/// afterwards, also when the body panics (its panic is then re-raised).
+pub async fn with_store<F, Fut>(body: F)
+where
+    F: FnOnce(PgStore) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    with_db(true, body).await;
+}
+
+/// [`with_store`] with the choice of migrating first.
+pub async fn with_db<F, Fut>(migrate: bool, body: F)
+where
+    F: FnOnce(PgStore) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let db = TestDb::create().await;
+    let store = db.store.clone();
+    // A spawned task turns the body's panic into a JoinError, so the drop
+    // below still runs.
+    let outcome = tokio::spawn(async move {
+        if migrate {
+            store.migrate().await.expect("migrate");
+        }
+        body(store).await;
+    })
+    .await;
+    db.drop_db().await;
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("test body did not finish: {e}"),
+        }
+    }
+}
+
+/// A fixed instant plus `secs`.
+pub fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_740_819_600 + secs, 0).single().expect("valid time")
+}
+
+pub fn new_session() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// The clinic, the devices, the product `GTIN` and its lot `LOT`.
+pub async fn registry(store: &PgStore, devices: &[&str]) {
+    let clinic = Clinic {
+        id: CLINIC.into(),
+        name: "Clinic One".into(),
+        time_zone: "Europe/Berlin".into(),
+    };
+    store.upsert_clinic(&clinic).await.expect("clinic");
+    for id in devices {
+        let device = Device {
+            id: (*id).into(),
+            clinic_id: CLINIC.into(),
+            model: "pen-x".into(),
+            max_depth_um: 2500,
+        };
+        store.upsert_device(&device).await.expect("device");
+    }
+    let product = Product {
+        gtin: GTIN.into(),
+        name: "Nano 12".into(),
+        max_depth_um: 2000,
+        rated_strokes: 100_000,
+        max_active_s: 1800,
+        shelf_life_days: 730,
+    };
+    store.upsert_product(&product).await.expect("product");
+    let lot = Lot {
+        gtin: GTIN.into(),
+        lot: LOT.into(),
+        expiry: NaiveDate::from_ymd_opt(2030, 1, 31),
+        recalled_at: None,
+        recall_reason: None,
+    };
+    store.upsert_lot(&lot).await.expect("lot");
+}
+
+pub fn message(device: &str, seq: u64, kind: &'static str, session: Option<&str>) -> MessageRow {
+    let at = t(i64::try_from(seq).expect("small seq"));
+    MessageRow {
+        device_id: device.into(),
+        seq,
+        kind,
+        session_id: session.map(str::to_owned),
+        sent_at: at,
+        received_at: at,
+    }
+}
+
+pub fn claim(cartridge: &str, session: &str, device: &str) -> ClaimRow {
+    ClaimRow {
+        cartridge_id: cartridge.into(),
+        session_id: session.into(),
+        device_id: device.into(),
+        patient_ref: Some("patient-hash-1".into()),
+        bound_at: t(0),
+    }
+}
+
+/// The first write of a session (it decides the relation).
+pub fn session_write(
+    session: &str,
+    device: &str,
+    cartridge: Option<&str>,
+    relation: CartridgeRelation,
+    started_at: DateTime<Utc>,
+) -> SessionWrite {
+    SessionWrite {
+        session_id: session.into(),
+        device_id: device.into(),
+        clinic_id: CLINIC.into(),
+        relation: Some(relation),
+        cartridge_id: cartridge.map(str::to_owned),
+        udi: format!("(01){GTIN}(17)300131(10){LOT}(21)S1"),
+        gtin: Some(GTIN.into()),
+        lot: Some(LOT.into()),
+        expiry: NaiveDate::from_ymd_opt(2030, 1, 31),
+        area: "face",
+        patient_ref: Some("patient-hash-1".into()),
+        operator_ref: String::new(),
+        firmware: "1.2.3".into(),
+        started_at,
+        ended_at: None,
+        add_strokes: 0,
+        add_active_ms: 0,
+        add_samples: 0,
+        max_depth_um: 0,
+    }
+}
+
+/// A later write adding to a stored session.
+pub fn session_delta(session: &str, device: &str, strokes: u64, depth: u32) -> SessionWrite {
+    SessionWrite {
+        relation: None,
+        add_strokes: strokes,
+        add_active_ms: strokes * 10,
+        add_samples: 1,
+        max_depth_um: depth,
+        ..session_write(session, device, None, CartridgeRelation::Owner, t(0))
+    }
+}
+
+pub fn samples(device: &str, session: &str, seq: u64, n: u32) -> SampleBlock {
+    let rows = (0..n)
+        .map(|i| SampleRow {
+            time: t(i64::from(i)),
+            seq,
+            strokes: 10,
+            depth_um: 500 + i % 100,
+            speed_hz: 120,
+        })
+        .collect();
+    SampleBlock { device_id: device.into(), session_id: session.into(), rows }
+}
+
+pub fn flag(key: &str, kind: FlagKind, device: &str, session: Option<&str>) -> NewFlag {
+    NewFlag {
+        kind,
+        severity: kind.severity(),
+        dedupe_key: key.into(),
+        clinic_id: CLINIC.into(),
+        device_id: device.into(),
+        session_id: session.map(str::to_owned),
+        cartridge_id: None,
+        seq: 1,
+        detail: format!("{kind} for a test"),
+        evidence: serde_json::json!({ "key": key }),
+    }
+}
+
+pub fn device_write(device: &str, seq: u64) -> DeviceWrite {
+    DeviceWrite {
+        device_id: device.into(),
+        last_seen: t(i64::try_from(seq).expect("small seq")),
+        max_seq: seq,
+        battery_pct: Some(80),
+        firmware: Some("1.2.3".into()),
+    }
+}
+
+/// A session start that claims `cartridge` for `session` on `device`.
+pub fn start_batch(device: &str, seq: u64, session: &str, cartridge: &str) -> WriteBatch {
+    WriteBatch {
+        messages: vec![message(device, seq, "session_start", Some(session))],
+        claims: vec![claim(cartridge, session, device)],
+        sessions: vec![session_write(
+            session,
+            device,
+            Some(cartridge),
+            CartridgeRelation::Owner,
+            t(0),
+        )],
+        devices: vec![device_write(device, seq)],
+        ..WriteBatch::default()
+    }
+}
+
+pub async fn commit_ok(store: &PgStore, batch: &WriteBatch) -> Vec<FlagRecord> {
+    match store.commit(batch).await.expect("commit") {
+        CommitOutcome::Committed { new_flags } => new_flags,
+        CommitOutcome::Conflict { detail } => panic!("unexpected conflict: {detail}"),
+    }
+}
+
+/// `SELECT count(*)` of a statement.
+pub async fn count(store: &PgStore, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(store.pool()).await.expect("count")
+}

@@ -1,0 +1,123 @@
+//! `pentrace serve` and `pentrace migrate`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use pentrace_server::config::Overrides;
+use pentrace_server::{Application, Config, telemetry};
+use pentrace_store::postgres::PgStore;
+use secrecy::ExposeSecret;
+
+/// Options shared by commands that reach the database.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (optional; defaults, then this file, then
+    /// PENTRACE_* variables, then flags).
+    #[arg(long, env = "PENTRACE_CONFIG")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// gRPC listen address.
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Register unknown devices to the default clinic instead of rejecting them.
+    #[arg(long)]
+    auto_register: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+}
+
+fn load(common: &ConfigArgs, mut overrides: Overrides) -> anyhow::Result<Config> {
+    overrides.database_url = common.database_url.clone();
+    Ok(Config::load(common.config.as_deref(), &overrides)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        database_url: None,
+        auto_register: args.auto_register.then_some(true),
+    };
+    let config = load(&args.common, overrides)?;
+    telemetry::init(config.log_format);
+    runtime()?.block_on(async {
+        let app = Application::build(config)
+            .await
+            .context("cannot start the server")?;
+        let ports = app.ports();
+        // One line a person or a script can read the ports from.
+        println!(
+            "pentrace serving: grpc=127.0.0.1:{} http=127.0.0.1:{} store=postgres",
+            ports.grpc, ports.http
+        );
+        let stop = app.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; shutting down");
+            stop.cancel();
+        });
+        app.run_until_stopped()
+            .await
+            .context("server stopped with an error")
+    })
+}
+
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let config = load(&args.common, Overrides::default())?;
+    runtime()?.block_on(async {
+        let store = PgStore::connect(config.database_url.expose_secret(), 2)
+            .await
+            .context("cannot connect to the database")?;
+        store.migrate().await.context("migration failed")?;
+        println!("migrations applied");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

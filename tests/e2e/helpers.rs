@@ -1,0 +1,234 @@
+//! `spawn_app`: a fresh database and the real binary serving on free ports.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pentrace_proto::v1 as pb;
+use pentrace_proto::v1::compliance_client::ComplianceClient;
+use pentrace_proto::v1::fleet_client::FleetClient;
+use pentrace_proto::v1::registry_client::RegistryClient;
+use pentrace_proto::v1::telemetry_client::TelemetryClient;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tonic::transport::Channel;
+
+/// Server of the tests' PostgreSQL (databases are created per test).
+pub fn admin_url() -> String {
+    std::env::var("PENTRACE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn url_for(db: &str) -> String {
+    let admin = admin_url();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{db}")
+}
+
+/// A running server and its database; both go away on drop.
+pub struct TestApp {
+    pub grpc: String,
+    pub http: String,
+    pub db: PgPool,
+    db_name: String,
+    child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl TestApp {
+    pub async fn telemetry(&self) -> TelemetryClient<Channel> {
+        TelemetryClient::connect(self.grpc.clone())
+            .await
+            .expect("connect telemetry")
+    }
+    pub async fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::connect(self.grpc.clone())
+            .await
+            .expect("connect registry")
+    }
+    pub async fn compliance(&self) -> ComplianceClient<Channel> {
+        ComplianceClient::connect(self.grpc.clone())
+            .await
+            .expect("connect compliance")
+    }
+    pub async fn fleet(&self) -> FleetClient<Channel> {
+        FleetClient::connect(self.grpc.clone())
+            .await
+            .expect("connect fleet")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.db)
+            .await
+            .expect(sql)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let name = self.db_name.clone();
+        // Dropping needs its own connection; the pool may be mid-use.
+        let drop_db = async move {
+            if let Ok(mut c) = PgConnection::connect(&admin_url()).await {
+                let _ = c
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await;
+            }
+        };
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(drop_db))
+        })
+        .join();
+    }
+}
+
+/// Creates a database and starts `pentrace serve` on it, on free ports.
+pub async fn spawn_app(extra_args: &[&str]) -> TestApp {
+    let db_name = format!("pentrace_e2e_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_url())
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432");
+    admin
+        .execute(format!("CREATE DATABASE {db_name}").as_str())
+        .await
+        .expect("create database");
+    let url = url_for(&db_name);
+    let log = std::env::temp_dir().join(format!("{db_name}.log"));
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pentrace"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+        ])
+        .args(extra_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").map(|_| "info").unwrap_or("warn"),
+        )
+        .env("PENTRACE_INGEST__GAP_CHECK_INTERVAL_S", "1")
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .expect("start pentrace");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        // Keep draining so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        line
+    })
+    .await
+    .expect("read stdout");
+    let port = |key: &str| -> String {
+        let field = line.split_whitespace().find_map(|w| w.strip_prefix(key));
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        field
+            .unwrap_or_else(|| panic!("no {key} in {line:?}; server log:\n{log_text}"))
+            .to_owned()
+    };
+    let grpc = format!("http://{}", port("grpc="));
+    let http = format!("http://{}", port("http="));
+    let db = PgPool::connect(&url).await.expect("test pool");
+    TestApp {
+        grpc,
+        http,
+        db,
+        db_name,
+        child,
+        log,
+    }
+}
+
+/// Waits for `check` to hold, polling, up to `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Registers a clinic, devices, products and lots.
+pub async fn register(
+    app: &TestApp,
+    clinic: &str,
+    devices: &[(&str, u32)],
+    products: &[pb::Product],
+    lots: &[pb::Lot],
+) {
+    let mut r = app.registry().await;
+    r.register_clinic(pb::RegisterClinicRequest {
+        clinic: Some(pb::Clinic {
+            clinic_id: clinic.into(),
+            name: clinic.into(),
+            time_zone: "UTC".into(),
+        }),
+    })
+    .await
+    .expect("clinic");
+    for (id, max_depth_um) in devices {
+        r.register_device(pb::RegisterDeviceRequest {
+            device: Some(pb::Device {
+                device_id: (*id).into(),
+                clinic_id: clinic.into(),
+                model: "test-pen".into(),
+                max_depth_um: *max_depth_um,
+            }),
+        })
+        .await
+        .expect("device");
+    }
+    for p in products {
+        r.register_product(pb::RegisterProductRequest {
+            product: Some(p.clone()),
+        })
+        .await
+        .expect("product");
+    }
+    for l in lots {
+        r.register_lot(pb::RegisterLotRequest {
+            lot: Some(l.clone()),
+        })
+        .await
+        .expect("lot");
+    }
+}

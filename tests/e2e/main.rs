@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `pentrace` binary against the real PostgreSQL
+//! on 127.0.0.1:5432, each test with its own database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod ingest;
+mod rejects;
