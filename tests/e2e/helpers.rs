@@ -26,14 +26,144 @@ fn url_for(db: &str) -> String {
     format!("{base}/{db}")
 }
 
-/// A running server and its database; both go away on drop.
-pub struct TestApp {
+/// A database of its own for one test, dropped with it.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!("pentrace_e2e_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create database");
+        let url = url_for(&name);
+        let pool = PgPool::connect(&url).await.expect("test pool");
+        TestDb { name, url, pool }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropping needs its own runtime and connection: the test's runtime
+        // may be shutting down.
+        let drop_db = async move {
+            if let Ok(mut c) = PgConnection::connect(&admin_url()).await {
+                let _ = c
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await;
+            }
+        };
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(drop_db))
+        })
+        .join();
+    }
+}
+
+/// A running `pentrace serve` process.
+pub struct Server {
     pub grpc: String,
     pub http: String,
-    pub db: PgPool,
-    db_name: String,
     child: Child,
     pub log: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts the real binary on free ports against `db`.
+    pub async fn start(db: &TestDb, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let log =
+            std::env::temp_dir().join(format!("{}-{}.log", db.name, uuid::Uuid::new_v4().simple()));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pentrace"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--database-url",
+                &db.url,
+            ])
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").map(|_| "info").unwrap_or("warn"),
+            )
+            .env("PENTRACE_INGEST__GAP_CHECK_INTERVAL_S", "1")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("start pentrace");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            // Keep draining so the server never blocks on a full pipe.
+            std::thread::spawn(move || for _ in reader.lines() {});
+            line
+        })
+        .await
+        .expect("read stdout");
+        let field = |key: &str| -> String {
+            let value = line.split_whitespace().find_map(|w| w.strip_prefix(key));
+            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+            value
+                .unwrap_or_else(|| panic!("no {key} in {line:?}; server log:\n{log_text}"))
+                .to_owned()
+        };
+        let grpc = format!("http://{}", field("grpc="));
+        let http = format!("http://{}", field("http="));
+        Server {
+            grpc,
+            http,
+            child,
+            log,
+        }
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) and waits for the exit.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A server and its database.
+pub struct TestApp {
+    pub server: Server,
+    pub db: TestDb,
+    pub grpc: String,
+    pub http: String,
 }
 
 impl TestApp {
@@ -58,112 +188,41 @@ impl TestApp {
             .expect("connect fleet")
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
+    /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.server.signal("TERM")
+    }
+
+    /// Replaces the server process with a new one on the same database.
+    pub async fn restart(&mut self, args: &[&str], envs: &[(&str, &str)]) {
+        self.server = Server::start(&self.db, args, envs).await;
+        self.grpc = self.server.grpc.clone();
+        self.http = self.server.http.clone();
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(&self.db)
+            .fetch_one(&self.db.pool)
             .await
             .expect(sql)
     }
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let name = self.db_name.clone();
-        // Dropping needs its own connection; the pool may be mid-use.
-        let drop_db = async move {
-            if let Ok(mut c) = PgConnection::connect(&admin_url()).await {
-                let _ = c
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await;
-            }
-        };
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|rt| rt.block_on(drop_db))
-        })
-        .join();
-    }
+/// Creates a database and starts `pentrace serve` on it, on free ports.
+pub async fn spawn_app(args: &[&str]) -> TestApp {
+    spawn_app_with(args, &[]).await
 }
 
-/// Creates a database and starts `pentrace serve` on it, on free ports.
-pub async fn spawn_app(extra_args: &[&str]) -> TestApp {
-    let db_name = format!("pentrace_e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&admin_url())
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    admin
-        .execute(format!("CREATE DATABASE {db_name}").as_str())
-        .await
-        .expect("create database");
-    let url = url_for(&db_name);
-    let log = std::env::temp_dir().join(format!("{db_name}.log"));
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pentrace"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--database-url",
-            &url,
-        ])
-        .args(extra_args)
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_LOG").map(|_| "info").unwrap_or("warn"),
-        )
-        .env("PENTRACE_INGEST__GAP_CHECK_INTERVAL_S", "1")
-        .stdout(Stdio::piped())
-        .stderr(log_file)
-        .spawn()
-        .expect("start pentrace");
-    let stdout = child.stdout.take().expect("stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        // Keep draining so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
-        line
-    })
-    .await
-    .expect("read stdout");
-    let port = |key: &str| -> String {
-        let field = line.split_whitespace().find_map(|w| w.strip_prefix(key));
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        field
-            .unwrap_or_else(|| panic!("no {key} in {line:?}; server log:\n{log_text}"))
-            .to_owned()
-    };
-    let grpc = format!("http://{}", port("grpc="));
-    let http = format!("http://{}", port("http="));
-    let db = PgPool::connect(&url).await.expect("test pool");
+/// [`spawn_app`] with extra environment variables.
+pub async fn spawn_app_with(args: &[&str], envs: &[(&str, &str)]) -> TestApp {
+    let db = TestDb::create().await;
+    let server = Server::start(&db, args, envs).await;
+    let (grpc, http) = (server.grpc.clone(), server.http.clone());
     TestApp {
+        server,
+        db,
         grpc,
         http,
-        db,
-        db_name,
-        child,
-        log,
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod broker;
 mod helpers;
 mod ingest;
+mod mqtt;
 mod rejects;

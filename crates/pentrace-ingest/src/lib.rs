@@ -155,6 +155,17 @@ impl IngestHandle {
         sent.map_err(|_| Closed)
     }
 
+    /// Waits for room in the queue; the returned slot queues exactly one
+    /// message. Lets a transport wait for room inside a `select!` while it
+    /// keeps acknowledging.
+    pub async fn reserve(&self) -> Result<Slot<'_>, Closed> {
+        let permit = self.tx.reserve().await.map_err(|_| Closed)?;
+        Ok(Slot {
+            permit,
+            metrics: &self.metrics,
+        })
+    }
+
     /// Flags as they are committed (for `WatchFlags` and MQTT publishing).
     pub fn subscribe_flags(&self) -> broadcast::Receiver<Arc<FlagRecord>> {
         self.flags.subscribe()
@@ -172,6 +183,21 @@ impl IngestHandle {
 
     pub fn metrics(&self) -> &IngestMetrics {
         &self.metrics
+    }
+}
+
+/// Room for one message in the pipeline's queue.
+#[derive(Debug)]
+pub struct Slot<'a> {
+    permit: mpsc::Permit<'a, Envelope>,
+    metrics: &'a IngestMetrics,
+}
+
+impl Slot<'_> {
+    /// Queues the message.
+    pub fn send(self, envelope: Envelope) {
+        self.metrics.queue_depth.inc();
+        self.permit.send(envelope);
     }
 }
 

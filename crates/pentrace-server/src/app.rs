@@ -38,6 +38,8 @@ pub enum AppError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("MQTT: {0}")]
+    Mqtt(String),
 }
 
 /// Ports the application actually listens on.
@@ -84,6 +86,18 @@ impl Application {
         }
     }
 
+    /// One line saying where it listens and what it uses.
+    pub fn summary(&self) -> String {
+        let ports = self.ports();
+        let mqtt = self.config.mqtt.url.as_deref().unwrap_or("off");
+        format!(
+            "pentrace serving: grpc=127.0.0.1:{} http=127.0.0.1:{} store={} mqtt={mqtt}",
+            ports.grpc,
+            ports.http,
+            self.store.kind()
+        )
+    }
+
     /// Cancel it to stop the application gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -99,12 +113,22 @@ impl Application {
             http,
             shutdown,
         } = self;
-        let ingest_shutdown = CancellationToken::new();
-        let (pipeline, ingest) = Pipeline::start(
-            store.clone(),
-            config.ingest_config(),
-            ingest_shutdown.clone(),
-        );
+        // On shutdown the writer stops waiting out a store outage: whatever
+        // is not committed by then is not acknowledged, and is resent.
+        let (pipeline, ingest) =
+            Pipeline::start(store.clone(), config.ingest_config(), shutdown.clone());
+        let mqtt = match &config.mqtt.url {
+            Some(_) => Some(
+                crate::mqtt::spawn(
+                    &config.mqtt,
+                    ingest.clone(),
+                    config.max_message_bytes,
+                    shutdown.clone(),
+                )
+                .map_err(AppError::Mqtt)?,
+            ),
+            None => None,
+        };
         let mut registry = Registry::default();
         ingest.metrics().register(&mut registry);
         let http_state = HttpState {
@@ -141,8 +165,9 @@ impl Application {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let (grpc_result, http_result) = tokio::join!(grpc_server, async { http_server.await });
         tracing::info!("listeners closed; draining the ingest pipeline");
-        // Outages no longer wait for the store once every stream has ended.
-        ingest_shutdown.cancel();
+        if let Some(mqtt) = mqtt {
+            let _ = mqtt.await;
+        }
         pipeline.drained().await;
         grpc_result?;
         http_result.map_err(AppError::Http)?;

@@ -14,6 +14,8 @@ use pentrace_ingest::IngestConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::mqtt::{MqttSettings, parse_url};
+
 /// Everything `pentrace serve` can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,6 +39,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub ingest: IngestSettings,
     pub policy: PolicySettings,
+    pub mqtt: MqttSettings,
 }
 
 /// Batching of the ingest pipeline.
@@ -80,6 +83,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             ingest: IngestSettings::default(),
             policy: PolicySettings::default(),
+            mqtt: MqttSettings::default(),
         }
     }
 }
@@ -121,6 +125,13 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
+/// `PENTRACE_*` variables that are not configuration keys: the config file
+/// path (a flag's variable) and the tests' own settings.
+fn ignored_env(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key == "config" || key.starts_with("test")
+}
+
 /// Values given on the command line; `None` = not given.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -132,6 +143,17 @@ pub struct Overrides {
     pub database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_register: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttOverrides>,
+}
+
+/// MQTT values given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MqttOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 impl Config {
@@ -145,7 +167,7 @@ impl Config {
             .merge(
                 Env::prefixed("PENTRACE_")
                     .split("__")
-                    .filter(|k| !k.as_str().starts_with("test")),
+                    .filter(|k| !ignored_env(k.as_str())),
             )
             .merge(
                 Env::raw()
@@ -179,6 +201,21 @@ impl Config {
         }
         if self.max_message_bytes < 1024 {
             return Err(invalid("max_message_bytes", "must be at least 1024"));
+        }
+        if let Some(url) = &self.mqtt.url {
+            parse_url(url).map_err(|p| ConfigError::Invalid {
+                key: "mqtt.url",
+                problem: p,
+            })?;
+        }
+        if self.mqtt.client_id.trim().is_empty() {
+            return Err(invalid("mqtt.client_id", "must not be empty"));
+        }
+        if self.mqtt.max_packet_bytes <= self.max_message_bytes {
+            return Err(invalid(
+                "mqtt.max_packet_bytes",
+                "must exceed max_message_bytes",
+            ));
         }
         if self.default_clinic.trim().is_empty() {
             return Err(invalid("default_clinic", "must not be empty"));

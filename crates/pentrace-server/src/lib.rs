@@ -6,6 +6,7 @@ pub mod config;
 pub mod convert;
 pub mod grpc;
 pub mod http;
+pub mod mqtt;
 pub mod telemetry;
 
 pub use app::{AppError, Application, Ports};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use pentrace_server::config::Overrides;
+use pentrace_server::config::{MqttOverrides, Overrides};
 use pentrace_server::{Application, Config, telemetry};
 use pentrace_store::postgres::PgStore;
 use secrecy::ExposeSecret;
@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// Register unknown devices to the default clinic instead of rejecting them.
     #[arg(long)]
     auto_register: bool,
+    /// MQTT broker to consume device messages from (mqtt://host:port).
+    #[arg(long)]
+    mqtt_url: Option<String>,
+    /// Fixed MQTT client id of this process (persistent session).
+    #[arg(long)]
+    mqtt_client_id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +67,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http_addr: args.http_addr,
         database_url: None,
         auto_register: args.auto_register.then_some(true),
+        mqtt: Some(MqttOverrides {
+            url: args.mqtt_url,
+            client_id: args.mqtt_client_id,
+        }),
     };
     let config = load(&args.common, overrides)?;
     telemetry::init(config.log_format);

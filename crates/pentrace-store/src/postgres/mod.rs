@@ -65,14 +65,18 @@ impl PgStore {
     /// `Migrator::run_direct`), so one replica applies and the others wait,
     /// then find everything applied.
     pub async fn migrate(&self) -> StoreResult<()> {
-        let mut conn = self.pool.acquire().await?;
-        let result = MIGRATOR.run(&mut *conn).await;
-        if result.is_err() {
-            // The migrator returns early on failure without unlocking, and the
-            // advisory lock belongs to the session: a pooled connection would
-            // keep it and block every other replica's migrate forever.
-            conn.close_on_drop();
-        }
+        // A pool of one connection of its own, closed afterwards whatever
+        // happened: the migrator returns early on failure without unlocking,
+        // and the advisory lock belongs to the session, so a connection
+        // returned to the shared pool would keep the lock and block every
+        // other replica's migrate forever.
+        let options = (*self.pool.connect_options()).clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        let result = MIGRATOR.run(&pool).await;
+        pool.close().await;
         Ok(result?)
     }
 }

@@ -41,7 +41,10 @@ async fn bind_once_holds_under_concurrent_claims() {
         // The losers left nothing behind: not their message, not their session.
         assert_eq!(count(&store, "SELECT count(*) FROM cartridges").await, 200);
         assert_eq!(count(&store, "SELECT count(*) FROM sessions").await, 200);
-        assert_eq!(count(&store, "SELECT count(*) FROM device_messages").await, 200);
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM device_messages").await,
+            200
+        );
     })
     .await;
 }
@@ -53,7 +56,9 @@ async fn a_redelivered_message_conflicts_and_nothing_doubles() {
         let session = new_session();
         let mut batch = start_batch("pen-a", 1, &session, "chip:01");
         batch.samples.push(samples("pen-a", &session, 1, 100));
-        batch.flags.push(flag("k-skew", FlagKind::ClockSkew, "pen-a", Some(&session)));
+        batch
+            .flags
+            .push(flag("k-skew", FlagKind::ClockSkew, "pen-a", Some(&session)));
         batch.sessions[0].add_strokes = 1000;
         commit_ok(&store, &batch).await;
 
@@ -61,14 +66,26 @@ async fn a_redelivered_message_conflicts_and_nothing_doubles() {
         assert!(matches!(again, CommitOutcome::Conflict { .. }), "{again:?}");
         // One old key among new ones still conflicts, and the new ones stay out.
         let mixed = WriteBatch {
-            messages: vec![message("pen-a", 2, "heartbeat", None), message("pen-a", 1, "heartbeat", None)],
+            messages: vec![
+                message("pen-a", 2, "heartbeat", None),
+                message("pen-a", 1, "heartbeat", None),
+            ],
             ..WriteBatch::default()
         };
         let outcome = store.commit(&mixed).await.expect("commit");
-        assert!(matches!(outcome, CommitOutcome::Conflict { .. }), "{outcome:?}");
+        assert!(
+            matches!(outcome, CommitOutcome::Conflict { .. }),
+            "{outcome:?}"
+        );
 
-        assert_eq!(count(&store, "SELECT count(*) FROM device_messages").await, 1);
-        assert_eq!(count(&store, "SELECT count(*) FROM stroke_samples").await, 100);
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM device_messages").await,
+            1
+        );
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM stroke_samples").await,
+            100
+        );
         assert_eq!(count(&store, "SELECT count(*) FROM flags").await, 1);
         assert_eq!(count(&store, "SELECT strokes FROM sessions").await, 1000);
     })
@@ -85,7 +102,11 @@ async fn copy_stores_exactly_the_samples_sent() {
         let sizes = [(3000, 0), (3333, 0), (3667, 1)];
         for (i, (n, other)) in sizes.into_iter().enumerate() {
             let seq = u64::try_from(i).expect("small") + 2;
-            let (device, session) = if other == 1 { ("pen-b", &s2) } else { ("pen-a", &s1) };
+            let (device, session) = if other == 1 {
+                ("pen-b", &s2)
+            } else {
+                ("pen-a", &s1)
+            };
             // Two blocks per batch, to cross block and chunk boundaries.
             let half = n / 2;
             let batch = WriteBatch {
@@ -98,25 +119,45 @@ async fn copy_stores_exactly_the_samples_sent() {
             };
             commit_ok(&store, &batch).await;
         }
-        assert_eq!(count(&store, "SELECT count(*) FROM stroke_samples").await, 10_000);
         assert_eq!(
-            count(&store, "SELECT count(*) FROM stroke_samples WHERE device_id = 'pen-b'").await,
+            count(&store, "SELECT count(*) FROM stroke_samples").await,
+            10_000
+        );
+        assert_eq!(
+            count(
+                &store,
+                "SELECT count(*) FROM stroke_samples WHERE device_id = 'pen-b'"
+            )
+            .await,
             3667
         );
         // Values survive the hand-written binary encoding.
-        let (time, session, seq, strokes, depth, speed): (chrono::DateTime<chrono::Utc>, Uuid, i64, i32, i32, i32) =
-            sqlx::query_as(
-                "SELECT time, session_id, seq, strokes, depth_um, speed_hz FROM stroke_samples \
+        let (time, session, seq, strokes, depth, speed): (
+            chrono::DateTime<chrono::Utc>,
+            Uuid,
+            i64,
+            i32,
+            i32,
+            i32,
+        ) = sqlx::query_as(
+            "SELECT time, session_id, seq, strokes, depth_um, speed_hz FROM stroke_samples \
                  WHERE device_id = 'pen-b' ORDER BY time DESC, depth_um DESC LIMIT 1",
-            )
-            .fetch_one(store.pool())
-            .await
-            .expect("sample");
-        assert_eq!(time, t(1832));
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("sample");
+        assert_eq!(time, t(1833));
         assert_eq!(session.to_string(), s2);
-        assert_eq!((seq, strokes, depth, speed), (4, 10, 532, 120));
+        assert_eq!((seq, strokes, depth, speed), (4, 10, 533, 120));
         // A batch without samples does no COPY and still commits.
-        commit_ok(&store, &WriteBatch { messages: vec![message("pen-a", 9, "heartbeat", None)], ..WriteBatch::default() }).await;
+        commit_ok(
+            &store,
+            &WriteBatch {
+                messages: vec![message("pen-a", 9, "heartbeat", None)],
+                ..WriteBatch::default()
+            },
+        )
+        .await;
     })
     .await;
 }
@@ -139,7 +180,10 @@ async fn flags_are_deduped_by_key() {
         assert_eq!(kinds, [FlagKind::DepthExceeded, FlagKind::ClockSkew]);
         assert_eq!(raised[0].detail, "DEPTH_EXCEEDED for a test");
         assert_eq!(raised[0].session_id.as_deref(), Some(session.as_str()));
-        assert_eq!(raised[0].raised_at, raised[1].raised_at, "one commit, one now()");
+        assert_eq!(
+            raised[0].raised_at, raised[1].raised_at,
+            "one commit, one now()"
+        );
 
         let second = WriteBatch {
             messages: vec![message("pen-a", 2, "heartbeat", None)],
@@ -187,25 +231,36 @@ async fn session_writes_add_their_deltas() {
             &session,
             "pen-a",
             Some("chip:01"),
-            CartridgeRelation::Reused { owner_session_id: new_session() },
+            CartridgeRelation::Reused {
+                owner_session_id: new_session(),
+            },
             t(0),
         );
         d.add_strokes = 5;
         let batch = WriteBatch {
-            messages: vec![message("pen-a", 3, "stroke_batch", Some(&session)), message("pen-a", 4, "stroke_batch", Some(&session))],
+            messages: vec![
+                message("pen-a", 3, "stroke_batch", Some(&session)),
+                message("pen-a", 4, "stroke_batch", Some(&session)),
+            ],
             sessions: vec![c, d],
             ..WriteBatch::default()
         };
         commit_ok(&store, &batch).await;
 
-        let query = SessionQuery { device_id: "pen-a".into(), ..SessionQuery::default() };
+        let query = SessionQuery {
+            device_id: "pen-a".into(),
+            ..SessionQuery::default()
+        };
         let stored = store.list_sessions(&query).await.expect("sessions");
         assert_eq!(stored.len(), 1);
         let s = &stored[0];
         assert_eq!((s.strokes, s.max_depth_um, s.samples), (180, 1200, 3));
         assert_eq!(s.operator_ref, "op-1");
         assert_eq!(s.ended_at, Some(t(600)));
-        let query = FactsQuery { session_ids: HashSet::from([session.clone()]), ..FactsQuery::default() };
+        let query = FactsQuery {
+            session_ids: HashSet::from([session.clone()]),
+            ..FactsQuery::default()
+        };
         let facts = store.load_facts(&query).await.expect("facts");
         let state = &facts.sessions[&session];
         assert_eq!(state.relation, CartridgeRelation::Owner);
@@ -225,8 +280,14 @@ async fn adding_to_an_unstored_session_is_a_conflict() {
             ..WriteBatch::default()
         };
         let outcome = store.commit(&batch).await.expect("commit");
-        assert!(matches!(outcome, CommitOutcome::Conflict { .. }), "{outcome:?}");
-        assert_eq!(count(&store, "SELECT count(*) FROM device_messages").await, 0);
+        assert!(
+            matches!(outcome, CommitOutcome::Conflict { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM device_messages").await,
+            0
+        );
     })
     .await;
 }
@@ -236,15 +297,33 @@ async fn malformed_batches_are_invalid() {
     with_store(|store| async move {
         registry(&store, &["pen-a"]).await;
         let twice = WriteBatch {
-            messages: vec![message("pen-a", 1, "heartbeat", None), message("pen-a", 1, "heartbeat", None)],
+            messages: vec![
+                message("pen-a", 1, "heartbeat", None),
+                message("pen-a", 1, "heartbeat", None),
+            ],
             ..WriteBatch::default()
         };
-        assert!(matches!(store.commit(&twice).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            store.commit(&twice).await,
+            Err(StoreError::Invalid(_))
+        ));
         let bad_id = start_batch("pen-a", 2, "not-a-uuid", "chip:01");
-        assert!(matches!(store.commit(&bad_id).await, Err(StoreError::Invalid(_))));
-        let query = FactsQuery { session_ids: HashSet::from(["nope".to_owned()]), ..FactsQuery::default() };
-        assert!(matches!(store.load_facts(&query).await, Err(StoreError::Invalid(_))));
-        assert_eq!(count(&store, "SELECT count(*) FROM device_messages").await, 0);
+        assert!(matches!(
+            store.commit(&bad_id).await,
+            Err(StoreError::Invalid(_))
+        ));
+        let query = FactsQuery {
+            session_ids: HashSet::from(["nope".to_owned()]),
+            ..FactsQuery::default()
+        };
+        assert!(matches!(
+            store.load_facts(&query).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM device_messages").await,
+            0
+        );
     })
     .await;
 }
@@ -255,28 +334,47 @@ async fn load_facts_returns_what_commit_wrote() {
         registry(&store, &["pen-a"]).await;
         let owner = new_session();
         let resumed = new_session();
-        let hole = SeqHole { device_id: "pen-a".into(), first: 5, last: 7, detected_at: t(3) };
+        let hole = SeqHole {
+            device_id: "pen-a".into(),
+            first: 5,
+            last: 7,
+            detected_at: t(3),
+        };
         let mut batch = start_batch("pen-a", 1, &owner, "chip:01");
         batch.holes = vec![("pen-a".into(), vec![hole.clone()])];
         commit_ok(&store, &batch).await;
-        let relation = CartridgeRelation::Resumed { owner_session_id: owner.clone() };
+        let relation = CartridgeRelation::Resumed {
+            owner_session_id: owner.clone(),
+        };
         let batch = WriteBatch {
             messages: vec![message("pen-a", 8, "session_start", Some(&resumed))],
-            sessions: vec![session_write(&resumed, "pen-a", Some("chip:01"), relation.clone(), t(500))],
+            sessions: vec![session_write(
+                &resumed,
+                "pen-a",
+                Some("chip:01"),
+                relation.clone(),
+                t(500),
+            )],
             activity: vec![("chip:01".into(), t(500)), ("chip:01".into(), t(100))],
             devices: vec![device_write("pen-a", 8), device_write("pen-a", 4)],
             ..WriteBatch::default()
         };
         commit_ok(&store, &batch).await;
         // Activity never moves back.
-        let back = WriteBatch { activity: vec![("chip:01".into(), t(50))], ..WriteBatch::default() };
+        let back = WriteBatch {
+            activity: vec![("chip:01".into(), t(50))],
+            ..WriteBatch::default()
+        };
         commit_ok(&store, &back).await;
 
         let query = FactsQuery {
             keys: vec![("pen-a".into(), 1), ("pen-a".into(), 2)],
             device_ids: HashSet::from(["pen-a".to_owned(), "pen-z".to_owned()]),
             gtins: HashSet::from([GTIN.to_owned(), "00000000000000".to_owned()]),
-            lots: HashSet::from([(GTIN.to_owned(), LOT.to_owned()), (GTIN.to_owned(), "X".to_owned())]),
+            lots: HashSet::from([
+                (GTIN.to_owned(), LOT.to_owned()),
+                (GTIN.to_owned(), "X".to_owned()),
+            ]),
             cartridge_ids: HashSet::from(["chip:01".to_owned(), "chip:02".to_owned()]),
             // Asked for in upper case: the answer is keyed as asked.
             session_ids: HashSet::from([owner.to_uppercase(), resumed.clone(), new_session()]),
@@ -291,14 +389,21 @@ async fn load_facts_returns_what_commit_wrote() {
         assert_eq!(facts.products[GTIN].rated_strokes, 100_000);
         assert_eq!(facts.products.len(), 1);
         assert_eq!(facts.lots.len(), 1);
-        assert!(facts.lots[&(GTIN.to_owned(), LOT.to_owned())].recalled_at.is_none());
+        assert!(
+            facts.lots[&(GTIN.to_owned(), LOT.to_owned())]
+                .recalled_at
+                .is_none()
+        );
         let binding = &facts.bindings["chip:01"];
         assert_eq!(binding.session_id, owner);
         assert_eq!(binding.last_activity_at, t(500));
         assert_eq!(binding.patient_ref.as_deref(), Some("patient-hash-1"));
         assert_eq!(facts.bindings.len(), 1);
         assert_eq!(facts.sessions.len(), 2);
-        assert_eq!(facts.sessions[&owner.to_uppercase()].relation, CartridgeRelation::Owner);
+        assert_eq!(
+            facts.sessions[&owner.to_uppercase()].relation,
+            CartridgeRelation::Owner
+        );
         assert_eq!(facts.sessions[&resumed].relation, relation);
         assert_eq!(facts.holes["pen-a"], vec![hole]);
     })
@@ -309,33 +414,69 @@ async fn load_facts_returns_what_commit_wrote() {
 async fn holes_are_replaced_listed_and_flagged() {
     with_store(|store| async move {
         registry(&store, &["pen-a"]).await;
-        let early = SeqHole { device_id: "pen-a".into(), first: 5, last: 7, detected_at: t(0) };
-        let late = SeqHole { device_id: "pen-a".into(), first: 9, last: 9, detected_at: t(100) };
+        let early = SeqHole {
+            device_id: "pen-a".into(),
+            first: 5,
+            last: 7,
+            detected_at: t(0),
+        };
+        let late = SeqHole {
+            device_id: "pen-a".into(),
+            first: 9,
+            last: 9,
+            detected_at: t(100),
+        };
         let batch = WriteBatch {
             holes: vec![("pen-a".into(), vec![early.clone(), late.clone()])],
             ..WriteBatch::default()
         };
         commit_ok(&store, &batch).await;
-        assert_eq!(store.due_holes(t(50)).await.expect("due"), vec![(early.clone(), CLINIC.to_owned())]);
+        assert_eq!(
+            store.due_holes(t(50)).await.expect("due"),
+            vec![(early.clone(), CLINIC.to_owned())]
+        );
 
         let gap = |h: &SeqHole| -> NewFlag {
-            flag(&format!("device:pen-a:seq:{}:DATA_GAP", h.first), FlagKind::DataGap, "pen-a", None)
+            flag(
+                &format!("device:pen-a:seq:{}:DATA_GAP", h.first),
+                FlagKind::DataGap,
+                "pen-a",
+                None,
+            )
         };
-        let raised = store.flag_holes(&[(early.clone(), gap(&early))]).await.expect("flag");
+        let raised = store
+            .flag_holes(&[(early.clone(), gap(&early))])
+            .await
+            .expect("flag");
         assert_eq!(raised.len(), 1);
         assert_eq!(raised[0].kind, FlagKind::DataGap);
-        assert_eq!(store.due_holes(t(1000)).await.expect("due"), vec![(late.clone(), CLINIC.to_owned())]);
+        assert_eq!(
+            store.due_holes(t(1000)).await.expect("due"),
+            vec![(late.clone(), CLINIC.to_owned())]
+        );
         // Flagging again raises nothing new.
-        let again = store.flag_holes(&[(early.clone(), gap(&early))]).await.expect("flag");
+        let again = store
+            .flag_holes(&[(early.clone(), gap(&early))])
+            .await
+            .expect("flag");
         assert!(again.is_empty());
 
         // A commit replaces a device's list: here, the late hole was filled.
-        let filled = WriteBatch { holes: vec![("pen-a".into(), Vec::new())], ..WriteBatch::default() };
+        let filled = WriteBatch {
+            holes: vec![("pen-a".into(), Vec::new())],
+            ..WriteBatch::default()
+        };
         commit_ok(&store, &filled).await;
         assert!(store.due_holes(t(1000)).await.expect("due").is_empty());
         // A hole listed under another device is refused.
-        let wrong = WriteBatch { holes: vec![("pen-b".into(), vec![late])], ..WriteBatch::default() };
-        assert!(matches!(store.commit(&wrong).await, Err(StoreError::Invalid(_))));
+        let wrong = WriteBatch {
+            holes: vec![("pen-b".into(), vec![late])],
+            ..WriteBatch::default()
+        };
+        assert!(matches!(
+            store.commit(&wrong).await,
+            Err(StoreError::Invalid(_))
+        ));
     })
     .await;
 }

@@ -5,8 +5,8 @@ use std::str::FromStr;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use pentrace_domain::rules::CartridgeRelation;
 use pentrace_domain::FlagKind;
+use pentrace_domain::rules::CartridgeRelation;
 use pentrace_store::postgres::PgStore;
 use pentrace_store::{
     ClaimRow, Clinic, CommitOutcome, Device, DeviceWrite, FlagRecord, Lot, MessageRow, NewFlag,
@@ -27,7 +27,9 @@ fn server_url() -> String {
 }
 
 async fn admin() -> PgConnection {
-    PgConnection::connect(&server_url()).await.expect("connect to the test server")
+    PgConnection::connect(&server_url())
+        .await
+        .expect("connect to the test server")
 }
 
 /// A fresh database and a store on it. Drop it with [`TestDb::drop_db`].
@@ -40,15 +42,23 @@ impl TestDb {
     pub async fn create() -> TestDb {
         let name = format!("pentrace_test_{}", Uuid::new_v4().simple());
         let mut admin = admin().await;
-        admin.execute(format!(r#"CREATE DATABASE "{name}""#).as_str()).await.expect("create db");
+        admin
+            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+            .await
+            .expect("create db");
         let _ = admin.close().await;
-        let options = PgConnectOptions::from_str(&server_url()).expect("url").database(&name);
+        let options = PgConnectOptions::from_str(&server_url())
+            .expect("url")
+            .database(&name);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect_with(options)
             .await
             .expect("connect to the test database");
-        TestDb { name, store: PgStore::from_pool(pool) }
+        TestDb {
+            name,
+            store: PgStore::from_pool(pool),
+        }
     }
 
     /// Closes the pool and drops the database, even if connections linger.
@@ -101,7 +111,9 @@ where
 
 /// A fixed instant plus `secs`.
 pub fn t(secs: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(1_740_819_600 + secs, 0).single().expect("valid time")
+    Utc.timestamp_opt(1_740_819_600 + secs, 0)
+        .single()
+        .expect("valid time")
 }
 
 pub fn new_session() -> String {
@@ -219,7 +231,11 @@ pub fn samples(device: &str, session: &str, seq: u64, n: u32) -> SampleBlock {
             speed_hz: 120,
         })
         .collect();
-    SampleBlock { device_id: device.into(), session_id: session.into(), rows }
+    SampleBlock {
+        device_id: device.into(),
+        session_id: session.into(),
+        rows,
+    }
 }
 
 pub fn flag(key: &str, kind: FlagKind, device: &str, session: Option<&str>) -> NewFlag {
@@ -273,5 +289,8 @@ pub async fn commit_ok(store: &PgStore, batch: &WriteBatch) -> Vec<FlagRecord> {
 
 /// `SELECT count(*)` of a statement.
 pub async fn count(store: &PgStore, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(store.pool()).await.expect("count")
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("count")
 }

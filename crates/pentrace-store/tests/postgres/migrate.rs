@@ -17,11 +17,21 @@ async fn migrations_apply_concurrently_and_twice() {
         // And again, on an up-to-date database.
         store.migrate().await.expect("third migrate");
 
-        let applied = count(&store, "SELECT count(*) FROM _sqlx_migrations WHERE success").await;
-        let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations/postgres"))
-            .expect("migrations dir")
-            .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql")))
-            .count();
+        let applied = count(
+            &store,
+            "SELECT count(*) FROM _sqlx_migrations WHERE success",
+        )
+        .await;
+        let files = std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../migrations/postgres"
+        ))
+        .expect("migrations dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
         assert_eq!(applied, i64::try_from(files).expect("few files"));
         store.ping().await.expect("ping");
         let tables = count(
@@ -39,13 +49,21 @@ async fn migrations_apply_concurrently_and_twice() {
 #[tokio::test]
 async fn timescaledb_step_is_a_no_op_without_the_extension() {
     with_db(true, |store| async move {
-        let available =
-            count(&store, "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
-                .await;
-        let installed =
-            count(&store, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'").await;
-        let aggregate = count(&store, "SELECT count(*) FROM pg_class WHERE relname = 'usage_hourly'")
-            .await;
+        let available = count(
+            &store,
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'",
+        )
+        .await;
+        let installed = count(
+            &store,
+            "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'",
+        )
+        .await;
+        let aggregate = count(
+            &store,
+            "SELECT count(*) FROM pg_class WHERE relname = 'usage_hourly'",
+        )
+        .await;
         if available == 0 {
             assert_eq!((installed, aggregate), (0, 0));
         }

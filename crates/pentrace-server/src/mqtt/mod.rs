@@ -1,0 +1,143 @@
+//! MQTT ingest (DESIGN §3, §6): a shared subscription on the devices' `up`
+//! topics feeding the same pipeline as gRPC, with PUBACKs only after commit
+//! and in arrival order; acks, cartridge rejections and flags published back.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, EventLoop, MqttOptions};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+mod consumer;
+mod downlink;
+mod intake;
+
+pub use consumer::spawn;
+
+/// The shared subscription every pentrace process joins.
+pub const SUBSCRIPTION: &str = "$share/pentrace/pentrace/v1/devices/+/up";
+
+/// Topic a device publishes on.
+pub fn up_topic(device_id: &str) -> String {
+    format!("pentrace/v1/devices/{device_id}/up")
+}
+
+/// Topic a device listens on.
+pub fn down_topic(device_id: &str) -> String {
+    format!("pentrace/v1/devices/{device_id}/down")
+}
+
+/// Topic a clinic's flags are published on.
+pub fn flags_topic(clinic_id: &str) -> String {
+    format!("pentrace/v1/clinics/{clinic_id}/flags")
+}
+
+/// The device id in an `up` topic, if the topic is one.
+pub fn device_of_topic(topic: &str) -> Option<&str> {
+    let id = topic
+        .strip_prefix("pentrace/v1/devices/")?
+        .strip_suffix("/up")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// MQTT settings of `pentrace serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://host:port` of the broker; unset = no MQTT ingest.
+    pub url: Option<String>,
+    /// Fixed client id of this process (persistent session): give each
+    /// process of a deployment its own.
+    pub client_id: String,
+    pub username: Option<String>,
+    #[serde(serialize_with = "redacted")]
+    pub password: Option<SecretString>,
+    /// Largest MQTT packet read from the broker, bytes. Larger than the
+    /// message limit so an oversized payload is counted and acked instead of
+    /// breaking the connection (and being redelivered forever).
+    pub max_packet_bytes: usize,
+}
+
+fn redacted<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            url: None,
+            client_id: "pentrace-1".into(),
+            username: None,
+            password: None,
+            max_packet_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// `host` and `port` of an `mqtt://host:port` URL.
+pub fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("{url:?} is not an mqtt://host:port URL"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().map_err(|_| format!("bad port in {url:?}"))?),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("no host in {url:?}"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Connection options: persistent session, fixed client id, manual acks.
+pub fn options(settings: &MqttSettings, host: &str, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(settings.client_id.clone(), host, port);
+    o.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
+        .set_inflight(1000)
+        .set_request_channel_capacity(10_000);
+    if let Some(user) = &settings.username {
+        let password = settings
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_owned());
+        o.set_credentials(user.clone(), password.unwrap_or_default());
+    }
+    o
+}
+
+/// A client and its event loop.
+pub fn connect(settings: &MqttSettings, host: &str, port: u16) -> (AsyncClient, EventLoop) {
+    AsyncClient::new(options(settings, host, port), 10_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip() {
+        assert_eq!(device_of_topic(&up_topic("pen-1")), Some("pen-1"));
+        assert_eq!(device_of_topic("pentrace/v1/devices//up"), None);
+        assert_eq!(device_of_topic("pentrace/v1/devices/a/b/up"), None);
+        assert_eq!(device_of_topic("pentrace/v1/devices/a/down"), None);
+    }
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884"),
+            Ok(("127.0.0.1".into(), 1884))
+        );
+        assert_eq!(parse_url("mqtt://broker"), Ok(("broker".into(), 1883)));
+        assert!(parse_url("http://x:1").is_err());
+        assert!(parse_url("mqtt://:1").is_err());
+    }
+}
