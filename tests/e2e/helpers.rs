@@ -12,6 +12,9 @@ use pentrace_proto::v1::fleet_client::FleetClient;
 use pentrace_proto::v1::registry_client::RegistryClient;
 use pentrace_proto::v1::telemetry_client::TelemetryClient;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Server of the tests' PostgreSQL (databases are created per test).
@@ -158,34 +161,93 @@ impl Server {
     }
 }
 
-/// A server and its database.
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry a bearer token.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Runs the real binary's admin commands against the test database.
+pub fn pentrace_cli(db: &TestDb, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pentrace"))
+        .args(args)
+        .args(["--database-url", &db.url])
+        .output()
+        .expect("run pentrace");
+    assert!(
+        out.status.success(),
+        "pentrace {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Creates a user with `pentrace user add` and returns a token from
+/// `pentrace token issue`.
+pub fn user_token(db: &TestDb, name: &str, role: &str, clinics: &[&str]) -> String {
+    let mut args = vec!["user", "add", "--name", name, "--role", role];
+    for c in clinics {
+        args.extend(["--clinic", c]);
+    }
+    pentrace_cli(db, &args);
+    pentrace_cli(db, &["token", "issue", "--user", name])
+        .trim()
+        .to_owned()
+}
+
+/// A server and its database, with an admin's token.
 pub struct TestApp {
     pub server: Server,
     pub db: TestDb,
     pub grpc: String,
     pub http: String,
+    pub admin_token: String,
 }
 
 impl TestApp {
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
     pub async fn telemetry(&self) -> TelemetryClient<Channel> {
-        TelemetryClient::connect(self.grpc.clone())
-            .await
-            .expect("connect telemetry")
+        TelemetryClient::new(self.channel().await)
     }
-    pub async fn registry(&self) -> RegistryClient<Channel> {
-        RegistryClient::connect(self.grpc.clone())
-            .await
-            .expect("connect registry")
+    fn bearer(token: &str) -> Bearer {
+        Bearer(format!("Bearer {token}").parse().expect("ascii token"))
     }
-    pub async fn compliance(&self) -> ComplianceClient<Channel> {
-        ComplianceClient::connect(self.grpc.clone())
-            .await
-            .expect("connect compliance")
+    pub async fn registry(&self) -> RegistryClient<Authed> {
+        self.registry_as(&self.admin_token).await
     }
-    pub async fn fleet(&self) -> FleetClient<Channel> {
-        FleetClient::connect(self.grpc.clone())
-            .await
-            .expect("connect fleet")
+    pub async fn registry_as(&self, token: &str) -> RegistryClient<Authed> {
+        RegistryClient::with_interceptor(self.channel().await, Self::bearer(token))
+    }
+    pub async fn compliance(&self) -> ComplianceClient<Authed> {
+        self.compliance_as(&self.admin_token).await
+    }
+    pub async fn compliance_as(&self, token: &str) -> ComplianceClient<Authed> {
+        ComplianceClient::with_interceptor(self.channel().await, Self::bearer(token))
+    }
+    pub async fn fleet(&self) -> FleetClient<Authed> {
+        self.fleet_as(&self.admin_token).await
+    }
+    pub async fn fleet_as(&self, token: &str) -> FleetClient<Authed> {
+        FleetClient::with_interceptor(self.channel().await, Self::bearer(token))
     }
 
     /// Sends SIGTERM and waits for the exit.
@@ -218,11 +280,13 @@ pub async fn spawn_app_with(args: &[&str], envs: &[(&str, &str)]) -> TestApp {
     let db = TestDb::create().await;
     let server = Server::start(&db, args, envs).await;
     let (grpc, http) = (server.grpc.clone(), server.http.clone());
+    let admin_token = user_token(&db, "Ada Admin", "admin", &[]);
     TestApp {
         server,
         db,
         grpc,
         http,
+        admin_token,
     }
 }
 

@@ -256,3 +256,143 @@ mod tests {
         assert_eq!(encode(&event())[..4], *b"PTA\x01");
     }
 }
+
+/// Why a chain is broken at an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokenLink {
+    #[error(
+        "position {found} follows position {expected_previous}: an event is missing or out of order"
+    )]
+    Position { expected_previous: u64, found: u64 },
+    #[error("stored prev_hash does not match the previous event's hash")]
+    PrevHash,
+    #[error("stored hash does not match the event's content (the event was changed)")]
+    Hash,
+}
+
+/// Walks one clinic's chain event by event in constant memory: each event
+/// must follow the previous one, name its hash, and hash to what is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainVerifier {
+    position: u64,
+    head: ChainHash,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        ChainVerifier {
+            position: 0,
+            head: GENESIS,
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next stored event; on success it becomes the head.
+    pub fn check(
+        &mut self,
+        event: &AuditEvent,
+        stored_prev: &ChainHash,
+        stored_hash: &ChainHash,
+    ) -> Result<(), BrokenLink> {
+        if event.position != self.position + 1 {
+            return Err(BrokenLink::Position {
+                expected_previous: self.position,
+                found: event.position,
+            });
+        }
+        if *stored_prev != self.head {
+            return Err(BrokenLink::PrevHash);
+        }
+        if chain_hash(&self.head, event) != *stored_hash {
+            return Err(BrokenLink::Hash);
+        }
+        self.position = event.position;
+        self.head = *stored_hash;
+        Ok(())
+    }
+
+    /// Position of the last verified event (0 = none).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Hash of the last verified event.
+    pub fn head(&self) -> ChainHash {
+        self.head
+    }
+}
+
+#[cfg(test)]
+mod verifier_tests {
+    #![allow(clippy::unwrap_used)]
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn chain(n: u64) -> Vec<(AuditEvent, ChainHash, ChainHash)> {
+        let mut prev = GENESIS;
+        (1..=n)
+            .map(|position| {
+                let e = AuditEvent {
+                    clinic_id: "c".into(),
+                    position,
+                    at: Utc
+                        .timestamp_opt(1_800_000_000 + position as i64, 0)
+                        .unwrap(),
+                    actor: Actor::System,
+                    action: "flag.raised".into(),
+                    subject_type: "flag".into(),
+                    subject_id: position.to_string(),
+                    old_value: None,
+                    new_value: None,
+                    reason: None,
+                };
+                let hash = chain_hash(&prev, &e);
+                let link = (e, prev, hash);
+                prev = hash;
+                link
+            })
+            .collect()
+    }
+
+    fn verify(links: &[(AuditEvent, ChainHash, ChainHash)]) -> Result<u64, (u64, BrokenLink)> {
+        let mut v = ChainVerifier::default();
+        for (e, prev, hash) in links {
+            v.check(e, prev, hash).map_err(|b| (e.position, b))?;
+        }
+        Ok(v.position())
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        assert_eq!(verify(&chain(5)), Ok(5));
+    }
+
+    #[test]
+    fn a_changed_field_is_the_first_broken_link() {
+        let mut links = chain(5);
+        links[2].0.subject_id = "x".into();
+        assert_eq!(verify(&links), Err((3, BrokenLink::Hash)));
+    }
+
+    #[test]
+    fn a_deleted_event_is_found() {
+        let mut links = chain(5);
+        links.remove(2);
+        assert!(matches!(
+            verify(&links),
+            Err((4, BrokenLink::Position { .. }))
+        ));
+    }
+
+    #[test]
+    fn swapped_events_are_found() {
+        let mut links = chain(5);
+        links.swap(1, 2);
+        assert!(matches!(
+            verify(&links),
+            Err((3, BrokenLink::Position { .. }))
+        ));
+    }
+}

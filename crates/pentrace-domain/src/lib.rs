@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod cartridge;
+pub mod checkpoint;
 pub mod flag;
 pub mod gaps;
 pub mod message;

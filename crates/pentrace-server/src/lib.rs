@@ -2,6 +2,8 @@
 //! and telemetry around the ingest pipeline.
 
 pub mod app;
+pub mod audit_trail;
+pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod grpc;

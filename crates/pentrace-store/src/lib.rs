@@ -9,11 +9,15 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use pentrace_domain::audit::{Actor, ChainHash};
+use pentrace_domain::checkpoint::Checkpoint;
 
 pub mod model;
 pub mod postgres;
+pub mod status;
 
 pub use model::*;
+pub use status::{SchemaVersion, StoreStatus, TimescaleStatus, summary_line};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +156,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn kind(&self) -> &'static str;
     /// Cheap liveness check (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
+    /// The server, the schema version and the TimescaleDB features in use
+    /// (for `pentrace status` and the start-up log line).
+    async fn status(&self) -> StoreResult<StoreStatus>;
 
     // -- ingest ------------------------------------------------------------
     async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts>;
@@ -160,10 +167,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()>;
 
     // -- registry ----------------------------------------------------------
-    async fn upsert_clinic(&self, clinic: &Clinic) -> StoreResult<Clinic>;
-    async fn upsert_device(&self, device: &Device) -> StoreResult<Device>;
-    async fn upsert_product(&self, product: &Product) -> StoreResult<Product>;
-    async fn upsert_lot(&self, lot: &Lot) -> StoreResult<Lot>;
+    // Registry changes are audited (old and new values, `actor`) in the
+    // same transaction.
+    async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic>;
+    async fn upsert_device(&self, device: &Device, actor: &Actor) -> StoreResult<Device>;
+    async fn upsert_product(&self, product: &Product, actor: &Actor) -> StoreResult<Product>;
+    async fn upsert_lot(&self, lot: &Lot, actor: &Actor) -> StoreResult<Lot>;
     /// Marks a lot recalled and, in the same transaction, raises the
     /// verdicts `exposure(session_id, gtin, lot, recalled_at)` on every stored
     /// session of the lot that started before `at`. Returns the lot and the
@@ -175,6 +184,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         reason: &str,
         at: DateTime<Utc>,
         exposure: ExposureVerdict,
+        actor: &Actor,
     ) -> StoreResult<(Lot, Vec<FlagRecord>)>;
     async fn list_clinics(&self) -> StoreResult<Vec<Clinic>>;
     async fn list_products(&self) -> StoreResult<Vec<Product>>;
@@ -195,6 +205,45 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn cartridge_history(&self, cartridge_id: &str) -> StoreResult<CartridgeHistory>;
     /// Every session that used a cartridge of the lot, oldest first.
     async fn lot_lookback(&self, gtin: &str, lot: &str) -> StoreResult<Vec<SessionRecord>>;
+
+    // -- audit trail -------------------------------------------------------
+    /// Appends events that record no other write (reports exported, ...).
+    async fn append_audit(&self, drafts: &[AuditDraft]) -> StoreResult<()>;
+    /// Every chain's head.
+    async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>>;
+    /// Up to `limit` events of a chain after position `after`, in order.
+    async fn audit_page(
+        &self,
+        clinic_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredAuditEvent>>;
+    /// The hash stored at a chain position, if the chain has it.
+    async fn audit_hash_at(&self, clinic_id: &str, position: u64) -> StoreResult<Option<ChainHash>>;
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()>;
+    async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>>;
+
+    // -- people, tokens, signatures ----------------------------------------
+    /// Creates a user (audited); the name is unique.
+    async fn create_user(
+        &self,
+        name: &str,
+        role: Role,
+        clinics: &[String],
+        actor: &Actor,
+    ) -> StoreResult<User>;
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>>;
+    /// Stores a token's SHA-256 hash (never the token); audited.
+    async fn issue_token(&self, user_id: uuid::Uuid, token_hash: &[u8; 32], actor: &Actor)
+    -> StoreResult<uuid::Uuid>;
+    async fn revoke_token(&self, token_id: uuid::Uuid, actor: &Actor) -> StoreResult<()>;
+    /// The user of a valid (not revoked) token.
+    async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>>;
+    /// Records a signed acknowledge/resolve, bound to the flag's current
+    /// audit hash, and moves the flag's state; all in one transaction.
+    async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord>;
+    /// Signed actions of the given flags, oldest first.
+    async fn flag_actions(&self, flag_ids: &[uuid::Uuid]) -> StoreResult<Vec<FlagActionRecord>>;
 
     // -- data gaps ---------------------------------------------------------
     /// Open holes first seen missing before `before`, with their clinic.

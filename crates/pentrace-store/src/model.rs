@@ -286,3 +286,136 @@ pub struct CartridgeHistory {
     pub sessions: Vec<SessionRecord>,
     pub flags: Vec<FlagRecord>,
 }
+
+/// The chain of events that belong to no single clinic (catalogue, lots,
+/// recalls, users and tokens).
+pub const GLOBAL_CHAIN: &str = "*";
+
+/// An audit event before the store gives it its place in a chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditDraft {
+    /// The chain: a clinic id, or [`GLOBAL_CHAIN`].
+    pub clinic_id: String,
+    pub actor: pentrace_domain::audit::Actor,
+    pub action: String,
+    pub subject_type: String,
+    pub subject_id: String,
+    pub old_value: Option<serde_json::Value>,
+    pub new_value: Option<serde_json::Value>,
+    pub reason: Option<String>,
+}
+
+/// An audit event as stored, with its links.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAuditEvent {
+    pub event: pentrace_domain::audit::AuditEvent,
+    pub prev_hash: pentrace_domain::audit::ChainHash,
+    pub hash: pentrace_domain::audit::ChainHash,
+}
+
+/// The last event of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub clinic_id: String,
+    pub position: u64,
+    pub hash: pentrace_domain::audit::ChainHash,
+}
+
+/// What a person may do (DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Every clinic; registry changes.
+    Admin,
+    /// Their clinics' fleet and flags; may acknowledge, not resolve.
+    ClinicOwner,
+    /// Their clinics' flags and reports; may acknowledge and resolve.
+    ComplianceOfficer,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::ClinicOwner => "clinic_owner",
+            Role::ComplianceOfficer => "compliance_officer",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "clinic_owner" => Some(Role::ClinicOwner),
+            "compliance_officer" => Some(Role::ComplianceOfficer),
+            _ => None,
+        }
+    }
+}
+
+/// A named person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub role: Role,
+    /// Clinics the user acts for (every clinic for an admin).
+    pub clinics: Vec<String>,
+}
+
+/// A signed step of a flag's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagStep {
+    Acknowledge,
+    Resolve,
+}
+
+impl FlagStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagStep::Acknowledge => "acknowledge",
+            FlagStep::Resolve => "resolve",
+        }
+    }
+}
+
+/// The meaning of an electronic signature (21 CFR 11.50).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureMeaning {
+    Reviewed,
+    Approved,
+    Responsible,
+}
+
+impl SignatureMeaning {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureMeaning::Reviewed => "reviewed",
+            SignatureMeaning::Approved => "approved",
+            SignatureMeaning::Responsible => "responsible",
+        }
+    }
+}
+
+/// A signed action on a flag, by a named user, with a mandatory reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagAction {
+    pub flag_id: uuid::Uuid,
+    pub step: FlagStep,
+    pub signer: User,
+    pub meaning: SignatureMeaning,
+    pub reason: String,
+}
+
+/// A stored signed action (for reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagActionRecord {
+    pub flag_id: uuid::Uuid,
+    pub step: String,
+    pub signer_name: String,
+    pub meaning: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    /// The flag's audit hash the signature is bound to (hex).
+    pub bound_hash: String,
+}

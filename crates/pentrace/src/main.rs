@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
+mod people;
 mod serve;
+mod status;
 mod udi;
 
 /// pentrace: telemetry, cartridge rules and audit trail for microneedling pens.
@@ -21,9 +24,21 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Apply database migrations (under an advisory lock) and exit.
     Migrate(serve::MigrateArgs),
+    /// Show the store, whether TimescaleDB's features are active, and the
+    /// schema version.
+    Status(status::StatusArgs),
     /// Work with cartridge UDIs (GS1 element strings).
     #[command(subcommand)]
     Udi(udi::UdiCommand),
+    /// People who use the Fleet, Compliance and Registry services.
+    #[command(subcommand)]
+    User(people::UserCommand),
+    /// Bearer tokens of users.
+    #[command(subcommand)]
+    Token(people::TokenCommand),
+    /// The tamper-evident audit trail: keys, checkpoints, verification.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +47,10 @@ fn main() -> ExitCode {
         Command::Udi(cmd) => udi::run(cmd),
         Command::Serve(args) => report(serve::serve(args)),
         Command::Migrate(args) => report(serve::migrate(args)),
+        Command::Status(args) => report(status::run(args)),
+        Command::User(cmd) => report(people::user(cmd)),
+        Command::Token(cmd) => report(people::token(cmd)),
+        Command::Audit(cmd) => audit::run(cmd),
     }
 }
 

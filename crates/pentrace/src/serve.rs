@@ -54,7 +54,7 @@ fn load(common: &ConfigArgs, mut overrides: Overrides) -> anyhow::Result<Config>
     Ok(Config::load(common.config.as_deref(), &overrides)?)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,6 +94,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("server stopped with an error")
     })
+}
+
+/// Connects to the configured database and brings its schema up to date.
+pub async fn open_store(common: &ConfigArgs) -> anyhow::Result<PgStore> {
+    let config = load(common, Overrides::default())?;
+    let store = PgStore::connect(config.database_url.expose_secret(), 4)
+        .await
+        .context("cannot connect to the database")?;
+    store.migrate().await.context("migration failed")?;
+    Ok(store)
 }
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {

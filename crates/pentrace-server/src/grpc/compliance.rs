@@ -10,25 +10,71 @@ use pentrace_domain::message::CartridgeRef;
 use pentrace_domain::rules::identify;
 use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::compliance_server::Compliance;
-use pentrace_store::{FlagQuery, FlagRecord, Store};
+use pentrace_store::{FlagAction, FlagQuery, FlagRecord, FlagStep, Role, SignatureMeaning, Store};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{invalid, status};
+use crate::auth::Authenticator;
 use crate::convert::{self, flag_kind_from_wire, flag_state_from_wire, optional_time, timestamp};
 
 /// The Compliance service.
 #[derive(Debug, Clone)]
 pub struct ComplianceService {
     store: Arc<dyn Store>,
+    auth: Authenticator,
     flags: broadcast::Sender<Arc<FlagRecord>>,
 }
 
 impl ComplianceService {
     pub fn new(store: Arc<dyn Store>, flags: broadcast::Sender<Arc<FlagRecord>>) -> Self {
-        ComplianceService { store, flags }
+        ComplianceService {
+            auth: Authenticator::new(store.clone()),
+            store,
+            flags,
+        }
+    }
+
+    /// A signed step on a flag by the caller.
+    async fn sign(
+        &self,
+        request: Request<pb::FlagActionRequest>,
+        step: FlagStep,
+    ) -> Result<Response<pb::Flag>, Status> {
+        let caller = self.auth.caller(&request).await?;
+        match step {
+            FlagStep::Acknowledge => caller.require(
+                &[Role::Admin, Role::ClinicOwner, Role::ComplianceOfficer],
+                "acknowledge flags",
+            )?,
+            FlagStep::Resolve => caller.require(
+                &[Role::Admin, Role::ComplianceOfficer],
+                "sign a flag resolution",
+            )?,
+        }
+        let r = request.into_inner();
+        let flag_id =
+            uuid::Uuid::parse_str(&r.flag_id).map_err(|_| invalid("flag_id is not a UUID"))?;
+        let meaning = match pb::SignatureMeaning::try_from(r.meaning) {
+            Ok(pb::SignatureMeaning::Reviewed) => SignatureMeaning::Reviewed,
+            Ok(pb::SignatureMeaning::Approved) => SignatureMeaning::Approved,
+            Ok(pb::SignatureMeaning::Responsible) => SignatureMeaning::Responsible,
+            _ => return Err(invalid("meaning must be REVIEWED, APPROVED or RESPONSIBLE")),
+        };
+        if r.reason.trim().is_empty() {
+            return Err(invalid("a reason is mandatory for a signed action"));
+        }
+        let action = FlagAction {
+            flag_id,
+            step,
+            signer: caller.user,
+            meaning,
+            reason: r.reason,
+        };
+        let flag = self.store.sign_flag(&action).await.map_err(status)?;
+        Ok(Response::new(convert::flag(&flag)))
     }
 }
 
@@ -84,6 +130,7 @@ impl Compliance for ComplianceService {
         &self,
         request: Request<pb::ListFlagsRequest>,
     ) -> Result<Response<pb::ListFlagsResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
         let r = request.into_inner();
         let limit = if r.limit == 0 {
             1000
@@ -98,7 +145,7 @@ impl Compliance for ComplianceService {
             })
             .collect::<Result<_, _>>()?;
         let query = FlagQuery {
-            clinic_ids: Some(vec![r.clinic_id.clone()]).filter(|_| !r.clinic_id.is_empty()),
+            clinic_ids: caller.scope(&r.clinic_id),
             device_id: Some(r.device_id).filter(|d| !d.is_empty()),
             session_id: Some(r.session_id).filter(|s| !s.is_empty()),
             kinds: kinds(&r.kinds)?,
@@ -123,6 +170,7 @@ impl Compliance for ComplianceService {
         &self,
         request: Request<pb::WatchFlagsRequest>,
     ) -> Result<Response<FlagStream>, Status> {
+        let caller = self.auth.caller(&request).await?;
         let r = request.into_inner();
         let wanted = kinds(&r.kinds)?;
         let clinic = r.clinic_id;
@@ -139,7 +187,8 @@ impl Compliance for ComplianceService {
                         return;
                     }
                 };
-                let clinic_ok = clinic.is_empty() || flag.clinic_id == clinic;
+                let clinic_ok =
+                    caller.sees(&flag.clinic_id) && (clinic.is_empty() || flag.clinic_id == clinic);
                 let kind_ok = wanted.is_empty() || wanted.contains(&flag.kind);
                 if clinic_ok && kind_ok && tx.send(Ok(convert::flag(&flag))).await.is_err() {
                     return;
@@ -153,11 +202,16 @@ impl Compliance for ComplianceService {
         &self,
         request: Request<pb::CartridgeHistoryRequest>,
     ) -> Result<Response<pb::CartridgeHistoryResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
         let id = cartridge_id(request.into_inner().cartridge.trim())?;
-        let h = self.store.cartridge_history(&id).await.map_err(status)?;
-        let (bound_session_id, bound_device_id, bound_at) = match h.binding {
-            Some((s, d, at)) => (s, d, Some(timestamp(at))),
-            None => (String::new(), String::new(), None),
+        let mut h = self.store.cartridge_history(&id).await.map_err(status)?;
+        h.sessions.retain(|s| caller.sees(&s.clinic_id));
+        h.flags.retain(|f| caller.sees(&f.clinic_id));
+        // The owner is named only to callers who may see the owning session.
+        let visible = |s: &String| h.sessions.iter().any(|v| &v.session_id == s);
+        let (bound_session_id, bound_device_id, bound_at) = match h.binding.clone() {
+            Some((s, d, at)) if visible(&s) => (s, d, Some(timestamp(at))),
+            _ => (String::new(), String::new(), None),
         };
         Ok(Response::new(pb::CartridgeHistoryResponse {
             cartridge_id: h.cartridge_id,
@@ -189,25 +243,17 @@ impl Compliance for ComplianceService {
 
     async fn acknowledge_flag(
         &self,
-        _: Request<pb::FlagActionRequest>,
+        request: Request<pb::FlagActionRequest>,
     ) -> Result<Response<pb::Flag>, Status> {
-        Err(signed_actions_unavailable())
+        self.sign(request, FlagStep::Acknowledge).await
     }
 
     async fn resolve_flag(
         &self,
-        _: Request<pb::FlagActionRequest>,
+        request: Request<pb::FlagActionRequest>,
     ) -> Result<Response<pb::Flag>, Status> {
-        Err(signed_actions_unavailable())
+        self.sign(request, FlagStep::Resolve).await
     }
-}
-
-/// Signed flag actions need named users and tokens, which this server does
-/// not have yet; say so rather than accept an unsigned action.
-fn signed_actions_unavailable() -> Status {
-    Status::unimplemented(
-        "signed flag actions need user accounts, which this server does not have yet",
-    )
 }
 
 /// A stream fed by a task that sends into a bounded channel.

@@ -9,17 +9,22 @@ use pentrace_store::{SessionQuery, Store};
 use tonic::{Request, Response, Status};
 
 use super::{invalid, status};
+use crate::auth::Authenticator;
 use crate::convert::{self, optional_time, timestamp};
 
 /// The Fleet service.
 #[derive(Debug, Clone)]
 pub struct FleetService {
     store: Arc<dyn Store>,
+    auth: Authenticator,
 }
 
 impl FleetService {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        FleetService { store }
+        FleetService {
+            auth: Authenticator::new(store.clone()),
+            store,
+        }
     }
 }
 
@@ -61,6 +66,7 @@ impl Fleet for FleetService {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
         let r = request.into_inner();
         if r.device_id.is_empty() {
             return Err(invalid("device_id is required"));
@@ -75,7 +81,8 @@ impl Fleet for FleetService {
                 r.limit.min(10_000)
             },
         };
-        let sessions = self.store.list_sessions(&query).await.map_err(status)?;
+        let mut sessions = self.store.list_sessions(&query).await.map_err(status)?;
+        sessions.retain(|s| caller.sees(&s.clinic_id));
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: sessions.iter().map(convert::session).collect(),
         }))

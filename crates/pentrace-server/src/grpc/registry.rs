@@ -7,23 +7,33 @@ use pentrace_domain::rules::recall_exposure;
 use pentrace_domain::udi::gtin_check_digit;
 use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::registry_server::Registry;
-use pentrace_store::{Clinic, Device, FlagRecord, Lot, Product, Store};
+use pentrace_store::{Clinic, Device, FlagRecord, Lot, Product, Role, Store};
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::{invalid, status};
+use crate::auth::{Authenticator, Caller};
 use crate::convert::{self, timestamp};
 
 /// The Registry service.
 #[derive(Debug, Clone)]
 pub struct RegistryService {
     store: Arc<dyn Store>,
+    auth: Authenticator,
     flags: broadcast::Sender<Arc<FlagRecord>>,
 }
 
 impl RegistryService {
     pub fn new(store: Arc<dyn Store>, flags: broadcast::Sender<Arc<FlagRecord>>) -> Self {
-        RegistryService { store, flags }
+        let auth = Authenticator::new(store.clone());
+        RegistryService { store, auth, flags }
+    }
+
+    /// Registry changes are an admin's.
+    async fn admin<T>(&self, request: &Request<T>, what: &str) -> Result<Caller, Status> {
+        let caller = self.auth.caller(request).await?;
+        caller.require(&[Role::Admin], what)?;
+        Ok(caller)
     }
 }
 
@@ -95,6 +105,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::RegisterClinicRequest>,
     ) -> Result<Response<pb::Clinic>, Status> {
+        let caller = self.admin(&request, "register clinics").await?;
         let c = request
             .into_inner()
             .clinic
@@ -115,7 +126,11 @@ impl Registry for RegistryService {
                 c.time_zone
             },
         };
-        let stored = self.store.upsert_clinic(&clinic).await.map_err(status)?;
+        let stored = self
+            .store
+            .upsert_clinic(&clinic, &caller.actor())
+            .await
+            .map_err(status)?;
         Ok(Response::new(clinic_out(stored)))
     }
 
@@ -123,6 +138,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::RegisterDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
+        let caller = self.admin(&request, "register devices").await?;
         let d = request
             .into_inner()
             .device
@@ -133,7 +149,11 @@ impl Registry for RegistryService {
             model: d.model,
             max_depth_um: d.max_depth_um,
         };
-        let stored = self.store.upsert_device(&device).await.map_err(status)?;
+        let stored = self
+            .store
+            .upsert_device(&device, &caller.actor())
+            .await
+            .map_err(status)?;
         Ok(Response::new(device_out(stored)))
     }
 
@@ -141,6 +161,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::RegisterProductRequest>,
     ) -> Result<Response<pb::Product>, Status> {
+        let caller = self.admin(&request, "change the product catalogue").await?;
         let p = request
             .into_inner()
             .product
@@ -153,7 +174,11 @@ impl Registry for RegistryService {
             max_active_s: p.max_active_s,
             shelf_life_days: p.shelf_life_days,
         };
-        let stored = self.store.upsert_product(&product).await.map_err(status)?;
+        let stored = self
+            .store
+            .upsert_product(&product, &caller.actor())
+            .await
+            .map_err(status)?;
         Ok(Response::new(product_out(stored)))
     }
 
@@ -161,6 +186,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::RegisterLotRequest>,
     ) -> Result<Response<pb::Lot>, Status> {
+        let caller = self.admin(&request, "register lots").await?;
         let l = request
             .into_inner()
             .lot
@@ -172,7 +198,11 @@ impl Registry for RegistryService {
             recalled_at: None,
             recall_reason: None,
         };
-        let stored = self.store.upsert_lot(&lot).await.map_err(status)?;
+        let stored = self
+            .store
+            .upsert_lot(&lot, &caller.actor())
+            .await
+            .map_err(status)?;
         Ok(Response::new(lot_out(stored)))
     }
 
@@ -180,12 +210,20 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::RecallLotRequest>,
     ) -> Result<Response<pb::RecallLotResponse>, Status> {
+        let caller = self.admin(&request, "recall lots").await?;
         let r = request.into_inner();
         let (gtin, lot) = (gtin(&r.gtin)?, required("lot", &r.lot)?);
         let reason = required("reason", &r.reason)?;
         let (lot, flags) = self
             .store
-            .recall_lot(&gtin, &lot, &reason, Utc::now(), recall_exposure)
+            .recall_lot(
+                &gtin,
+                &lot,
+                &reason,
+                Utc::now(),
+                recall_exposure,
+                &caller.actor(),
+            )
             .await
             .map_err(status)?;
         let raised = u32::try_from(flags.len()).unwrap_or(u32::MAX);
@@ -201,9 +239,11 @@ impl Registry for RegistryService {
 
     async fn list_clinics(
         &self,
-        _: Request<pb::ListClinicsRequest>,
+        request: Request<pb::ListClinicsRequest>,
     ) -> Result<Response<pb::ListClinicsResponse>, Status> {
-        let clinics = self.store.list_clinics().await.map_err(status)?;
+        let caller = self.auth.caller(&request).await?;
+        let mut clinics = self.store.list_clinics().await.map_err(status)?;
+        clinics.retain(|c| caller.sees(&c.id));
         Ok(Response::new(pb::ListClinicsResponse {
             clinics: clinics.into_iter().map(clinic_out).collect(),
         }))
@@ -211,8 +251,9 @@ impl Registry for RegistryService {
 
     async fn list_products(
         &self,
-        _: Request<pb::ListProductsRequest>,
+        request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        self.auth.caller(&request).await?;
         let products = self.store.list_products().await.map_err(status)?;
         Ok(Response::new(pb::ListProductsResponse {
             products: products.into_iter().map(product_out).collect(),
@@ -223,6 +264,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::ListLotsRequest>,
     ) -> Result<Response<pb::ListLotsResponse>, Status> {
+        self.auth.caller(&request).await?;
         let gtin = request.into_inner().gtin;
         let filter = Some(gtin.as_str()).filter(|g| !g.is_empty());
         let lots = self.store.list_lots(filter).await.map_err(status)?;

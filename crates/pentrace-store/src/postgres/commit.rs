@@ -14,7 +14,7 @@ use pentrace_domain::rules::SeqHole;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::convert::{parse_uuid, to_i32, to_i64};
-use super::{copy, flags, sessions};
+use super::{audit, copy, flags, sessions};
 use crate::{
     ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, WriteBatch,
 };
@@ -33,6 +33,7 @@ pub(super) async fn commit(pool: &PgPool, batch: &WriteBatch) -> StoreResult<Com
     }
     copy::copy_samples(&mut tx, &batch.samples).await?;
     let new_flags = flags::insert(&mut tx, &batch.flags).await?;
+    audit::append(&mut tx, &audit::commit_drafts(batch, &new_flags)).await?;
     update_activity(&mut tx, &batch.activity).await?;
     update_devices(&mut tx, &batch.devices).await?;
     replace_holes(&mut tx, &batch.holes).await?;

@@ -5,14 +5,17 @@
 //! arrays (`= ANY($1)`, `UNNEST(...)`), so every lookup or write is one
 //! statement however large the batch.
 
+mod audit;
 mod commit;
 mod convert;
 mod copy;
 mod facts;
 mod flags;
+mod people;
 mod queries;
 mod registry;
 mod sessions;
+mod status;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,8 +24,13 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 
+use pentrace_domain::audit::{Actor, ChainHash};
+use pentrace_domain::checkpoint::Checkpoint;
+use registry::Change;
+
 use crate::{
-    CartridgeHistory, Clinic, CommitOutcome, Device, DeviceStatus, ExposureVerdict, FactsQuery,
+    AuditDraft, CartridgeHistory, ChainHead, FlagAction, FlagActionRecord, GLOBAL_CHAIN, Role,
+    StoredAuditEvent, User, Clinic, CommitOutcome, Device, DeviceStatus, ExposureVerdict, FactsQuery,
     FlagQuery, FlagRecord, Lot, NewFlag, Product, SessionQuery, SessionRecord, Store, StoreResult,
     StoredFacts, WriteBatch,
 };
@@ -65,18 +73,28 @@ impl PgStore {
     /// `Migrator::run_direct`), so one replica applies and the others wait,
     /// then find everything applied.
     pub async fn migrate(&self) -> StoreResult<()> {
-        // A pool of one connection of its own, closed afterwards whatever
-        // happened: the migrator returns early on failure without unlocking,
-        // and the advisory lock belongs to the session, so a connection
-        // returned to the shared pool would keep the lock and block every
-        // other replica's migrate forever.
-        let options = (*self.pool.connect_options()).clone();
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await?;
-        let result = MIGRATOR.run(&pool).await;
-        pool.close().await;
+        // A connection taken out of the pool for good, and closed afterwards
+        // whatever happened: the migrator returns early on failure without
+        // unlocking, and the advisory lock belongs to the session, so a
+        // connection returned to the pool would keep the lock and block
+        // every other replica's migrate forever.
+        //
+        // Detached from the pool rather than opened beside it: the pool may
+        // open a replacement, but never more than `max_connections` at once,
+        // so migrate also works with a pool of one on a server that serves
+        // one connection at a time (the PGlite TimescaleDB test server,
+        // `tests/timescaledb/`), and the connection is set up by the pool's
+        // own hooks.
+        use sqlx::Connection as _;
+        let mut conn = self.pool.acquire().await?.detach();
+        // `run_direct`, not `run(&mut conn)`: with `run`, the future is not
+        // `Send` for callers that spawn it (sqlx's "Acquire is not general
+        // enough"; sqlx-core 0.8.6 `migrator.rs` keeps `run_direct` public
+        // for this reason).
+        let result = MIGRATOR.run_direct(&mut conn).await;
+        if let Err(e) = conn.close().await {
+            tracing::debug!(error = %e, "closing the migration connection failed");
+        }
         Ok(result?)
     }
 }
@@ -92,6 +110,10 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn status(&self) -> StoreResult<crate::StoreStatus> {
+        status::status(&self.pool).await
+    }
+
     async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts> {
         facts::load(&self.pool, query).await
     }
@@ -104,20 +126,139 @@ impl Store for PgStore {
         registry::auto_register_device(&self.pool, device_id, clinic_id).await
     }
 
-    async fn upsert_clinic(&self, clinic: &Clinic) -> StoreResult<Clinic> {
-        registry::upsert_clinic(&self.pool, clinic).await
+    async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {
+        let change = Change {
+            chain: &clinic.id,
+            table: "clinics",
+            subject_type: "clinic",
+            subject_id: clinic.id.clone(),
+            key: vec![("id", &clinic.id)],
+        };
+        let mut tx = self.pool.begin().await?;
+        let old = change.snapshot(&mut tx).await?;
+        let stored = registry::upsert_clinic(&mut tx, clinic).await?;
+        change.record(&mut tx, old, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 
-    async fn upsert_device(&self, device: &Device) -> StoreResult<Device> {
-        registry::upsert_device(&self.pool, device).await
+    async fn upsert_device(&self, device: &Device, actor: &Actor) -> StoreResult<Device> {
+        let change = Change {
+            chain: &device.clinic_id,
+            table: "devices",
+            subject_type: "device",
+            subject_id: device.id.clone(),
+            key: vec![("id", &device.id)],
+        };
+        let mut tx = self.pool.begin().await?;
+        let old = change.snapshot(&mut tx).await?;
+        let stored = registry::upsert_device(&mut tx, device).await?;
+        change.record(&mut tx, old, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 
-    async fn upsert_product(&self, product: &Product) -> StoreResult<Product> {
-        registry::upsert_product(&self.pool, product).await
+    async fn upsert_product(&self, product: &Product, actor: &Actor) -> StoreResult<Product> {
+        let change = Change {
+            chain: GLOBAL_CHAIN,
+            table: "products",
+            subject_type: "product",
+            subject_id: product.gtin.clone(),
+            key: vec![("gtin", &product.gtin)],
+        };
+        let mut tx = self.pool.begin().await?;
+        let old = change.snapshot(&mut tx).await?;
+        let stored = registry::upsert_product(&mut tx, product).await?;
+        change.record(&mut tx, old, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
     }
 
-    async fn upsert_lot(&self, lot: &Lot) -> StoreResult<Lot> {
-        registry::upsert_lot(&self.pool, lot).await
+    async fn upsert_lot(&self, lot: &Lot, actor: &Actor) -> StoreResult<Lot> {
+        let change = Change {
+            chain: GLOBAL_CHAIN,
+            table: "lots",
+            subject_type: "lot",
+            subject_id: format!("{}:{}", lot.gtin, lot.lot),
+            key: vec![("gtin", &lot.gtin), ("lot", &lot.lot)],
+        };
+        let mut tx = self.pool.begin().await?;
+        let old = change.snapshot(&mut tx).await?;
+        let stored = registry::upsert_lot(&mut tx, lot).await?;
+        change.record(&mut tx, old, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn append_audit(&self, drafts: &[AuditDraft]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        audit::append(&mut tx, drafts).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>> {
+        audit::heads(&self.pool).await
+    }
+
+    async fn audit_page(
+        &self,
+        clinic_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredAuditEvent>> {
+        audit::page(&self.pool, clinic_id, after, limit).await
+    }
+
+    async fn audit_hash_at(&self, clinic_id: &str, position: u64) -> StoreResult<Option<ChainHash>> {
+        audit::hash_at(&self.pool, clinic_id, position).await
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
+        audit::save_checkpoint(&self.pool, checkpoint).await
+    }
+
+    async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
+        audit::checkpoints(&self.pool).await
+    }
+
+    async fn create_user(
+        &self,
+        name: &str,
+        role: Role,
+        clinics: &[String],
+        actor: &Actor,
+    ) -> StoreResult<User> {
+        people::create_user(&self.pool, name, role, clinics, actor).await
+    }
+
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>> {
+        people::user_by_name(&self.pool, name).await
+    }
+
+    async fn issue_token(
+        &self,
+        user_id: uuid::Uuid,
+        token_hash: &[u8; 32],
+        actor: &Actor,
+    ) -> StoreResult<uuid::Uuid> {
+        people::issue_token(&self.pool, user_id, token_hash, actor).await
+    }
+
+    async fn revoke_token(&self, token_id: uuid::Uuid, actor: &Actor) -> StoreResult<()> {
+        people::revoke_token(&self.pool, token_id, actor).await
+    }
+
+    async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>> {
+        people::user_by_token(&self.pool, token_hash).await
+    }
+
+    async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord> {
+        people::sign_flag(&self.pool, action).await
+    }
+
+    async fn flag_actions(&self, flag_ids: &[uuid::Uuid]) -> StoreResult<Vec<FlagActionRecord>> {
+        people::flag_actions(&self.pool, flag_ids).await
     }
 
     async fn recall_lot(
@@ -127,8 +268,9 @@ impl Store for PgStore {
         reason: &str,
         at: DateTime<Utc>,
         exposure: ExposureVerdict,
+        actor: &Actor,
     ) -> StoreResult<(Lot, Vec<FlagRecord>)> {
-        registry::recall_lot(&self.pool, gtin, lot, reason, at, exposure).await
+        registry::recall_lot(&self.pool, gtin, lot, reason, at, exposure, actor).await
     }
 
     async fn list_clinics(&self) -> StoreResult<Vec<Clinic>> {

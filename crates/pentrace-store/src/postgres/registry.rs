@@ -6,8 +6,11 @@ use uuid::Uuid;
 
 use super::convert::{from_i32, from_i64, to_i32, to_i64};
 use super::flags;
+use pentrace_domain::audit::Actor;
+
 use crate::{
-    Clinic, Device, ExposureVerdict, FlagRecord, Lot, NewFlag, Product, StoreError, StoreResult,
+    AuditDraft, Clinic, Device, ExposureVerdict, FlagRecord, GLOBAL_CHAIN, Lot, NewFlag, Product,
+    StoreError, StoreResult,
 };
 
 /// `NotFound(what)` when the statement broke a foreign key (the referenced
@@ -39,11 +42,22 @@ pub(super) async fn auto_register_device(
     .bind(clinic_id)
     .execute(&mut *tx)
     .await?;
+    let draft = AuditDraft {
+        clinic_id: clinic_id.to_owned(),
+        actor: Actor::System,
+        action: "device.auto_registered".into(),
+        subject_type: "device".into(),
+        subject_id: device_id.to_owned(),
+        old_value: None,
+        new_value: Some(serde_json::json!({ "device_id": device_id, "clinic_id": clinic_id })),
+        reason: Some("--auto-register: an unknown device sent telemetry".into()),
+    };
+    super::audit::append(&mut tx, &[draft]).await?;
     tx.commit().await?;
     Ok(())
 }
 
-pub(super) async fn upsert_clinic(pool: &PgPool, clinic: &Clinic) -> StoreResult<Clinic> {
+pub(super) async fn upsert_clinic(conn: &mut PgConnection, clinic: &Clinic) -> StoreResult<Clinic> {
     let (id, name, time_zone): (String, String, String) = sqlx::query_as(
         "INSERT INTO clinics (id, name, time_zone) VALUES ($1, $2, $3) \
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, time_zone = EXCLUDED.time_zone \
@@ -52,7 +66,7 @@ pub(super) async fn upsert_clinic(pool: &PgPool, clinic: &Clinic) -> StoreResult
     .bind(&clinic.id)
     .bind(&clinic.name)
     .bind(&clinic.time_zone)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     Ok(Clinic {
         id,
@@ -62,7 +76,7 @@ pub(super) async fn upsert_clinic(pool: &PgPool, clinic: &Clinic) -> StoreResult
 }
 
 /// Creates or changes a device; `NotFound` when its clinic does not exist.
-pub(super) async fn upsert_device(pool: &PgPool, device: &Device) -> StoreResult<Device> {
+pub(super) async fn upsert_device(conn: &mut PgConnection, device: &Device) -> StoreResult<Device> {
     let (id, clinic_id, model, depth): (String, String, String, i32) = sqlx::query_as(
         "INSERT INTO devices (id, clinic_id, model, max_depth_um) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (id) DO UPDATE SET clinic_id = EXCLUDED.clinic_id, model = EXCLUDED.model, \
@@ -73,7 +87,7 @@ pub(super) async fn upsert_device(pool: &PgPool, device: &Device) -> StoreResult
     .bind(&device.clinic_id)
     .bind(&device.model)
     .bind(to_i32(device.max_depth_um, "device max depth")?)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await
     .map_err(|e| missing_parent(e, || format!("clinic {}", device.clinic_id)))?;
     Ok(Device {
@@ -102,7 +116,7 @@ fn product_from(row: ProductRow) -> StoreResult<Product> {
     })
 }
 
-pub(super) async fn upsert_product(pool: &PgPool, product: &Product) -> StoreResult<Product> {
+pub(super) async fn upsert_product(conn: &mut PgConnection, product: &Product) -> StoreResult<Product> {
     let sql = format!(
         "INSERT INTO products ({PRODUCT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (gtin) DO UPDATE SET name = EXCLUDED.name, \
@@ -117,7 +131,7 @@ pub(super) async fn upsert_product(pool: &PgPool, product: &Product) -> StoreRes
         .bind(to_i64(product.rated_strokes, "product rated strokes")?)
         .bind(to_i32(product.max_active_s, "product max active s")?)
         .bind(to_i32(product.shelf_life_days, "product shelf life")?)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     product_from(row)
 }
@@ -147,7 +161,7 @@ fn lot_from((gtin, lot, expiry, recalled_at, recall_reason): LotRow) -> Lot {
 ///
 /// A recall is never undone here, and a recall recorded here raises no
 /// exposure flags: recalls go through `recall_lot`.
-pub(super) async fn upsert_lot(pool: &PgPool, lot: &Lot) -> StoreResult<Lot> {
+pub(super) async fn upsert_lot(conn: &mut PgConnection, lot: &Lot) -> StoreResult<Lot> {
     let sql = format!(
         "INSERT INTO lots ({LOT_COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (gtin, lot) DO UPDATE SET expiry = EXCLUDED.expiry, \
@@ -161,7 +175,7 @@ pub(super) async fn upsert_lot(pool: &PgPool, lot: &Lot) -> StoreResult<Lot> {
         .bind(lot.expiry)
         .bind(lot.recalled_at)
         .bind(&lot.recall_reason)
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| missing_parent(e, || format!("product {}", lot.gtin)))?;
     Ok(lot_from(row))
@@ -181,6 +195,7 @@ pub(super) async fn recall_lot(
     reason: &str,
     at: DateTime<Utc>,
     exposure: ExposureVerdict,
+    actor: &Actor,
 ) -> StoreResult<(Lot, Vec<FlagRecord>)> {
     let mut tx = pool.begin().await?;
     let sql = format!(
@@ -200,6 +215,9 @@ pub(super) async fn recall_lot(
     let recalled_at = recalled.recalled_at.unwrap_or(at);
     let exposed = exposure_flags(&mut tx, gtin, lot, recalled_at, exposure).await?;
     let new_flags = flags::insert(&mut tx, &exposed).await?;
+    let mut drafts = vec![recall_draft(&recalled, actor)];
+    drafts.extend(new_flags.iter().map(super::audit::flag_raised));
+    super::audit::append(&mut tx, &drafts).await?;
     tx.commit().await?;
     Ok((recalled, new_flags))
 }
@@ -269,4 +287,87 @@ pub(super) async fn list_lots(pool: &PgPool, gtin: Option<&str>) -> StoreResult<
     );
     let rows: Vec<LotRow> = sqlx::query_as(&sql).bind(gtin).fetch_all(pool).await?;
     Ok(rows.into_iter().map(lot_from).collect())
+}
+
+/// `lot.recalled` on the catalogue's chain.
+fn recall_draft(lot: &Lot, actor: &Actor) -> AuditDraft {
+    AuditDraft {
+        clinic_id: GLOBAL_CHAIN.into(),
+        actor: actor.clone(),
+        action: "lot.recalled".into(),
+        subject_type: "lot".into(),
+        subject_id: format!("{}:{}", lot.gtin, lot.lot),
+        old_value: None,
+        new_value: Some(serde_json::json!({
+            "gtin": lot.gtin,
+            "lot": lot.lot,
+            "recalled_at": lot.recalled_at.map(|t| t.to_rfc3339()),
+            "recall_reason": lot.recall_reason,
+        })),
+        reason: lot.recall_reason.clone(),
+    }
+}
+
+/// A registry row as JSON, without the columns that change on their own
+/// (liveness, progress, creation time): what a person registered.
+pub(super) async fn snapshot(
+    conn: &mut PgConnection,
+    table: &str,
+    key: &[(&str, &str)],
+) -> StoreResult<Option<serde_json::Value>> {
+    let filter: Vec<String> = key.iter().enumerate().map(|(i, (c, _))| format!("{c} = ${}", i + 1)).collect();
+    let sql = format!(
+        "SELECT to_jsonb(t) - 'created_at' - 'last_seen' - 'max_seq' - 'battery_pct' - 'firmware' \
+         FROM {table} t WHERE {}",
+        filter.join(" AND ")
+    );
+    let mut query = sqlx::query_scalar::<_, serde_json::Value>(&sql);
+    for (_, value) in key {
+        query = query.bind(*value);
+    }
+    Ok(query.fetch_optional(conn).await?)
+}
+
+/// A registry row a person creates or changes, audited with its old and new
+/// values in the same transaction.
+#[derive(Debug)]
+pub(super) struct Change<'a> {
+    pub chain: &'a str,
+    pub table: &'static str,
+    pub subject_type: &'static str,
+    pub subject_id: String,
+    pub key: Vec<(&'static str, &'a str)>,
+}
+
+impl Change<'_> {
+    pub(super) async fn snapshot(&self, conn: &mut PgConnection) -> StoreResult<Option<serde_json::Value>> {
+        snapshot(conn, self.table, &self.key).await
+    }
+
+    /// Appends `<subject>.registered` or `<subject>.changed`, unless nothing
+    /// changed.
+    pub(super) async fn record(
+        &self,
+        conn: &mut PgConnection,
+        old: Option<serde_json::Value>,
+        actor: &Actor,
+    ) -> StoreResult<()> {
+        let new = self.snapshot(conn).await?;
+        if new == old {
+            return Ok(());
+        }
+        let verb = if old.is_some() { "changed" } else { "registered" };
+        let draft = AuditDraft {
+            clinic_id: self.chain.to_owned(),
+            actor: actor.clone(),
+            action: format!("{}.{verb}", self.subject_type),
+            subject_type: self.subject_type.into(),
+            subject_id: self.subject_id.clone(),
+            old_value: old,
+            new_value: new,
+            reason: None,
+        };
+        super::audit::append(conn, &[draft]).await?;
+        Ok(())
+    }
 }

@@ -1,0 +1,154 @@
+//! The simulator's options.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::SimError;
+use crate::faults::FaultRates;
+
+/// How pens talk to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// MQTT 3.1.1, QoS 1, one client per pen.
+    #[default]
+    Mqtt,
+    /// One `Telemetry.Ingest` bidi stream per pen.
+    Grpc,
+}
+
+impl Transport {
+    /// `mqtt` or `grpc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Grpc => "grpc",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mqtt" => Ok(Transport::Mqtt),
+            "grpc" => Ok(Transport::Grpc),
+            other => Err(format!("unknown transport {other:?} (mqtt or grpc)")),
+        }
+    }
+}
+
+/// Whether to show progress on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProgressMode {
+    /// A live line on a terminal, a plain line every 5 s otherwise.
+    #[default]
+    Auto,
+    /// Nothing (for callers that print their own).
+    Off,
+}
+
+/// Everything a simulation run needs.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of pens.
+    pub devices: usize,
+    pub transport: Transport,
+    /// gRPC endpoint: setup and verification always use it, and telemetry
+    /// too with [`Transport::Grpc`].
+    pub grpc_url: String,
+    /// MQTT broker, `mqtt://host:port`.
+    pub mqtt_url: String,
+    /// Password every pen presents to the broker (username = device id);
+    /// empty for a broker that allows anonymous devices.
+    pub mqtt_password: String,
+    /// Clinic of the pens; device ids are `{clinic}-pen-{i:04}`.
+    pub clinic: String,
+    /// Sessions per pen.
+    pub sessions: u32,
+    /// Stroke batches per session (each 10 samples × 100 ms).
+    pub batches: u32,
+    /// Virtual time runs this many times faster than real time.
+    pub compression: f64,
+    /// Seed of every random choice; the same seed gives the same scenario.
+    pub seed: u64,
+    /// Register clinic, devices, products and lots (and recall a lot) first.
+    pub setup: bool,
+    pub faults: FaultRates,
+    /// Where to write the ground truth (JSON lines), if anywhere.
+    pub truth_path: Option<PathBuf>,
+    /// Whether the caller compares with the server afterwards
+    /// ([`crate::verify`]); `run` itself does not look at it.
+    pub verify: bool,
+    /// A pen fails when its acks make no progress for this long.
+    pub ack_timeout: Duration,
+    /// Most messages a pen keeps unacknowledged before it waits.
+    pub max_inflight: usize,
+    pub progress: ProgressMode,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            devices: 50,
+            transport: Transport::Mqtt,
+            grpc_url: "http://127.0.0.1:50051".into(),
+            mqtt_url: "mqtt://127.0.0.1:1883".into(),
+            mqtt_password: String::new(),
+            clinic: "sim-clinic".into(),
+            sessions: 4,
+            batches: 20,
+            compression: 60.0,
+            seed: 0,
+            setup: false,
+            faults: FaultRates::default(),
+            truth_path: None,
+            verify: false,
+            ack_timeout: Duration::from_secs(60),
+            max_inflight: 1000,
+            progress: ProgressMode::Auto,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Device id of pen `i`.
+    pub fn device_id(&self, i: usize) -> String {
+        format!("{}-pen-{i:04}", self.clinic)
+    }
+
+    /// Refuses values the simulator cannot run with.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let fail = |what: String| Err(SimError::Config(what));
+        if self.devices == 0 {
+            return fail("--devices must be at least 1".into());
+        }
+        if !(self.compression.is_finite() && self.compression > 0.0) {
+            return fail(format!(
+                "--compression must be a positive number, not {}",
+                self.compression
+            ));
+        }
+        if self.clinic.trim().is_empty() || self.clinic.len() > 200 {
+            return fail("--clinic must be 1-200 characters".into());
+        }
+        if self.ack_timeout.is_zero() {
+            return fail("--ack-timeout-s must be at least 1".into());
+        }
+        if self.max_inflight == 0 {
+            return fail("the in-flight window must be at least 1".into());
+        }
+        if self.faults.cartridge_total() > 1.0 + 1e-9 {
+            return fail("cartridge fault rates add up to more than 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! placeholder until the simulator's lib.rs is written

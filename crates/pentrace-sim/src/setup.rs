@@ -1,0 +1,124 @@
+//! `--setup`: registers the clinic, its pens, the product catalogue and the
+//! lots, and recalls the recalled lot, all through the Registry API. Every
+//! call is an upsert on the server, so setting up twice is harmless (a lot
+//! recalled earlier keeps its first recall time).
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use pentrace_proto::v1 as pb;
+use pentrace_proto::v1::fleet_client::FleetClient;
+use pentrace_proto::v1::registry_client::RegistryClient;
+use tonic::transport::Channel;
+
+use crate::catalogue::{OK_LOT, PRODUCTS, RECALLED_LOT, SHELF_LIFE_DAYS, lot_expiry};
+use crate::config::SimConfig;
+use crate::error::SimError;
+
+/// Model name of the simulated pens.
+pub const PEN_MODEL: &str = "SIM-PEN";
+
+/// Registers everything the scenario needs; `today` dates the lots.
+pub async fn register(
+    channel: Channel,
+    config: &SimConfig,
+    today: NaiveDate,
+) -> Result<(), SimError> {
+    let mut registry = RegistryClient::new(channel);
+    registry
+        .register_clinic(pb::RegisterClinicRequest {
+            clinic: Some(pb::Clinic {
+                clinic_id: config.clinic.clone(),
+                name: format!("Simulated clinic {}", config.clinic),
+                time_zone: "UTC".into(),
+            }),
+        })
+        .await
+        .map_err(|s| SimError::rpc("Registry.RegisterClinic", s))?;
+    for i in 0..config.devices {
+        registry
+            .register_device(pb::RegisterDeviceRequest {
+                device: Some(pb::Device {
+                    device_id: config.device_id(i),
+                    clinic_id: config.clinic.clone(),
+                    model: PEN_MODEL.into(),
+                    // 0: the default limit (2000 µm) applies.
+                    max_depth_um: 0,
+                }),
+            })
+            .await
+            .map_err(|s| SimError::rpc("Registry.RegisterDevice", s))?;
+    }
+    for (gtin, name) in PRODUCTS {
+        register_product(&mut registry, gtin, name, today).await?;
+    }
+    Ok(())
+}
+
+/// A product with its good lot and its recalled lot.
+async fn register_product(
+    registry: &mut RegistryClient<Channel>,
+    gtin: &str,
+    name: &str,
+    today: NaiveDate,
+) -> Result<(), SimError> {
+    registry
+        .register_product(pb::RegisterProductRequest {
+            product: Some(pb::Product {
+                gtin: gtin.into(),
+                name: name.into(),
+                // No limits of its own beyond the device's: the simulator
+                // injects no overuse.
+                max_depth_um: 0,
+                rated_strokes: 0,
+                max_active_s: 0,
+                shelf_life_days: u32::try_from(SHELF_LIFE_DAYS).unwrap_or(730),
+            }),
+        })
+        .await
+        .map_err(|s| SimError::rpc("Registry.RegisterProduct", s))?;
+    for lot in [OK_LOT, RECALLED_LOT] {
+        registry
+            .register_lot(pb::RegisterLotRequest {
+                lot: Some(pb::Lot {
+                    gtin: gtin.into(),
+                    lot: lot.into(),
+                    expiry: lot_expiry(today).to_string(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| SimError::rpc("Registry.RegisterLot", s))?;
+    }
+    // Recalled now, before any simulated session starts: its sessions are
+    // CARTRIDGE_RECALLED, never RECALL_EXPOSURE.
+    registry
+        .recall_lot(pb::RecallLotRequest {
+            gtin: gtin.into(),
+            lot: RECALLED_LOT.into(),
+            reason: "simulated recall: sterility breach reported by the manufacturer".into(),
+        })
+        .await
+        .map_err(|s| SimError::rpc("Registry.RecallLot", s))?;
+    Ok(())
+}
+
+/// The last seq the server has of each pen (0 for a pen it never heard
+/// from): a pen persists its seq, so a second run continues after it.
+pub async fn seq_bases(channel: Channel, config: &SimConfig) -> Result<Vec<u64>, SimError> {
+    let devices = FleetClient::new(channel)
+        .list_devices(pb::ListDevicesRequest {
+            clinic_id: config.clinic.clone(),
+        })
+        .await
+        .map_err(|s| SimError::rpc("Fleet.ListDevices", s))?
+        .into_inner()
+        .devices;
+    let last: HashMap<String, u64> = devices
+        .into_iter()
+        .filter_map(|d| Some((d.device?.device_id, d.last_seq)))
+        .collect();
+    Ok((0..config.devices)
+        .map(|i| last.get(&config.device_id(i)).copied().unwrap_or(0))
+        .collect())
+}

@@ -1,0 +1,381 @@
+//! The audit trail: appending to per-clinic hash chains inside the caller's
+//! transaction, reading chains page by page for verification, checkpoints.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use pentrace_domain::audit::{Actor, AuditEvent, ChainHash, GENESIS, chain_hash};
+use pentrace_domain::checkpoint::Checkpoint;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use super::convert::{corrupt, from_i64, to_i64};
+use crate::{
+    AuditDraft, ChainHead, FlagRecord, SessionWrite, StoreResult, StoredAuditEvent, WriteBatch,
+};
+
+/// Now at the precision the database keeps, so the hashed time and the
+/// stored time are the same value.
+pub(super) fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// Appends the drafts to their chains and returns each draft's hash, in the
+/// order given. Heads are locked in clinic order, so concurrent appenders
+/// never deadlock, and one clinic's appenders never wait on another's.
+pub(super) async fn append(conn: &mut PgConnection, drafts: &[AuditDraft]) -> StoreResult<Vec<ChainHash>> {
+    if drafts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut by_clinic: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, d) in drafts.iter().enumerate() {
+        by_clinic.entry(d.clinic_id.as_str()).or_default().push(i);
+    }
+    let clinics: Vec<&str> = by_clinic.keys().copied().collect();
+    let heads = lock_heads(conn, &clinics).await?;
+    let at = now_micros();
+    let mut rows = Rows::default();
+    let mut hashes = vec![GENESIS; drafts.len()];
+    let mut new_heads = Vec::with_capacity(clinics.len());
+    for (clinic, indices) in &by_clinic {
+        let (mut position, mut prev) = heads.get(*clinic).copied().unwrap_or((0, GENESIS));
+        for &i in indices {
+            position += 1;
+            let event = to_event(&drafts[i], position, at);
+            let hash = chain_hash(&prev, &event);
+            rows.push(&event, prev, hash)?;
+            hashes[i] = hash;
+            prev = hash;
+        }
+        new_heads.push((clinic.to_string(), position, prev));
+    }
+    rows.insert(conn).await?;
+    update_heads(conn, &new_heads).await?;
+    Ok(hashes)
+}
+
+fn to_event(d: &AuditDraft, position: u64, at: DateTime<Utc>) -> AuditEvent {
+    AuditEvent {
+        clinic_id: d.clinic_id.clone(),
+        position,
+        at,
+        actor: d.actor.clone(),
+        action: d.action.clone(),
+        subject_type: d.subject_type.clone(),
+        subject_id: d.subject_id.clone(),
+        old_value: d.old_value.clone(),
+        new_value: d.new_value.clone(),
+        reason: d.reason.clone(),
+    }
+}
+
+async fn lock_heads(
+    conn: &mut PgConnection,
+    clinics: &[&str],
+) -> StoreResult<BTreeMap<String, (u64, ChainHash)>> {
+    sqlx::query(
+        "INSERT INTO audit_heads (clinic_id, position, hash) \
+         SELECT c, 0, $2 FROM UNNEST($1::text[]) AS c ON CONFLICT DO NOTHING",
+    )
+    .bind(clinics)
+    .bind(GENESIS.as_slice())
+    .execute(&mut *conn)
+    .await?;
+    let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT clinic_id, position, hash FROM audit_heads WHERE clinic_id = ANY($1) \
+         ORDER BY clinic_id FOR UPDATE",
+    )
+    .bind(clinics)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(clinic, position, hash)| Ok((clinic, (from_i64(position, "position")?, hash32(&hash)?))))
+        .collect()
+}
+
+async fn update_heads(conn: &mut PgConnection, heads: &[(String, u64, ChainHash)]) -> StoreResult<()> {
+    let positions = heads.iter().map(|h| to_i64(h.1, "position")).collect::<StoreResult<Vec<_>>>()?;
+    sqlx::query(
+        "UPDATE audit_heads h SET position = u.p, hash = u.h \
+         FROM UNNEST($1::text[], $2::int8[], $3::bytea[]) AS u(c, p, h) WHERE h.clinic_id = u.c",
+    )
+    .bind(heads.iter().map(|h| h.0.as_str()).collect::<Vec<_>>())
+    .bind(positions)
+    .bind(heads.iter().map(|h| h.2.to_vec()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Column arrays of a multi-row insert.
+#[derive(Default)]
+struct Rows {
+    clinic: Vec<String>,
+    position: Vec<i64>,
+    at: Vec<DateTime<Utc>>,
+    actor_kind: Vec<&'static str>,
+    actor_id: Vec<String>,
+    action: Vec<String>,
+    subject_type: Vec<String>,
+    subject_id: Vec<String>,
+    old_value: Vec<Option<String>>,
+    new_value: Vec<Option<String>>,
+    reason: Vec<Option<String>>,
+    prev: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn push(&mut self, e: &AuditEvent, prev: ChainHash, hash: ChainHash) -> StoreResult<()> {
+        let (kind, id) = e.actor.parts();
+        self.clinic.push(e.clinic_id.clone());
+        self.position.push(to_i64(e.position, "position")?);
+        self.at.push(e.at);
+        self.actor_kind.push(kind);
+        self.actor_id.push(id.to_owned());
+        self.action.push(e.action.clone());
+        self.subject_type.push(e.subject_type.clone());
+        self.subject_id.push(e.subject_id.clone());
+        // The exact text that was hashed (serde_json's canonical form).
+        self.old_value.push(e.old_value.as_ref().map(|v| v.to_string()));
+        self.new_value.push(e.new_value.as_ref().map(|v| v.to_string()));
+        self.reason.push(e.reason.clone());
+        self.prev.push(prev.to_vec());
+        self.hash.push(hash.to_vec());
+        Ok(())
+    }
+
+    async fn insert(self, conn: &mut PgConnection) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_events (clinic_id, position, at, actor_kind, actor_id, action, \
+                 subject_type, subject_id, old_value, new_value, reason, prev_hash, hash) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                 $11::text[], $12::bytea[], $13::bytea[])",
+        )
+        .bind(self.clinic)
+        .bind(self.position)
+        .bind(self.at)
+        .bind(self.actor_kind)
+        .bind(self.actor_id)
+        .bind(self.action)
+        .bind(self.subject_type)
+        .bind(self.subject_id)
+        .bind(self.old_value)
+        .bind(self.new_value)
+        .bind(self.reason)
+        .bind(self.prev)
+        .bind(self.hash)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+fn hash32(bytes: &[u8]) -> StoreResult<ChainHash> {
+    bytes.try_into().map_err(|_| corrupt(format!("a stored hash has {} bytes, not 32", bytes.len())))
+}
+
+/// The audit events a commit records: sessions started (with cartridge and
+/// binding) and ended, and every flag it raised.
+pub(super) fn commit_drafts(batch: &WriteBatch, new_flags: &[FlagRecord]) -> Vec<AuditDraft> {
+    let mut drafts = Vec::new();
+    for w in &batch.sessions {
+        if w.relation.is_some() {
+            drafts.push(session_started(w));
+        }
+        if let Some(ended_at) = w.ended_at {
+            drafts.push(AuditDraft {
+                clinic_id: w.clinic_id.clone(),
+                actor: Actor::Device(w.device_id.clone()),
+                action: "session.ended".into(),
+                subject_type: "session".into(),
+                subject_id: w.session_id.clone(),
+                old_value: None,
+                new_value: Some(json!({ "ended_at": ended_at.to_rfc3339() })),
+                reason: None,
+            });
+        }
+    }
+    drafts.extend(new_flags.iter().map(flag_raised));
+    drafts
+}
+
+fn session_started(w: &SessionWrite) -> AuditDraft {
+    use pentrace_domain::rules::CartridgeRelation as R;
+    let (binding, owner) = match &w.relation {
+        Some(R::Owner) => ("owner", None),
+        Some(R::Resumed { owner_session_id }) => ("resumed", Some(owner_session_id.clone())),
+        Some(R::Reused { owner_session_id }) => ("reused", Some(owner_session_id.clone())),
+        Some(R::Unidentified) | None => ("unidentified", None),
+    };
+    AuditDraft {
+        clinic_id: w.clinic_id.clone(),
+        actor: Actor::Device(w.device_id.clone()),
+        action: "session.started".into(),
+        subject_type: "session".into(),
+        subject_id: w.session_id.clone(),
+        old_value: None,
+        new_value: Some(json!({
+            "device_id": w.device_id,
+            "cartridge_id": w.cartridge_id,
+            "udi": w.udi,
+            "gtin": w.gtin,
+            "lot": w.lot,
+            "expiry": w.expiry.map(|d| d.to_string()),
+            "binding": binding,
+            "owner_session_id": owner,
+            "area": w.area,
+            "patient_ref": w.patient_ref,
+            "started_at": w.started_at.to_rfc3339(),
+        })),
+        reason: None,
+    }
+}
+
+/// `flag.raised`, by the rules (the system).
+pub(super) fn flag_raised(f: &FlagRecord) -> AuditDraft {
+    AuditDraft {
+        clinic_id: f.clinic_id.clone(),
+        actor: Actor::System,
+        action: "flag.raised".into(),
+        subject_type: "flag".into(),
+        subject_id: f.id.to_string(),
+        old_value: None,
+        new_value: Some(json!({
+            "kind": f.kind.as_str(),
+            "severity": f.severity.as_str(),
+            "device_id": f.device_id,
+            "session_id": f.session_id,
+            "cartridge_id": f.cartridge_id,
+            "seq": f.seq,
+            "detail": f.detail,
+            "evidence": f.evidence,
+        })),
+        reason: None,
+    }
+}
+
+/// Every chain's head.
+pub(super) async fn heads(pool: &PgPool) -> StoreResult<Vec<ChainHead>> {
+    let rows: Vec<(String, i64, Vec<u8>)> =
+        sqlx::query_as("SELECT clinic_id, position, hash FROM audit_heads ORDER BY clinic_id")
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter()
+        .map(|(clinic_id, position, hash)| {
+            Ok(ChainHead { clinic_id, position: from_i64(position, "position")?, hash: hash32(&hash)? })
+        })
+        .collect()
+}
+
+type EventRow = (
+    String,
+    i64,
+    DateTime<Utc>,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+/// Up to `limit` events of a chain after `after`, in position order (keyset
+/// paging: memory stays bounded by the page, whatever the chain's length).
+pub(super) async fn page(
+    pool: &PgPool,
+    clinic_id: &str,
+    after: u64,
+    limit: u32,
+) -> StoreResult<Vec<StoredAuditEvent>> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT clinic_id, position, at, actor_kind, actor_id, action, subject_type, subject_id, \
+                old_value, new_value, reason, prev_hash, hash \
+         FROM audit_events WHERE clinic_id = $1 AND position > $2 ORDER BY position LIMIT $3",
+    )
+    .bind(clinic_id)
+    .bind(to_i64(after, "position")?)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(stored_event).collect()
+}
+
+fn stored_event(r: EventRow) -> StoreResult<StoredAuditEvent> {
+    let json = |v: Option<String>| -> StoreResult<Option<serde_json::Value>> {
+        v.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(format!("audit value is not JSON: {e}"))))
+            .transpose()
+    };
+    let actor = Actor::from_parts(&r.3, &r.4).ok_or_else(|| corrupt(format!("unknown actor kind {}", r.3)))?;
+    let event = AuditEvent {
+        clinic_id: r.0,
+        position: from_i64(r.1, "position")?,
+        at: r.2,
+        actor,
+        action: r.5,
+        subject_type: r.6,
+        subject_id: r.7,
+        old_value: json(r.8)?,
+        new_value: json(r.9)?,
+        reason: r.10,
+    };
+    Ok(StoredAuditEvent { event, prev_hash: hash32(&r.11)?, hash: hash32(&r.12)? })
+}
+
+/// The hash of one chain position, if the chain has it.
+pub(super) async fn hash_at(pool: &PgPool, clinic_id: &str, position: u64) -> StoreResult<Option<ChainHash>> {
+    let row: Option<(Vec<u8>,)> =
+        sqlx::query_as("SELECT hash FROM audit_events WHERE clinic_id = $1 AND position = $2")
+            .bind(clinic_id)
+            .bind(to_i64(position, "position")?)
+            .fetch_optional(pool)
+            .await?;
+    row.map(|(h,)| hash32(&h)).transpose()
+}
+
+pub(super) async fn save_checkpoint(pool: &PgPool, cp: &Checkpoint) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (clinic_id, position, hash, at, public_key, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&cp.clinic_id)
+    .bind(to_i64(cp.position, "position")?)
+    .bind(cp.hash.as_slice())
+    .bind(cp.at)
+    .bind(cp.public_key.as_slice())
+    .bind(cp.signature.as_slice())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// clinic, position, hash, at, public key, signature.
+type CheckpointRow = (String, i64, Vec<u8>, DateTime<Utc>, Vec<u8>, Vec<u8>);
+
+pub(super) async fn checkpoints(pool: &PgPool) -> StoreResult<Vec<Checkpoint>> {
+    let rows: Vec<CheckpointRow> = sqlx::query_as(
+        "SELECT clinic_id, position, hash, at, public_key, signature FROM audit_checkpoints \
+         ORDER BY clinic_id, position, at",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(clinic_id, position, hash, at, key, sig)| {
+            Ok(Checkpoint {
+                version: pentrace_domain::checkpoint::CHECKPOINT_VERSION,
+                clinic_id,
+                position: from_i64(position, "position")?,
+                hash: hash32(&hash)?,
+                at,
+                public_key: key.try_into().map_err(|_| corrupt("public key length".into()))?,
+                signature: sig.try_into().map_err(|_| corrupt("signature length".into()))?,
+            })
+        })
+        .collect()
+}
