@@ -1,3 +1,4 @@
 //! End-to-end tests of the `pentrace` command line: they run the real binary.
 
+mod status;
 mod udi;

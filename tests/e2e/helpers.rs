@@ -195,6 +195,22 @@ pub fn pentrace_cli(db: &TestDb, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the real binary against the test database; returns the exit code
+/// and everything it printed.
+pub fn pentrace_run(db: &TestDb, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pentrace"))
+        .args(args)
+        .args(["--database-url", &db.url])
+        .output()
+        .expect("run pentrace");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// Creates a user with `pentrace user add` and returns a token from
 /// `pentrace token issue`.
 pub fn user_token(db: &TestDb, name: &str, role: &str, clinics: &[&str]) -> String {

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
+mod audit;
 mod broker;
 mod helpers;
 mod ingest;

@@ -201,7 +201,7 @@ async fn mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads() {
 
     // A cartridge presented by pen-b after pen-a used it: pen-b is told to
     // stop using it.
-    let udi = format!("(01){gtin}(17)991231(10)L1(21)SER-9");
+    let udi = format!("(01){gtin}(17)301231(10)L1(21)SER-9");
     let first = uuid::Uuid::new_v4().to_string();
     let second = uuid::Uuid::new_v4().to_string();
     a.send(&session_start("pen-a", 6, &first, &udi)).await;

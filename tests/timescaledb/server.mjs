@@ -160,8 +160,9 @@ async function serve(socket) {
   try {
     await resetSession()
   } catch (err) {
-    // The database itself is broken: every later client would fail too.
-    fail('cannot reset the session after a client left', err)
+    // The database itself is broken (PGlite's WebAssembly aborted, as it
+    // does on COPY FROM STDIN): every later client would fail too.
+    fail('PGlite broke while serving the last client (did it send COPY FROM STDIN?)', err)
   }
 }
 

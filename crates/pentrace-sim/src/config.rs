@@ -65,6 +65,9 @@ pub struct SimConfig {
     /// gRPC endpoint: setup and verification always use it, and telemetry
     /// too with [`Transport::Grpc`].
     pub grpc_url: String,
+    /// Bearer token for the Registry (setup: an admin's), Fleet and
+    /// Compliance (verify: one that sees the clinic) services.
+    pub token: Option<String>,
     /// MQTT broker, `mqtt://host:port`.
     pub mqtt_url: String,
     /// Password every pen presents to the broker (username = device id);
@@ -101,6 +104,7 @@ impl Default for SimConfig {
             devices: 50,
             transport: Transport::Mqtt,
             grpc_url: "http://127.0.0.1:50051".into(),
+            token: None,
             mqtt_url: "mqtt://127.0.0.1:1883".into(),
             mqtt_password: String::new(),
             clinic: "sim-clinic".into(),

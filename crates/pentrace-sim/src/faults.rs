@@ -177,7 +177,7 @@ impl Default for FaultRates {
 }
 
 /// Why a `--faults` value was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FaultsError {
     #[error("unknown fault {key:?}; known faults: {}", known_keys())]
     UnknownKey { key: String },

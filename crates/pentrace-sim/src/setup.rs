@@ -7,10 +7,8 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use pentrace_proto::v1 as pb;
-use pentrace_proto::v1::fleet_client::FleetClient;
-use pentrace_proto::v1::registry_client::RegistryClient;
-use tonic::transport::Channel;
 
+use crate::api::Api;
 use crate::catalogue::{OK_LOT, PRODUCTS, RECALLED_LOT, SHELF_LIFE_DAYS, lot_expiry};
 use crate::config::SimConfig;
 use crate::error::SimError;
@@ -19,12 +17,8 @@ use crate::error::SimError;
 pub const PEN_MODEL: &str = "SIM-PEN";
 
 /// Registers everything the scenario needs; `today` dates the lots.
-pub async fn register(
-    channel: Channel,
-    config: &SimConfig,
-    today: NaiveDate,
-) -> Result<(), SimError> {
-    let mut registry = RegistryClient::new(channel);
+pub async fn register(api: &Api, config: &SimConfig, today: NaiveDate) -> Result<(), SimError> {
+    let mut registry = api.registry();
     registry
         .register_clinic(pb::RegisterClinicRequest {
             clinic: Some(pb::Clinic {
@@ -50,18 +44,19 @@ pub async fn register(
             .map_err(|s| SimError::rpc("Registry.RegisterDevice", s))?;
     }
     for (gtin, name) in PRODUCTS {
-        register_product(&mut registry, gtin, name, today).await?;
+        register_product(api, gtin, name, today).await?;
     }
     Ok(())
 }
 
 /// A product with its good lot and its recalled lot.
 async fn register_product(
-    registry: &mut RegistryClient<Channel>,
+    api: &Api,
     gtin: &str,
     name: &str,
     today: NaiveDate,
 ) -> Result<(), SimError> {
+    let mut registry = api.registry();
     registry
         .register_product(pb::RegisterProductRequest {
             product: Some(pb::Product {
@@ -105,8 +100,9 @@ async fn register_product(
 
 /// The last seq the server has of each pen (0 for a pen it never heard
 /// from): a pen persists its seq, so a second run continues after it.
-pub async fn seq_bases(channel: Channel, config: &SimConfig) -> Result<Vec<u64>, SimError> {
-    let devices = FleetClient::new(channel)
+pub async fn seq_bases(api: &Api, config: &SimConfig) -> Result<Vec<u64>, SimError> {
+    let devices = api
+        .fleet()
         .list_devices(pb::ListDevicesRequest {
             clinic_id: config.clinic.clone(),
         })

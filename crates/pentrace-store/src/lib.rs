@@ -205,6 +205,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn cartridge_history(&self, cartridge_id: &str) -> StoreResult<CartridgeHistory>;
     /// Every session that used a cartridge of the lot, oldest first.
     async fn lot_lookback(&self, gtin: &str, lot: &str) -> StoreResult<Vec<SessionRecord>>;
+    /// A clinic's sessions started in `[from, to)`, oldest first (reports).
+    async fn sessions_in_period(
+        &self,
+        clinic_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionRecord>>;
+    /// A clinic's flags raised in `[from, to)` or belonging to one of its
+    /// sessions started in `[from, to)`, oldest first (reports).
+    async fn flags_in_period(
+        &self,
+        clinic_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<FlagRecord>>;
 
     // -- audit trail -------------------------------------------------------
     /// Appends events that record no other write (reports exported, ...).

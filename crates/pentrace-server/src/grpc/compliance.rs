@@ -227,15 +227,17 @@ impl Compliance for ComplianceService {
         &self,
         request: Request<pb::LotLookbackRequest>,
     ) -> Result<Response<pb::LotLookbackResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
         let r = request.into_inner();
         if r.gtin.is_empty() || r.lot.is_empty() {
             return Err(invalid("gtin and lot are required"));
         }
-        let sessions = self
+        let mut sessions = self
             .store
             .lot_lookback(&r.gtin, &r.lot)
             .await
             .map_err(status)?;
+        sessions.retain(|s| caller.sees(&s.clinic_id));
         Ok(Response::new(pb::LotLookbackResponse {
             sessions: sessions.iter().map(convert::session).collect(),
         }))

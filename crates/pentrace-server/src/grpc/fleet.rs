@@ -34,13 +34,27 @@ impl Fleet for FleetService {
         &self,
         request: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
         let clinic = request.into_inner().clinic_id;
-        let clinic = Some(clinic.as_str()).filter(|c| !c.is_empty());
-        let devices = self
-            .store
-            .list_devices(clinic, Utc::now())
-            .await
-            .map_err(status)?;
+        let devices = match caller.scope(&clinic) {
+            None => self
+                .store
+                .list_devices(None, Utc::now())
+                .await
+                .map_err(status)?,
+            Some(clinics) => {
+                let mut all = Vec::new();
+                for c in clinics {
+                    all.extend(
+                        self.store
+                            .list_devices(Some(&c), Utc::now())
+                            .await
+                            .map_err(status)?,
+                    );
+                }
+                all
+            }
+        };
         let devices = devices
             .into_iter()
             .map(|d| pb::DeviceStatus {

@@ -29,7 +29,7 @@ pub async fn channel(url: &str) -> Result<Channel, SimError> {
 
 /// A tonic transport error with its causes (the top level alone says only
 /// "transport error").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -18,8 +18,9 @@ mod link;
 mod mqtt;
 mod pen;
 
-pub(crate) use grpc::{channel as grpc_channel, error_chain};
-pub(crate) use pen::{PenOutcome, Reject, run_pen};
+pub(crate) use grpc::channel as grpc_channel;
+pub use pen::Reject;
+pub(crate) use pen::{PenOutcome, run_pen};
 
 /// Live counters of the whole run, read by the progress line.
 #[derive(Debug, Default)]

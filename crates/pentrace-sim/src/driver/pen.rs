@@ -403,10 +403,12 @@ impl<'a> Pen<'a> {
 
 /// Resolves when the other pen's watermark moves (never, if it cannot).
 async fn changed(peer: Option<&mut watch::Receiver<u64>>) {
-    match peer {
-        Some(rx) if rx.changed().await.is_ok() => {}
-        _ => std::future::pending().await,
+    if let Some(rx) = peer
+        && rx.changed().await.is_ok()
+    {
+        return;
     }
+    std::future::pending().await
 }
 
 fn far_future() -> Instant {

@@ -14,6 +14,7 @@ mod flags;
 mod people;
 mod queries;
 mod registry;
+mod reports;
 mod sessions;
 mod status;
 
@@ -307,6 +308,24 @@ impl Store for PgStore {
 
     async fn lot_lookback(&self, gtin: &str, lot: &str) -> StoreResult<Vec<SessionRecord>> {
         queries::lot_lookback(&self.pool, gtin, lot).await
+    }
+
+    async fn sessions_in_period(
+        &self,
+        clinic_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionRecord>> {
+        reports::sessions_in_period(&self.pool, clinic_id, from, to).await
+    }
+
+    async fn flags_in_period(
+        &self,
+        clinic_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<FlagRecord>> {
+        reports::flags_in_period(&self.pool, clinic_id, from, to).await
     }
 
     async fn due_holes(&self, before: DateTime<Utc>) -> StoreResult<Vec<(SeqHole, String)>> {

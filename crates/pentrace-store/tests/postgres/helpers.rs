@@ -1,8 +1,7 @@
-//! A database per test, and builders for registry rows and write batches.
+//! A clean database per test (see [`crate::server`]), and builders for
+//! registry rows and write batches.
 
 use std::future::Future;
-use std::str::FromStr;
-use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use pentrace_domain::FlagKind;
@@ -12,68 +11,15 @@ use pentrace_store::{
     ClaimRow, Clinic, CommitOutcome, Device, DeviceWrite, FlagRecord, Lot, MessageRow, NewFlag,
     Product, SampleBlock, SampleRow, SessionWrite, Store, WriteBatch,
 };
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
+
+use crate::server::TestDb;
 
 pub const CLINIC: &str = "clinic-1";
 pub const GTIN: &str = "09506000134352";
 pub const LOT: &str = "LOT-A";
 
-/// The server the tests create their databases on.
-fn server_url() -> String {
-    std::env::var("PENTRACE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-async fn admin() -> PgConnection {
-    PgConnection::connect(&server_url())
-        .await
-        .expect("connect to the test server")
-}
-
-/// A fresh database and a store on it. Drop it with [`TestDb::drop_db`].
-pub struct TestDb {
-    name: String,
-    pub store: PgStore,
-}
-
-impl TestDb {
-    pub async fn create() -> TestDb {
-        let name = format!("pentrace_test_{}", Uuid::new_v4().simple());
-        let mut admin = admin().await;
-        admin
-            .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-            .await
-            .expect("create db");
-        let _ = admin.close().await;
-        let options = PgConnectOptions::from_str(&server_url())
-            .expect("url")
-            .database(&name);
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .expect("connect to the test database");
-        TestDb {
-            name,
-            store: PgStore::from_pool(pool),
-        }
-    }
-
-    /// Closes the pool and drops the database, even if connections linger.
-    pub async fn drop_db(self) {
-        let _ = tokio::time::timeout(StdDuration::from_secs(5), self.store.pool().close()).await;
-        let mut admin = admin().await;
-        let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
-        if let Err(e) = admin.execute(sql.as_str()).await {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-        let _ = admin.close().await;
-    }
-}
-
-/// Runs `body` against a fresh, migrated database and drops the database
+/// Runs `body` against a fresh, migrated database (or schema) and drops it
 /// afterwards, also when the body panics (its panic is then re-raised).
 pub async fn with_store<F, Fut>(body: F)
 where

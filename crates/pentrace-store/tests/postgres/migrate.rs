@@ -36,7 +36,7 @@ async fn migrations_apply_concurrently_and_twice() {
         store.ping().await.expect("ping");
         let tables = count(
             &store,
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename IN \
+            "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename IN \
              ('clinics','devices','products','lots','cartridges','sessions','device_messages', \
               'stroke_samples','flags','seq_holes')",
         )

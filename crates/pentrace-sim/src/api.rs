@@ -1,0 +1,67 @@
+//! Clients of the Registry, Fleet and Compliance services, which want a
+//! bearer token (DESIGN §8); telemetry needs none.
+
+use pentrace_proto::v1::compliance_client::ComplianceClient;
+use pentrace_proto::v1::fleet_client::FleetClient;
+use pentrace_proto::v1::registry_client::RegistryClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::config::SimConfig;
+use crate::driver::grpc_channel;
+use crate::error::SimError;
+
+/// Adds `authorization: Bearer <token>` to every call, when there is one.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+/// A connection to the query and administration services.
+#[derive(Debug, Clone)]
+pub struct Api {
+    channel: Channel,
+    bearer: Bearer,
+}
+
+impl Api {
+    /// Connects to `config.grpc_url` with `config.token`.
+    pub async fn connect(config: &SimConfig) -> Result<Api, SimError> {
+        let bearer = match config.token.as_deref().map(str::trim) {
+            Some(token) if !token.is_empty() => {
+                let value = format!("Bearer {token}").parse().map_err(|_| {
+                    SimError::Config("the token has characters a header cannot carry".into())
+                })?;
+                Bearer(Some(value))
+            }
+            _ => Bearer(None),
+        };
+        Ok(Api {
+            channel: grpc_channel(&config.grpc_url).await?,
+            bearer,
+        })
+    }
+
+    pub fn registry(&self) -> RegistryClient<Authed> {
+        RegistryClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    pub fn fleet(&self) -> FleetClient<Authed> {
+        FleetClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    pub fn compliance(&self) -> ComplianceClient<Authed> {
+        ComplianceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+}

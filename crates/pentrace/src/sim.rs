@@ -1,0 +1,164 @@
+//! `pentrace sim`: simulated pens with fault injection and ground truth.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use pentrace_sim::faults::DEFAULT_FAULTS;
+use pentrace_sim::{FaultRates, ProgressMode, SimConfig, Transport};
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Number of simulated pens (device ids `{clinic}-pen-{i:04}`).
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
+    /// How pens send telemetry: mqtt or grpc.
+    #[arg(long, default_value = "mqtt", value_parser = parse_transport)]
+    transport: Transport,
+    /// Server gRPC endpoint (setup and --verify always use it).
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "PENTRACE_SIM_GRPC_URL")]
+    grpc_url: String,
+    /// MQTT broker (mqtt://HOST:PORT; no TLS).
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883", env = "PENTRACE_SIM_MQTT_URL")]
+    mqtt_url: String,
+    /// Password every pen presents to the broker (its username is its
+    /// device id); empty for a broker that allows anonymous devices.
+    #[arg(
+        long,
+        default_value = "",
+        env = "PENTRACE_SIM_MQTT_PASSWORD",
+        hide_env_values = true
+    )]
+    mqtt_password: String,
+    /// Clinic of the simulated pens.
+    #[arg(long, default_value = "sim-clinic")]
+    clinic: String,
+    /// Treatment sessions per pen.
+    #[arg(long, default_value_t = 4)]
+    sessions: u32,
+    /// Stroke batches per session (each 10 samples of 100 ms).
+    #[arg(long, default_value_t = 20)]
+    batches: u32,
+    /// Virtual time runs this many times faster than real time.
+    #[arg(long, default_value_t = 60.0)]
+    compression: f64,
+    /// Seed of every random choice (default: from the clock; printed so a
+    /// run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Register the clinic, pens, products and lots first, and recall the
+    /// recalled lot.
+    #[arg(long)]
+    setup: bool,
+    /// Fault rates, KEY=RATE,...: per session for reuse, moved, expired,
+    /// recalled, unknown, bad_udi, resume, depth, skew, disconnect; per
+    /// message for dup and reorder. Kinds not listed are 0; "none" for no
+    /// faults.
+    #[arg(long, default_value = DEFAULT_FAULTS, value_parser = parse_faults)]
+    faults: FaultRates,
+    /// Write every injected fault to FILE, one JSON object per line.
+    #[arg(long, value_name = "FILE")]
+    truth: Option<PathBuf>,
+    /// After the run, compare the server's flags and stored samples with the
+    /// ground truth; exit non-zero unless they match exactly.
+    #[arg(long)]
+    verify: bool,
+    /// Fail a pen whose acks make no progress for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    ack_timeout_s: u64,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    s.parse()
+}
+
+fn parse_faults(s: &str) -> Result<FaultRates, String> {
+    s.parse().map_err(|e: pentrace_sim::faults::FaultsError| e.to_string())
+}
+
+impl SimArgs {
+    fn config(self) -> SimConfig {
+        let seed = self.seed.unwrap_or_else(seed_from_clock);
+        SimConfig {
+            devices: self.devices,
+            transport: self.transport,
+            grpc_url: self.grpc_url,
+            mqtt_url: self.mqtt_url,
+            mqtt_password: self.mqtt_password,
+            clinic: self.clinic,
+            sessions: self.sessions,
+            batches: self.batches,
+            compression: self.compression,
+            seed,
+            setup: self.setup,
+            faults: self.faults,
+            truth_path: self.truth,
+            verify: self.verify,
+            ack_timeout: Duration::from_secs(self.ack_timeout_s),
+            progress: if self.quiet {
+                ProgressMode::Off
+            } else {
+                ProgressMode::Auto
+            },
+            ..SimConfig::default()
+        }
+    }
+}
+
+fn seed_from_clock() -> u64 {
+    let now = chrono::Utc::now();
+    now.timestamp_nanos_opt()
+        .map_or(now.timestamp() as u64, |n| n as u64)
+}
+
+/// Runs the simulation (and the verification); the exit code says whether
+/// everything was acknowledged and, with `--verify`, matched.
+pub fn run(args: SimArgs) -> ExitCode {
+    match simulate(args.config()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn simulate(config: SimConfig) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        eprintln!(
+            "pentrace sim: {} pens × {} sessions × {} batches over {}, seed {}, faults {}",
+            config.devices,
+            config.sessions,
+            config.batches,
+            config.transport,
+            config.seed,
+            config.faults
+        );
+        let report = pentrace_sim::run(&config)
+            .await
+            .context("simulation failed")?;
+        print!("{report}");
+        if let Some(path) = &config.truth_path {
+            println!("  {:<18} {}", "ground truth", path.display());
+        }
+        if !config.verify {
+            return Ok(true);
+        }
+        let verification = pentrace_sim::verify(&config, &report)
+            .await
+            .context("verification failed")?;
+        println!();
+        print!("{verification}");
+        Ok(verification.passed())
+    })
+}

@@ -1,0 +1,316 @@
+//! The audit trail holds: every kind of tampering makes `pentrace audit
+//! verify` exit non-zero naming the first broken link, and the database
+//! refuses changes to audit tables.
+
+use chrono::{Duration as Span, Utc};
+use pentrace_domain::audit::{GENESIS, chain_hash};
+use pentrace_proto::v1 as pb;
+use pentrace_proto::v1::device_message::Body;
+use pentrace_store::Store;
+use pentrace_store::postgres::PgStore;
+use sqlx::Executor;
+use tokio_stream::StreamExt;
+
+use crate::helpers::{TestApp, pentrace_run, register, spawn_app, ts};
+
+const GTIN: &str = "09506000134352";
+
+/// Two sessions sharing a cartridge on two devices: sessions started and
+/// ended, and a reuse flag, on clinic-a's chain.
+pub async fn stream_sessions(app: &TestApp) {
+    let udi = format!("(01){GTIN}(17)301231(10)L1(21)AUDIT-1");
+    let mut messages = Vec::new();
+    for (device, minutes_ago) in [("pen-1", 30), ("pen-2", 10)] {
+        let started = Utc::now() - Span::minutes(minutes_ago);
+        let session = pb::SessionContext {
+            session_id: uuid::Uuid::new_v4().to_string(),
+            cartridge: Some(pb::Cartridge {
+                udi: udi.clone(),
+                chip_uid: String::new(),
+            }),
+            area: pb::TreatmentArea::Cheeks as i32,
+            skin: pb::SkinThickness::Thick as i32,
+            patient_ref: "p".into(),
+            started_at: Some(ts(started)),
+        };
+        let start = Body::SessionStart(pb::SessionStart {
+            session: Some(session.clone()),
+            ..Default::default()
+        });
+        let end = Body::SessionEnd(pb::SessionEnd {
+            session: Some(session),
+            ended_at: Some(ts(started + Span::minutes(5))),
+            ..Default::default()
+        });
+        for (seq, body) in [(1, start), (2, end)] {
+            messages.push(pb::DeviceMessage {
+                device_id: device.into(),
+                seq,
+                sent_at: Some(ts(Utc::now())),
+                body: Some(body),
+            });
+        }
+    }
+    let mut client = app.telemetry().await;
+    let mut acks = client
+        .ingest(tokio_stream::iter(messages))
+        .await
+        .expect("ingest")
+        .into_inner();
+    while let Some(ack) = acks.next().await {
+        ack.expect("ack");
+    }
+}
+
+/// An app with a populated chain, a key, and exported checkpoints.
+struct Fixture {
+    app: TestApp,
+    dir: std::path::PathBuf,
+    exported: Vec<String>,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let app = spawn_app(&[]).await;
+        let product = pb::Product {
+            gtin: GTIN.into(),
+            name: "n".into(),
+            ..Default::default()
+        };
+        register(
+            &app,
+            "clinic-a",
+            &[("pen-1", 0), ("pen-2", 0)],
+            &[product],
+            &[],
+        )
+        .await;
+        stream_sessions(&app).await;
+        let dir =
+            std::env::temp_dir().join(format!("pentrace-audit-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = dir.join("audit.key");
+        let key = key.to_str().expect("path");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pentrace"))
+            .args(["audit", "keygen", "--out", key])
+            .output()
+            .expect("keygen");
+        assert!(out.status.success());
+        let export = dir.join("export");
+        let (code, text) = pentrace_run(
+            &app.db,
+            &[
+                "audit",
+                "checkpoint",
+                "--key",
+                key,
+                "--export",
+                export.to_str().expect("path"),
+            ],
+        );
+        assert_eq!(code, 0, "{text}");
+        let exported = std::fs::read_dir(&export)
+            .expect("export dir")
+            .map(|e| e.expect("entry").path().to_string_lossy().into_owned())
+            .collect();
+        let f = Fixture { app, dir, exported };
+        let (code, text) = f.verify(true);
+        assert_eq!(code, 0, "an untouched trail verifies:\n{text}");
+        assert!(text.contains("chain clinic-a: OK"), "{text}");
+        f
+    }
+
+    /// `pentrace audit verify` with the public key, with or without the
+    /// exported checkpoint files.
+    fn verify(&self, with_exports: bool) -> (i32, String) {
+        let public = self.dir.join("audit.pub");
+        let mut args = vec![
+            "audit",
+            "verify",
+            "--public-key",
+            public.to_str().expect("path"),
+        ];
+        if with_exports {
+            for f in &self.exported {
+                args.extend(["--checkpoint", f.as_str()]);
+            }
+        }
+        pentrace_run(&self.app.db, &args)
+    }
+
+    /// Tampering as a database superuser would: triggers off first.
+    async fn tamper(&self, sql: &str) {
+        let pool = &self.app.db.pool;
+        let mut conn = pool.acquire().await.expect("conn");
+        conn.execute("ALTER TABLE audit_events DISABLE TRIGGER USER")
+            .await
+            .expect("disable");
+        conn.execute("ALTER TABLE audit_checkpoints DISABLE TRIGGER USER")
+            .await
+            .expect("disable");
+        conn.execute(sql).await.expect(sql);
+        conn.execute("ALTER TABLE audit_events ENABLE TRIGGER USER")
+            .await
+            .expect("enable");
+        conn.execute("ALTER TABLE audit_checkpoints ENABLE TRIGGER USER")
+            .await
+            .expect("enable");
+    }
+
+    async fn head(&self) -> i64 {
+        self.app
+            .count("SELECT position FROM audit_heads WHERE clinic_id = 'clinic-a'")
+            .await
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn assert_broken_at(result: (i32, String), position: i64) {
+    let (code, text) = result;
+    assert_eq!(code, 1, "verify must fail:\n{text}");
+    assert!(
+        text.contains(&format!("chain clinic-a: BROKEN at position {position}")),
+        "wrong first broken link:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_field_is_caught() {
+    let f = Fixture::new().await;
+    f.tamper("UPDATE audit_events SET subject_id = 'forged' WHERE clinic_id = 'clinic-a' AND position = 3").await;
+    assert_broken_at(f.verify(false), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_event_is_caught() {
+    let f = Fixture::new().await;
+    f.tamper("DELETE FROM audit_events WHERE clinic_id = 'clinic-a' AND position = 3")
+        .await;
+    assert_broken_at(f.verify(false), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_events_are_caught() {
+    let f = Fixture::new().await;
+    f.tamper(
+        "UPDATE audit_events SET position = 1000000 WHERE clinic_id = 'clinic-a' AND position = 2; \
+         UPDATE audit_events SET position = 2 WHERE clinic_id = 'clinic-a' AND position = 3; \
+         UPDATE audit_events SET position = 3 WHERE clinic_id = 'clinic-a' AND position = 1000000",
+    )
+    .await;
+    assert_broken_at(f.verify(false), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_tail_is_caught_by_the_exported_checkpoint() {
+    let f = Fixture::new().await;
+    let head = f.head().await;
+    let keep = head - 2;
+    // Cut the last two events, make the head agree, remove the stored
+    // checkpoints: only the exported file remembers.
+    f.tamper(&format!(
+        "DELETE FROM audit_events WHERE clinic_id = 'clinic-a' AND position > {keep}; \
+         UPDATE audit_heads SET position = {keep}, hash = (SELECT hash FROM audit_events \
+             WHERE clinic_id = 'clinic-a' AND position = {keep}) WHERE clinic_id = 'clinic-a'; \
+         DELETE FROM audit_checkpoints"
+    ))
+    .await;
+    let (code, text) = f.verify(false);
+    assert_eq!(
+        code, 0,
+        "without the exported checkpoint a clean cut is invisible:\n{text}"
+    );
+    let (code, text) = f.verify(true);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("BROKEN at position {}", keep + 1)) && text.contains("cut off"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recomputed_chain_is_caught_by_the_exported_checkpoint() {
+    let f = Fixture::new().await;
+    // Rewrite event 2 and recompute every hash after it, as someone with
+    // the database and the hashing code (but not the signing key) could.
+    let store = PgStore::from_pool(f.app.db.pool.clone());
+    let mut events = store.audit_page("clinic-a", 0, 1000).await.expect("events");
+    events[1].event.subject_id = "forged".into();
+    let mut prev = GENESIS;
+    let mut sql = String::from("DELETE FROM audit_checkpoints;");
+    for e in &mut events {
+        e.prev_hash = prev;
+        e.hash = chain_hash(&prev, &e.event);
+        prev = e.hash;
+        sql.push_str(&format!(
+            "UPDATE audit_events SET subject_id = '{}', prev_hash = '\\x{}', hash = '\\x{}' \
+             WHERE clinic_id = 'clinic-a' AND position = {};",
+            e.event.subject_id,
+            hex(&e.prev_hash),
+            hex(&e.hash),
+            e.event.position
+        ));
+    }
+    sql.push_str(&format!(
+        "UPDATE audit_heads SET hash = '\\x{}' WHERE clinic_id = 'clinic-a';",
+        hex(&prev)
+    ));
+    f.tamper(&sql).await;
+    let (code, text) = f.verify(false);
+    assert_eq!(
+        code, 0,
+        "a consistent rewrite passes the hash walk alone:\n{text}"
+    );
+    let (code, text) = f.verify(true);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("rewritten"), "{text}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tables_refuse_update_and_delete() {
+    let app = spawn_app(&[]).await;
+    register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
+    let mut conn = app.db.pool.acquire().await.expect("conn");
+    // The application role: no privilege at all.
+    conn.execute("SET ROLE pentrace_app").await.expect("role");
+    for sql in [
+        "UPDATE audit_events SET reason = 'x'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+    ] {
+        let err = conn.execute(sql).await.expect_err(sql);
+        let code = err
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{sql}: {err}");
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{sql}: {err}"
+        );
+    }
+    // The role may still append (ingest runs as it).
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("select");
+    assert!(n > 0);
+    conn.execute("RESET ROLE").await.expect("reset");
+    // Even the owner is refused by the trigger.
+    for sql in [
+        "UPDATE audit_events SET reason = 'x'",
+        "DELETE FROM audit_events",
+    ] {
+        let err = conn.execute(sql).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
