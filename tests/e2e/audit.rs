@@ -314,3 +314,38 @@ async fn audit_tables_refuse_update_and_delete() {
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_as_the_app_role_ingests_and_takes_scheduled_checkpoints() {
+    let dir = std::env::temp_dir().join(format!("pentrace-key-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let key = dir.join("audit.key");
+    let key = key.to_str().expect("path");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pentrace"))
+        .args(["audit", "keygen", "--out", key])
+        .output()
+        .expect("keygen");
+    assert!(out.status.success());
+    let envs = [
+        ("PENTRACE_DATABASE_ROLE", "pentrace_app"),
+        ("PENTRACE_AUDIT__CHECKPOINT_KEY", key),
+        ("PENTRACE_AUDIT__CHECKPOINT_INTERVAL_S", "1"),
+    ];
+    let app = crate::helpers::spawn_app_with(&[], &envs).await;
+    let product = pb::Product { gtin: GTIN.into(), name: "n".into(), ..Default::default() };
+    register(&app, "clinic-a", &[("pen-1", 0), ("pen-2", 0)], &[product], &[]).await;
+    stream_sessions(&app).await;
+    crate::helpers::eventually(std::time::Duration::from_secs(10), "a checkpoint of clinic-a's head", || async {
+        app.count(
+            "SELECT count(*) FROM audit_checkpoints c JOIN audit_heads h USING (clinic_id) \
+             WHERE c.clinic_id = 'clinic-a' AND c.position = h.position",
+        )
+        .await
+            > 0
+    })
+    .await;
+    let public = dir.join("audit.pub");
+    let (code, text) = pentrace_run(&app.db, &["audit", "verify", "--public-key", public.to_str().expect("path")]);
+    assert_eq!(code, 0, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

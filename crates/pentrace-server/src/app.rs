@@ -40,6 +40,8 @@ pub enum AppError {
     Http(std::io::Error),
     #[error("MQTT: {0}")]
     Mqtt(String),
+    #[error(transparent)]
+    AuditKey(#[from] crate::audit_trail::KeyError),
 }
 
 /// Ports the application actually listens on.
@@ -64,7 +66,13 @@ impl Application {
     /// any free port).
     pub async fn build(config: Config) -> Result<Application, AppError> {
         let url = config.database_url.expose_secret();
-        let store = PgStore::connect(url, config.database_max_connections).await?;
+        let role = config.database_role.as_deref();
+        let store = PgStore::connect_as(url, config.database_max_connections, role).await?;
+        // A configured key that cannot be read stops start-up, not a
+        // checkpoint an hour later.
+        if let Some(path) = &config.audit.checkpoint_key {
+            crate::audit_trail::read_key(path)?;
+        }
         store.migrate().await?;
         let grpc = bind(config.grpc_addr).await?;
         let http = bind(config.http_addr).await?;
@@ -129,6 +137,11 @@ impl Application {
             ),
             None => None,
         };
+        if let Some(path) = &config.audit.checkpoint_key {
+            let key = crate::audit_trail::read_key(path)?;
+            let every = std::time::Duration::from_secs(config.audit.checkpoint_interval_s.unwrap_or(3600).max(1));
+            tokio::spawn(crate::audit_trail::checkpoint_schedule(store.clone(), key, every, shutdown.clone()));
+        }
         let mut registry = Registry::default();
         ingest.metrics().register(&mut registry);
         let http_state = HttpState {

@@ -197,3 +197,44 @@ pub async fn checkpoint_all(store: &dyn Store, key: &SigningKey) -> StoreResult<
     }
     Ok(out)
 }
+
+/// Why a key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("audit key {path}: {problem}")]
+pub struct KeyError {
+    pub path: String,
+    pub problem: String,
+}
+
+/// The signing key in a file written by `pentrace audit keygen` (the
+/// 32-byte seed as 64 hex digits).
+pub fn read_key(path: &std::path::Path) -> Result<SigningKey, KeyError> {
+    let err = |problem: String| KeyError { path: path.display().to_string(), problem };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let seed: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| err("not a pentrace audit key (64 hex digits)".into()))?;
+    Ok(pentrace_domain::checkpoint::signing_key(&seed))
+}
+
+/// Takes a checkpoint of every chain every `interval` until `stop`.
+pub async fn checkpoint_schedule(
+    store: std::sync::Arc<dyn Store>,
+    key: SigningKey,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match checkpoint_all(store.as_ref(), &key).await {
+            Ok(cps) => tracing::info!(chains = cps.len(), "audit checkpoints taken"),
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint failed; will retry"),
+        }
+    }
+}

@@ -29,6 +29,11 @@ pub struct Config {
     pub database_url: SecretString,
     /// Connections in the database pool.
     pub database_max_connections: u32,
+    /// Role the server acts as after connecting (`SET ROLE`), e.g.
+    /// `pentrace_app`, which has no UPDATE/DELETE on audit tables.
+    /// Migrations run as the login user.
+    pub database_role: Option<String>,
+    pub audit: AuditSettings,
     /// Register unknown devices to `default_clinic` instead of rejecting them.
     pub auto_register: bool,
     /// Clinic that auto-registered devices join.
@@ -50,6 +55,17 @@ pub struct IngestSettings {
     pub batch_max_age_ms: u64,
     pub queue_capacity: usize,
     pub gap_check_interval_s: u64,
+}
+
+/// Scheduled checkpoints of the audit chains.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Secret key file (`pentrace audit keygen`); unset = no scheduled
+    /// checkpoints.
+    pub checkpoint_key: Option<std::path::PathBuf>,
+    /// Seconds between checkpoints (default 3600).
+    pub checkpoint_interval_s: Option<u64>,
 }
 
 /// Rule thresholds (DESIGN §4 defaults).
@@ -77,6 +93,8 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: SecretString::from("postgres://postgres@127.0.0.1:5432/pentrace"),
             database_max_connections: 8,
+            database_role: None,
+            audit: AuditSettings::default(),
             auto_register: false,
             default_clinic: "default".into(),
             max_message_bytes: 1024 * 1024,

@@ -101,24 +101,8 @@ fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The signing key in a key file.
-pub fn read_key(path: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let seed: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .with_context(|| {
-            format!(
-                "{} is not a pentrace audit key (64 hex digits)",
-                path.display()
-            )
-        })?;
-    Ok(signing_key(&seed))
-}
-
 fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
-    let key = read_key(&args.key)?;
+    let key = audit_trail::read_key(&args.key)?;
     runtime()?.block_on(async {
         let store = open_store(&args.common).await?;
         let checkpoints = audit_trail::checkpoint_all(&store, &key).await?;

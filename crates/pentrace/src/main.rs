@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod people;
 mod serve;
+mod sim;
 mod status;
 mod udi;
 
@@ -24,6 +25,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Apply database migrations (under an advisory lock) and exit.
     Migrate(serve::MigrateArgs),
+    /// Simulate pens over MQTT or gRPC, with fault injection and ground truth.
+    Sim(sim::SimArgs),
     /// Show the store, whether TimescaleDB's features are active, and the
     /// schema version.
     Status(status::StatusArgs),
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Udi(cmd) => udi::run(cmd),
         Command::Serve(args) => report(serve::serve(args)),
         Command::Migrate(args) => report(serve::migrate(args)),
+        Command::Sim(args) => sim::run(args),
         Command::Status(args) => report(status::run(args)),
         Command::User(cmd) => report(people::user(cmd)),
         Command::Token(cmd) => report(people::token(cmd)),

@@ -20,6 +20,10 @@ pub struct SimArgs {
     /// Server gRPC endpoint (setup and --verify always use it).
     #[arg(long, default_value = "http://127.0.0.1:50051", env = "PENTRACE_SIM_GRPC_URL")]
     grpc_url: String,
+    /// Bearer token for the Registry (--setup needs an admin's), Fleet and
+    /// Compliance (--verify) services.
+    #[arg(long, env = "PENTRACE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// MQTT broker (mqtt://HOST:PORT; no TLS).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883", env = "PENTRACE_SIM_MQTT_URL")]
     mqtt_url: String,
@@ -88,6 +92,7 @@ impl SimArgs {
             devices: self.devices,
             transport: self.transport,
             grpc_url: self.grpc_url,
+            token: self.token,
             mqtt_url: self.mqtt_url,
             mqtt_password: self.mqtt_password,
             clinic: self.clinic,

@@ -30,7 +30,7 @@ use pentrace_domain::checkpoint::Checkpoint;
 use registry::Change;
 
 use crate::{
-    AuditDraft, CartridgeHistory, ChainHead, FlagAction, FlagActionRecord, GLOBAL_CHAIN, Role,
+    StoreError, AuditDraft, CartridgeHistory, ChainHead, FlagAction, FlagActionRecord, GLOBAL_CHAIN, Role,
     StoredAuditEvent, User, Clinic, CommitOutcome, Device, DeviceStatus, ExposureVerdict, FactsQuery,
     FlagQuery, FlagRecord, Lot, NewFlag, Product, SessionQuery, SessionRecord, Store, StoreResult,
     StoredFacts, WriteBatch,
@@ -50,6 +50,31 @@ impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<PgStore> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            .connect(url)
+            .await?;
+        Ok(PgStore::from_pool(pool))
+    }
+
+    /// Like [`PgStore::connect`], but every pooled connection acts as `role`
+    /// (`SET ROLE`), e.g. `pentrace_app`, which may not change audit
+    /// tables. Migrations still run as the login user (see `migrate`).
+    pub async fn connect_as(url: &str, max_connections: u32, role: Option<&str>) -> StoreResult<PgStore> {
+        let Some(role) = role else {
+            return PgStore::connect(url, max_connections).await;
+        };
+        if role.is_empty() || !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::Invalid(format!("database role {role:?} is not a plain identifier")));
+        }
+        let set_role = format!("SET ROLE {role}");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .after_connect(move |conn, _| {
+                let sql = set_role.clone();
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, sql.as_str()).await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         Ok(PgStore::from_pool(pool))
@@ -88,6 +113,9 @@ impl PgStore {
         // own hooks.
         use sqlx::Connection as _;
         let mut conn = self.pool.acquire().await?.detach();
+        // Migrations create and grant; they run as the login user, not as the
+        // application role a pool may `SET ROLE` to (`connect_as`).
+        sqlx::Executor::execute(&mut conn, "RESET ROLE").await?;
         // `run_direct`, not `run(&mut conn)`: with `run`, the future is not
         // `Send` for callers that spawn it (sqlx's "Acquire is not general
         // enough"; sqlx-core 0.8.6 `migrator.rs` keeps `run_direct` public
