@@ -10,3 +10,4 @@ mod helpers;
 mod ingest;
 mod mqtt;
 mod rejects;
+mod report;

@@ -55,12 +55,16 @@ say "$(head -1 "$log")"
 url="postgres://postgres@127.0.0.1:$port/postgres"
 
 # The whole workspace is built, as the main test step builds it, so that
-# step reuses these artifacts; only the store's tests run. One at a time:
-# the server has one connection. --no-capture shows the skip lines.
+# step reuses these artifacts; only the store's tests run. One at a time
+# (--no-capture implies it): the server has one connection. --no-capture
+# also shows the skip lines; libtest's per-test chatter is left out of the
+# display (the log keeps it), failures and panics are not.
 say "store tests on TimescaleDB"
 set +e
 PENTRACE_TEST_TIMESCALEDB_URL=$url cargo nextest run --workspace --locked --profile ci \
-    --no-capture -E 'package(pentrace-store) & binary(postgres)' 2>&1 | tee -a "$log.tests"
+    --no-capture -E 'package(pentrace-store) & binary(postgres)' 2>&1 \
+    | tee "$log.tests" \
+    | grep --line-buffered -vE '^(running 1 test|test result: ok\..*|test .* \.\.\. ok|\s+START .*|)$'
 tests_rc=${PIPESTATUS[0]}
 set -e
 if [ "$tests_rc" != 0 ]; then
@@ -88,7 +92,8 @@ expect '^  retention policies: none$'
 expect '^migrations: all applied$'
 
 stop_server
-summary=$(grep -E '^ +Summary ' "$log.tests" | tail -1 | sed 's/^ *//')
+summary=$(grep -E '^ +Summary ' "$log.tests" | tail -1 | sed 's/^ *Summary *\[[^]]*\] *//')
 skipped=$(grep -c '^SKIPPED on the TimescaleDB test server' "$log.tests" || true)
 rm -f "$log" "$log.tests"
-say "passed: $summary; $skipped skipped on this server (named above)"
+say "OK: $summary ($skipped of them skipped on this server, named above);" \
+    "pentrace status reports TimescaleDB active"

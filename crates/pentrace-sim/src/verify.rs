@@ -149,7 +149,10 @@ pub(crate) fn compare_flags(truth: &[TruthRecord], flags: &[pb::Flag]) -> Verifi
     let mut v = Verification::default();
     for f in flags {
         let Some(kind) = flag_kind(f.kind) else {
-            v.unknown_kinds.push(format!("flag {} of unknown kind {}: {}", f.flag_id, f.kind, f.detail));
+            v.unknown_kinds.push(format!(
+                "flag {} of unknown kind {}: {}",
+                f.flag_id, f.kind, f.detail
+            ));
             continue;
         };
         if found.insert((kind, f.session_id.clone()), f).is_some() {
@@ -161,8 +164,18 @@ pub(crate) fn compare_flags(truth: &[TruthRecord], flags: &[pb::Flag]) -> Verifi
         let g: BTreeSet<&Key> = found.keys().filter(|k| k.0 == kind).collect();
         let missed: Vec<&&Key> = e.difference(&g).collect();
         let unexpected: Vec<&&Key> = g.difference(&e).collect();
-        v.missed.extend(missed.iter().filter_map(|k| expected.get(**k)).map(|t| describe_truth(kind, t)));
-        v.unexpected.extend(unexpected.iter().filter_map(|k| found.get(**k)).map(|f| describe_flag(kind, f)));
+        v.missed.extend(
+            missed
+                .iter()
+                .filter_map(|k| expected.get(**k))
+                .map(|t| describe_truth(kind, t)),
+        );
+        v.unexpected.extend(
+            unexpected
+                .iter()
+                .filter_map(|k| found.get(**k))
+                .map(|f| describe_flag(kind, f)),
+        );
         v.kinds.push(KindRow {
             kind,
             expected: e.len(),
@@ -247,7 +260,7 @@ async fn stored_samples(api: &Api, device: &str) -> Result<HashMap<String, u64>,
         let sessions = fleet
             .list_sessions(pb::ListSessionsRequest {
                 device_id: device.to_owned(),
-                to: to.clone(),
+                to,
                 limit: SESSION_PAGE,
                 ..Default::default()
             })
@@ -256,7 +269,10 @@ async fn stored_samples(api: &Api, device: &str) -> Result<HashMap<String, u64>,
             .into_inner()
             .sessions;
         let full = sessions.len() >= SESSION_PAGE as usize;
-        let oldest = sessions.iter().filter_map(|s| s.started_at).min_by_key(|t| (t.seconds, t.nanos));
+        let oldest = sessions
+            .iter()
+            .filter_map(|s| s.started_at)
+            .min_by_key(|t| (t.seconds, t.nanos));
         let before = out.len();
         for s in sessions {
             out.insert(s.session_id, s.samples);
@@ -400,7 +416,10 @@ mod tests {
 
     #[test]
     fn missed_unexpected_and_twice_raised_flags_fail() {
-        let t = [truth(FaultKind::Reuse, "s1"), truth(FaultKind::Resume, "s2")];
+        let t = [
+            truth(FaultKind::Reuse, "s1"),
+            truth(FaultKind::Resume, "s2"),
+        ];
         let f = [
             flag(pb::FlagKind::CartridgeReused, "s2"),
             flag(pb::FlagKind::SessionResumed, "s2"),
@@ -409,7 +428,15 @@ mod tests {
         let v = compare_flags(&t, &f);
         assert!(!v.passed());
         let reused = &v.kinds[0];
-        assert_eq!((reused.expected, reused.found, reused.missed, reused.unexpected), (1, 1, 1, 1));
+        assert_eq!(
+            (
+                reused.expected,
+                reused.found,
+                reused.missed,
+                reused.unexpected
+            ),
+            (1, 1, 1, 1)
+        );
         assert_eq!((reused.precision(), reused.recall()), (0.0, 0.0));
         assert_eq!(v.missed.len(), 1);
         assert!(v.missed[0].contains("s1") && v.missed[0].contains("reuse"));

@@ -24,12 +24,14 @@ pub fn build(pen: &PenPlan, msg: &MessagePlan, now: DateTime<Utc>) -> pb::Device
         (MessageBody::Batch { batch, .. }, Some(s)) => {
             pb::device_message::Body::StrokeBatch(stroke_batch(s, batch))
         }
-        (MessageBody::End { .. }, Some(s)) => pb::device_message::Body::SessionEnd(pb::SessionEnd {
-            session: Some(context(s)),
-            ended_at: Some(timestamp(s.device_time(s.ended_at))),
-            total_strokes: s.profile.total_strokes(s.batches),
-            reason: pb::EndReason::Completed as i32,
-        }),
+        (MessageBody::End { .. }, Some(s)) => {
+            pb::device_message::Body::SessionEnd(pb::SessionEnd {
+                session: Some(context(s)),
+                ended_at: Some(timestamp(s.device_time(s.ended_at))),
+                total_strokes: s.profile.total_strokes(s.batches),
+                reason: pb::EndReason::Completed as i32,
+            })
+        }
         (MessageBody::Heartbeat { battery_pct }, _) => heartbeat(pen, battery_pct),
         // Planning never makes a session message without its session.
         (_, None) => heartbeat(pen, 100),

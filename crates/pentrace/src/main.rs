@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod bench;
 mod people;
+mod report;
 mod serve;
 mod sim;
 mod status;
@@ -42,6 +44,13 @@ enum Command {
     /// The tamper-evident audit trail: keys, checkpoints, verification.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Compliance reports: a clinic's sterility record, a lot's outbreak
+    /// lookback (CSV, JSON or printable HTML; each export is audited).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
+    /// Benchmarks and load generators.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +64,8 @@ fn main() -> ExitCode {
         Command::User(cmd) => report(people::user(cmd)),
         Command::Token(cmd) => report(people::token(cmd)),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Report(cmd) => report(report::run(cmd)),
+        Command::Bench(cmd) => report(bench::run(cmd)),
     }
 }
 

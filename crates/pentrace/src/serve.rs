@@ -99,6 +99,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Connects to the configured database and brings its schema up to date.
 pub async fn open_store(common: &ConfigArgs) -> anyhow::Result<PgStore> {
     let config = load(common, Overrides::default())?;
+    PgStore::ensure_database(config.database_url.expose_secret())
+        .await
+        .context("cannot reach the database server")?;
     let store = PgStore::connect(config.database_url.expose_secret(), 4)
         .await
         .context("cannot connect to the database")?;
@@ -107,12 +110,8 @@ pub async fn open_store(common: &ConfigArgs) -> anyhow::Result<PgStore> {
 }
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let config = load(&args.common, Overrides::default())?;
     runtime()?.block_on(async {
-        let store = PgStore::connect(config.database_url.expose_secret(), 2)
-            .await
-            .context("cannot connect to the database")?;
-        store.migrate().await.context("migration failed")?;
+        open_store(&args.common).await?;
         println!("migrations applied");
         Ok(())
     })

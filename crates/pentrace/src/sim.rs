@@ -18,14 +18,22 @@ pub struct SimArgs {
     #[arg(long, default_value = "mqtt", value_parser = parse_transport)]
     transport: Transport,
     /// Server gRPC endpoint (setup and --verify always use it).
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "PENTRACE_SIM_GRPC_URL")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50051",
+        env = "PENTRACE_SIM_GRPC_URL"
+    )]
     grpc_url: String,
     /// Bearer token for the Registry (--setup needs an admin's), Fleet and
     /// Compliance (--verify) services.
     #[arg(long, env = "PENTRACE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// MQTT broker (mqtt://HOST:PORT; no TLS).
-    #[arg(long, default_value = "mqtt://127.0.0.1:1883", env = "PENTRACE_SIM_MQTT_URL")]
+    #[arg(
+        long,
+        default_value = "mqtt://127.0.0.1:1883",
+        env = "PENTRACE_SIM_MQTT_URL"
+    )]
     mqtt_url: String,
     /// Password every pen presents to the broker (its username is its
     /// device id); empty for a broker that allows anonymous devices.
@@ -82,7 +90,8 @@ fn parse_transport(s: &str) -> Result<Transport, String> {
 }
 
 fn parse_faults(s: &str) -> Result<FaultRates, String> {
-    s.parse().map_err(|e: pentrace_sim::faults::FaultsError| e.to_string())
+    s.parse()
+        .map_err(|e: pentrace_sim::faults::FaultsError| e.to_string())
 }
 
 impl SimArgs {

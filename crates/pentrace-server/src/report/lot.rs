@@ -55,7 +55,9 @@ impl LotReport {
     pub async fn build(store: &dyn Store, gtin: &str, lot: &str) -> ReportResult<LotReport> {
         let (gtin, lot) = (gtin.trim(), lot.trim());
         if gtin.is_empty() || lot.is_empty() {
-            return Err(ReportError::Invalid("--gtin and --lot must not be empty".into()));
+            return Err(ReportError::Invalid(
+                "--gtin and --lot must not be empty".into(),
+            ));
         }
         let registered = store
             .list_lots(Some(gtin))
@@ -83,7 +85,10 @@ impl LotReport {
                 gtin: gtin.to_owned(),
                 lot: lot.to_owned(),
                 registered: registered.is_some(),
-                expiry: registered.as_ref().and_then(|l| l.expiry).map(|d| d.to_string()),
+                expiry: registered
+                    .as_ref()
+                    .and_then(|l| l.expiry)
+                    .map(|d| d.to_string()),
                 recalled_at: registered.as_ref().and_then(|l| l.recalled_at).map(utc),
                 recall_reason: registered.and_then(|l| l.recall_reason),
             },

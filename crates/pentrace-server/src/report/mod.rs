@@ -78,7 +78,9 @@ impl FromStr for ReportFormat {
             "csv" => Ok(ReportFormat::Csv),
             "json" => Ok(ReportFormat::Json),
             "html" => Ok(ReportFormat::Html),
-            other => Err(format!("unknown format {other:?}: expected csv, json or html")),
+            other => Err(format!(
+                "unknown format {other:?}: expected csv, json or html"
+            )),
         }
     }
 }
@@ -153,12 +155,15 @@ pub async fn sterility(
     actor: &Actor,
 ) -> ReportResult<Exported> {
     let report = SterilityReport::build(store, clinic_id, period).await?;
-    let body = match format {
-        ReportFormat::Csv => csv_out::sterility(&report)?,
-        ReportFormat::Json => json_out::body(&report)?,
-        ReportFormat::Html => html_out::sterility(&report),
+    let (text, seal) = match format {
+        ReportFormat::Csv => seal::seal(csv_out::sterility(&report)?, |s| {
+            csv_out::footer(csv_out::STERILITY, s)
+        })?,
+        ReportFormat::Json => seal::seal(json_out::body(&report)?, json_out::footer)?,
+        ReportFormat::Html => {
+            seal::seal(html_out::sterility(&report), |s| Ok(html_out::footer(s)))?
+        }
     };
-    let (text, seal) = seal::seal(body, format)?;
     let draft = AuditDraft {
         clinic_id: report.clinic.id.clone(),
         actor: actor.clone(),
@@ -192,12 +197,13 @@ pub async fn lot(
     actor: &Actor,
 ) -> ReportResult<Exported> {
     let report = LotReport::build(store, gtin, lot).await?;
-    let body = match format {
-        ReportFormat::Csv => csv_out::lot(&report)?,
-        ReportFormat::Json => json_out::body(&report)?,
-        ReportFormat::Html => html_out::lot(&report),
+    let (text, seal) = match format {
+        ReportFormat::Csv => {
+            seal::seal(csv_out::lot(&report)?, |s| csv_out::footer(csv_out::LOT, s))?
+        }
+        ReportFormat::Json => seal::seal(json_out::body(&report)?, json_out::footer)?,
+        ReportFormat::Html => seal::seal(html_out::lot(&report), |s| Ok(html_out::footer(s)))?,
     };
-    let (text, seal) = seal::seal(body, format)?;
     let draft = AuditDraft {
         clinic_id: GLOBAL_CHAIN.into(),
         actor: actor.clone(),
@@ -243,16 +249,6 @@ async fn record(
 /// Every time in a report: UTC, RFC 3339, milliseconds (what pens send).
 pub(crate) fn utc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Lower-case hex of a hash.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Now, to the second: a report's own time needs no more.

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{ReportFormat, ReportResult, csv_out, hex, html_out, json_out};
+use super::{ReportError, ReportResult};
 
 /// What a report's footer states about its body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,7 +23,7 @@ impl Seal {
     /// Hashes a body.
     pub fn of(body: &str) -> Seal {
         Seal {
-            sha256: hex(&Sha256::digest(body.as_bytes())),
+            sha256: hex::encode(Sha256::digest(body.as_bytes())),
             hashed_bytes: body.len(),
         }
     }
@@ -38,24 +38,24 @@ impl Seal {
     }
 }
 
-/// Appends the footer for `format` to `body`; returns the whole file and
-/// its seal.
-pub(super) fn seal(mut body: String, format: ReportFormat) -> ReportResult<(String, Seal)> {
+/// Appends the footer that `footer` makes for the body's seal; returns the
+/// whole file and its seal.
+pub(super) fn seal(
+    mut body: String,
+    footer: impl FnOnce(&Seal) -> ReportResult<String>,
+) -> ReportResult<(String, Seal)> {
     // The footer must start a line of its own for "every byte before the
     // last line" to be the body; renderers end with a line break already.
     if !body.ends_with('\n') {
         body.push('\n');
     }
     let seal = Seal::of(&body);
-    let footer = match format {
-        ReportFormat::Csv => csv_out::footer(&seal)?,
-        ReportFormat::Json => json_out::footer(&seal)?,
-        ReportFormat::Html => html_out::footer(&seal),
-    };
-    debug_assert!(
-        footer.ends_with('\n') && footer.matches('\n').count() == 1,
-        "a footer is exactly one line"
-    );
+    let footer = footer(&seal)?;
+    if footer.trim_end_matches('\n').contains('\n') || !footer.ends_with('\n') {
+        return Err(ReportError::Render(
+            "a footer must be exactly one line".into(),
+        ));
+    }
     body.push_str(&footer);
     Ok((body, seal))
 }
@@ -66,13 +66,25 @@ mod tests {
 
     #[test]
     fn the_seal_covers_exactly_the_bytes_before_the_last_line() {
-        for format in [ReportFormat::Csv, ReportFormat::Json, ReportFormat::Html] {
-            let (text, seal) = seal("a,b\nc,\"d\ne\"\n".into(), format).unwrap();
+        type Footer = fn(&Seal) -> ReportResult<String>;
+        let footers: [Footer; 4] = [
+            |s| super::super::csv_out::footer(super::super::csv_out::STERILITY, s),
+            |s| super::super::csv_out::footer(super::super::csv_out::LOT, s),
+            super::super::json_out::footer,
+            |s| Ok(super::super::html_out::footer(s)),
+        ];
+        for footer in footers {
+            let (text, seal) = seal("a,b\nc,\"d\ne\"".into(), footer).unwrap();
             let footer_start = text[..text.len() - 1].rfind('\n').unwrap() + 1;
-            assert_eq!(footer_start, seal.hashed_bytes, "{format}");
-            assert_eq!(Seal::of(&text[..footer_start]), seal, "{format}");
-            assert!(text[footer_start..].contains(&seal.sha256), "{format}");
+            assert_eq!(footer_start, seal.hashed_bytes, "{text}");
+            assert_eq!(Seal::of(&text[..footer_start]), seal, "{text}");
+            assert!(text[footer_start..].contains(&seal.sha256), "{text}");
         }
+    }
+
+    #[test]
+    fn a_footer_of_two_lines_is_refused() {
+        assert!(seal("x\n".into(), |_| Ok("a\nb\n".into())).is_err());
     }
 
     #[test]

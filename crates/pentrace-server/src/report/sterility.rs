@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use pentrace_store::{Clinic, FlagActionRecord, FlagRecord, Store};
 use serde::Serialize;
 
-use super::{
-    Period, ReportError, ReportResult, SessionLine, generated_at, hex, utc,
-};
+use super::{Period, ReportError, ReportResult, SessionLine, generated_at, utc};
 use crate::audit_trail::{self, ChainReport};
 
 /// What a period covers, in words, so a reader need not guess.
 const SESSIONS_RULE: &str = "sessions of the clinic that started at or after `from` 00:00 UTC \
      and before `to` 00:00 UTC (device time of the session start)";
+const AUDIT_SCOPE: &str = "the whole chain of the clinic from its first event, as it stood \
+     when the report was generated (before this report's own report.exported event)";
 const FLAGS_RULE: &str = "flags of the clinic raised in the same span, and every flag of the \
      sessions above whenever it was raised";
 
@@ -100,6 +100,8 @@ pub struct AuditLine {
     pub checkpoints_ok: usize,
     /// The verifier's one-line verdict.
     pub summary: String,
+    /// What was verified, in words.
+    pub scope: &'static str,
 }
 
 impl AuditLine {
@@ -206,11 +208,12 @@ async fn verify_chain(store: &dyn Store, clinic_id: &str) -> ReportResult<AuditL
             broken_reason: None,
             checkpoints_ok: 0,
             summary: format!("chain {clinic_id}: no events yet"),
+            scope: AUDIT_SCOPE,
         });
     };
     let head_hash = match report.verified {
         0 => None,
-        n => store.audit_hash_at(clinic_id, n).await?.map(|h| hex(&h)),
+        n => store.audit_hash_at(clinic_id, n).await?.map(hex::encode),
     };
     Ok(audit_line(report, head_hash))
 }
@@ -227,6 +230,7 @@ fn audit_line(report: ChainReport, head_hash: Option<String>) -> AuditLine {
         broken_reason,
         checkpoints_ok: report.checkpoints_ok,
         summary,
+        scope: AUDIT_SCOPE,
     }
 }
 
@@ -299,6 +303,7 @@ pub(super) mod tests {
                 broken_reason: None,
                 checkpoints_ok: 1,
                 summary: "chain clinic-a: OK, 42 events, 1 checkpoint(s) hold".into(),
+                scope: AUDIT_SCOPE,
             },
         }
     }

@@ -114,7 +114,9 @@ impl Inflight {
             if let Some(e) = self.entries.remove(&seq) {
                 covered.messages += 1;
                 covered.samples += e.samples;
-                covered.latencies.push(now.saturating_duration_since(e.first_sent));
+                covered
+                    .latencies
+                    .push(now.saturating_duration_since(e.first_sent));
                 self.acked.insert(seq);
             }
         }

@@ -136,7 +136,9 @@ async fn poll(
                     None
                 }
             }
-            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => Some(subscribed(&ack.return_codes, &down)),
+            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                Some(subscribed(&ack.return_codes, &down))
+            }
             Ok(MqttEvent::Incoming(Packet::Publish(p))) if p.topic == down => downlink(&p.payload),
             Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => None,

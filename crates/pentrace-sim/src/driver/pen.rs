@@ -371,7 +371,9 @@ impl<'a> Pen<'a> {
         loop {
             let attempt = match &self.shared.connector {
                 Connector::Grpc { url } => grpc::connect(url, &self.plan.device_id).await,
-                Connector::Mqtt(target) => Ok(mqtt::connect(target, &self.plan.device_id, self.jitter)),
+                Connector::Mqtt(target) => {
+                    Ok(mqtt::connect(target, &self.plan.device_id, self.jitter))
+                }
             };
             match attempt {
                 Ok(link) => {

@@ -21,6 +21,8 @@ use crate::faults::FaultKind;
 use crate::profile::{SAMPLES_PER_BATCH, SessionProfile, mix};
 
 mod moved;
+#[cfg(test)]
+mod replay;
 mod sends;
 mod sessions;
 #[cfg(test)]
@@ -109,11 +111,18 @@ pub enum CartridgeUse {
     /// A new cartridge from the good lot: the session owns it.
     Fresh,
     /// The previous session's cartridge after the resume window.
-    Reuse { of_session: usize },
+    Reuse {
+        of_session: usize,
+    },
     /// The previous session's cartridge within the resume window.
-    Resume { of_session: usize },
+    Resume {
+        of_session: usize,
+    },
     /// A cartridge another pen's session used first.
-    Moved { pen: usize, session: usize },
+    Moved {
+        pen: usize,
+        session: usize,
+    },
     Expired,
     Recalled,
     Unknown,

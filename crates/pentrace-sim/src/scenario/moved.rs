@@ -21,8 +21,8 @@ pub(super) fn resolve(pens: &mut [PenPlan], seed_of: impl Fn(usize) -> u64) {
                 continue;
             }
             let candidates = sources(pens, p, k, &taken);
-            let choice = (!candidates.is_empty())
-                .then(|| candidates[rng.random_range(0..candidates.len())]);
+            let choice =
+                (!candidates.is_empty()).then(|| candidates[rng.random_range(0..candidates.len())]);
             match choice {
                 Some((sp, sk)) => {
                     taken.push((sp, sk));
@@ -44,12 +44,7 @@ pub(super) fn resolve(pens: &mut [PenPlan], seed_of: impl Fn(usize) -> u64) {
 
 /// Sessions of other pens whose cartridge pen `p`'s session `k` may take:
 /// fresh, owned, not used again by anyone, and ended before it starts.
-fn sources(
-    pens: &[PenPlan],
-    p: usize,
-    k: usize,
-    taken: &[(usize, usize)],
-) -> Vec<(usize, usize)> {
+fn sources(pens: &[PenPlan], p: usize, k: usize, taken: &[(usize, usize)]) -> Vec<(usize, usize)> {
     let start = pens[p].sessions[k].started_at;
     let margin = chrono::Duration::seconds(MOVED_MARGIN_S);
     let mut out = Vec::new();

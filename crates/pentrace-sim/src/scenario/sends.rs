@@ -71,13 +71,24 @@ fn messages(pen: &mut PenPlan, base: u64, battery: u32) -> Vec<MessagePlan> {
         .first()
         .map(|s| s.started_at - Duration::seconds(1));
     if let Some(at) = first_at {
-        push(MessageBody::Heartbeat { battery_pct: battery }, at);
+        push(
+            MessageBody::Heartbeat {
+                battery_pct: battery,
+            },
+            at,
+        );
     }
     for (k, s) in pen.sessions.iter_mut().enumerate() {
         s.first_seq = push(MessageBody::Start { session: k }, s.started_at);
         for b in 0..s.batches {
             let sent = s.started_at + Duration::milliseconds(i64::from((b + 1) * BATCH_MS));
-            push(MessageBody::Batch { session: k, batch: b }, sent);
+            push(
+                MessageBody::Batch {
+                    session: k,
+                    batch: b,
+                },
+                sent,
+            );
         }
         s.last_seq = push(MessageBody::End { session: k }, s.ended_at);
     }
@@ -93,7 +104,11 @@ fn messages(pen: &mut PenPlan, base: u64, battery: u32) -> Vec<MessagePlan> {
 
 /// Indexes of the messages after which the pen drops its connection: one
 /// per disconnecting session, after its start or one of its batches.
-fn disconnect_points(config: &SimConfig, pen: &PenPlan, rng: &mut Xoshiro256PlusPlus) -> Vec<usize> {
+fn disconnect_points(
+    config: &SimConfig,
+    pen: &PenPlan,
+    rng: &mut Xoshiro256PlusPlus,
+) -> Vec<usize> {
     let rate = config.faults.rate(FaultKind::Disconnect);
     let mut out = Vec::new();
     for s in &pen.sessions {
@@ -151,7 +166,12 @@ fn send_order(config: &SimConfig, pen: &PenPlan, rng: &mut Xoshiro256PlusPlus) -
 
 /// The pen's actions: a wait before the first message of each moved
 /// session, sends, and disconnects after their messages' first send.
-fn actions(pen: &PenPlan, sends: &[usize], disconnects: &[usize], sources: &Sources) -> Vec<Action> {
+fn actions(
+    pen: &PenPlan,
+    sends: &[usize],
+    disconnects: &[usize],
+    sources: &Sources,
+) -> Vec<Action> {
     let mut out = Vec::with_capacity(sends.len() + 8);
     let mut waited = vec![false; pen.sessions.len()];
     let mut dropped = vec![false; pen.messages.len()];
@@ -192,8 +212,15 @@ fn session_truth(pen: &PenPlan, sources: &Sources) -> Vec<TruthRecord> {
             out.push(record(fault, s.first_seq, detail));
         }
         if let Some(b) = s.profile.excursion_batch {
-            let detail = format!("samples of batch {b} at 2100-2500 µm ({:?})", s.profile.area);
-            out.push(record(FaultKind::Depth, s.first_seq + 1 + u64::from(b), detail));
+            let detail = format!(
+                "samples of batch {b} at 2100-2500 µm ({:?})",
+                s.profile.area
+            );
+            out.push(record(
+                FaultKind::Depth,
+                s.first_seq + 1 + u64::from(b),
+                detail,
+            ));
         }
         if let Some(skew) = s.skew {
             let detail = format!("device clock off by {} s", skew.num_seconds());
@@ -214,10 +241,14 @@ fn cartridge_detail(pen: &PenPlan, s: &SessionPlan, sources: &Sources) -> String
                 gap.num_seconds()
             )
         }
-        CartridgeUse::Moved { pen: sp, session } => match sources.get(sp).and_then(|x| x.get(session)) {
-            Some((device, sid, _)) => format!("cartridge {id} first used by {device} in session {sid}"),
-            None => format!("cartridge {id} first used by another pen"),
-        },
+        CartridgeUse::Moved { pen: sp, session } => {
+            match sources.get(sp).and_then(|x| x.get(session)) {
+                Some((device, sid, _)) => {
+                    format!("cartridge {id} first used by {device} in session {sid}")
+                }
+                None => format!("cartridge {id} first used by another pen"),
+            }
+        }
         _ => format!("UDI {:?}", s.udi),
     }
 }
@@ -227,10 +258,7 @@ fn message_truth(pen: &PenPlan, fault: FaultKind, index: usize, detail: String) 
     TruthRecord {
         fault,
         device_id: pen.device_id.clone(),
-        session_id: m
-            .body
-            .session()
-            .map(|k| pen.sessions[k].session_id.clone()),
+        session_id: m.body.session().map(|k| pen.sessions[k].session_id.clone()),
         seq: m.seq,
         expected_flags: fault.expected_flags(),
         detail,

@@ -6,8 +6,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use super::{
-    CartridgeUse, EXPIRED_DAYS_AGO, FIRST_GAP_S, GAP_S, PenPlan, REUSE_GAP_S, SKEW_MIN,
-    SessionPlan,
+    CartridgeUse, EXPIRED_DAYS_AGO, FIRST_GAP_S, GAP_S, PenPlan, REUSE_GAP_S, SKEW_MIN, SessionPlan,
 };
 use crate::catalogue::{
     self, Label, OK_LOT, PRODUCTS, RECALLED_LOT, UNKNOWN_GTIN, UdiForm, yymmdd,

@@ -80,6 +80,33 @@ impl PgStore {
         Ok(PgStore::from_pool(pool))
     }
 
+    /// Creates the URL's database when the server does not have it yet (a
+    /// first start on a fresh PostgreSQL), connecting to the `postgres`
+    /// maintenance database to do so. Returns whether it was created.
+    pub async fn ensure_database(url: &str) -> StoreResult<bool> {
+        use sqlx::ConnectOptions as _;
+        use sqlx::postgres::PgConnectOptions;
+        let options: PgConnectOptions = url.parse()?;
+        let Some(name) = options.get_database().map(str::to_owned) else {
+            return Ok(false);
+        };
+        let mut admin = options.clone().database("postgres").connect().await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+        if exists {
+            return Ok(false);
+        }
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {quoted}").as_str()).await {
+            Ok(_) => Ok(true),
+            // Another replica created it meanwhile.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Wraps an existing pool.
     pub fn from_pool(pool: PgPool) -> PgStore {
         PgStore { pool }

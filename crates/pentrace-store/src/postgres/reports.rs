@@ -7,7 +7,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::convert::{FLAG_COLUMNS, FlagRow, SESSION_COLUMNS, SessionRow, flag_records, session_records};
+use super::convert::{
+    FLAG_COLUMNS, FlagRow, SESSION_COLUMNS, SessionRow, flag_records, session_records,
+};
 use crate::{FlagRecord, SessionRecord, StoreResult};
 
 /// The clinic's sessions started in `[from, to)`, oldest first.

@@ -141,22 +141,30 @@ impl TestDb {
     /// Closes the pool and drops the database (or schema), even if
     /// connections linger.
     pub async fn drop_db(self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.store.pool().close()).await;
-        let (url, sql) = match &self.target {
+        let TestDb {
+            name,
+            target,
+            store,
+        } = self;
+        let _ = tokio::time::timeout(Duration::from_secs(5), store.pool().close()).await;
+        // And drop the pool: `close` can return while a connection that was
+        // being returned (its release ping in flight) lands in the idle queue
+        // afterwards (sqlx-core 0.8.6 `PoolInner::close`); only dropping the
+        // pool closes that one. On the one-connection server it would
+        // otherwise keep the admin connection below waiting forever.
+        drop(store);
+        let (url, sql) = match &target {
             Target::Postgres(url) => (
                 url,
-                format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name),
+                format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#),
             ),
             // Drops the hypertable with its chunks, the continuous aggregate
             // and their policies too.
-            Target::TimescaleDb(url) => (
-                url,
-                format!(r#"DROP SCHEMA IF EXISTS "{}" CASCADE"#, self.name),
-            ),
+            Target::TimescaleDb(url) => (url, format!(r#"DROP SCHEMA IF EXISTS "{name}" CASCADE"#)),
         };
         let mut admin = connect(url).await;
         if let Err(e) = admin.execute(sql.as_str()).await {
-            eprintln!("could not drop test database or schema {}: {e}", self.name);
+            eprintln!("could not drop test database or schema {name}: {e}");
         }
         let _ = admin.close().await;
     }
