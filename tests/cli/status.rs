@@ -32,8 +32,10 @@ async fn admin(sql: &str) {
 fn pentrace(args: &[&str], envs: &[(&str, &str)]) -> String {
     let out: Output = Command::new(env!("CARGO_BIN_EXE_pentrace"))
         .args(args)
-        .envs(envs.iter().copied())
+        // Only what the test gives: a DATABASE_URL of the caller's would
+        // otherwise stand in for a missing one.
         .env_remove("DATABASE_URL")
+        .envs(envs.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("cannot run pentrace: {e}"));
     assert!(

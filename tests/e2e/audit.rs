@@ -332,20 +332,43 @@ async fn serve_as_the_app_role_ingests_and_takes_scheduled_checkpoints() {
         ("PENTRACE_AUDIT__CHECKPOINT_INTERVAL_S", "1"),
     ];
     let app = crate::helpers::spawn_app_with(&[], &envs).await;
-    let product = pb::Product { gtin: GTIN.into(), name: "n".into(), ..Default::default() };
-    register(&app, "clinic-a", &[("pen-1", 0), ("pen-2", 0)], &[product], &[]).await;
+    let product = pb::Product {
+        gtin: GTIN.into(),
+        name: "n".into(),
+        ..Default::default()
+    };
+    register(
+        &app,
+        "clinic-a",
+        &[("pen-1", 0), ("pen-2", 0)],
+        &[product],
+        &[],
+    )
+    .await;
     stream_sessions(&app).await;
-    crate::helpers::eventually(std::time::Duration::from_secs(10), "a checkpoint of clinic-a's head", || async {
-        app.count(
-            "SELECT count(*) FROM audit_checkpoints c JOIN audit_heads h USING (clinic_id) \
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "a checkpoint of clinic-a's head",
+        || async {
+            app.count(
+                "SELECT count(*) FROM audit_checkpoints c JOIN audit_heads h USING (clinic_id) \
              WHERE c.clinic_id = 'clinic-a' AND c.position = h.position",
-        )
-        .await
-            > 0
-    })
+            )
+            .await
+                > 0
+        },
+    )
     .await;
     let public = dir.join("audit.pub");
-    let (code, text) = pentrace_run(&app.db, &["audit", "verify", "--public-key", public.to_str().expect("path")]);
+    let (code, text) = pentrace_run(
+        &app.db,
+        &[
+            "audit",
+            "verify",
+            "--public-key",
+            public.to_str().expect("path"),
+        ],
+    );
     assert_eq!(code, 0, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

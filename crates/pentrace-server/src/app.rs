@@ -109,6 +109,13 @@ impl Application {
         )
     }
 
+    /// What the store reports about itself (kind, TimescaleDB, schema).
+    pub async fn store_status(
+        &self,
+    ) -> Result<pentrace_store::StoreStatus, pentrace_store::StoreError> {
+        self.store.status().await
+    }
+
     /// Cancel it to stop the application gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -142,8 +149,15 @@ impl Application {
         };
         if let Some(path) = &config.audit.checkpoint_key {
             let key = crate::audit_trail::read_key(path)?;
-            let every = std::time::Duration::from_secs(config.audit.checkpoint_interval_s.unwrap_or(3600).max(1));
-            tokio::spawn(crate::audit_trail::checkpoint_schedule(store.clone(), key, every, shutdown.clone()));
+            let every = std::time::Duration::from_secs(
+                config.audit.checkpoint_interval_s.unwrap_or(3600).max(1),
+            );
+            tokio::spawn(crate::audit_trail::checkpoint_schedule(
+                store.clone(),
+                key,
+                every,
+                shutdown.clone(),
+            ));
         }
         let mut registry = Registry::default();
         ingest.metrics().register(&mut registry);

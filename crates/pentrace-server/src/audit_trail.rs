@@ -209,7 +209,10 @@ pub struct KeyError {
 /// The signing key in a file written by `pentrace audit keygen` (the
 /// 32-byte seed as 64 hex digits).
 pub fn read_key(path: &std::path::Path) -> Result<SigningKey, KeyError> {
-    let err = |problem: String| KeyError { path: path.display().to_string(), problem };
+    let err = |problem: String| KeyError {
+        path: path.display().to_string(),
+        problem,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let seed: [u8; 32] = hex::decode(text.trim())
         .ok()

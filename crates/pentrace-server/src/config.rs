@@ -24,8 +24,9 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address for /healthz, /readyz, /metrics.
     pub http_addr: SocketAddr,
-    /// PostgreSQL URL; also read from `DATABASE_URL`.
-    #[serde(serialize_with = "redacted")]
+    /// PostgreSQL URL; also read from `DATABASE_URL`. Never serialized, so
+    /// it cannot end up in a log or a dump of the configuration.
+    #[serde(skip_serializing, default = "default_database_url")]
     pub database_url: SecretString,
     /// Connections in the database pool.
     pub database_max_connections: u32,
@@ -91,7 +92,7 @@ impl Default for Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            database_url: SecretString::from("postgres://postgres@127.0.0.1:5432/pentrace"),
+            database_url: default_database_url(),
             database_max_connections: 8,
             database_role: None,
             audit: AuditSettings::default(),
@@ -130,8 +131,8 @@ impl Default for PolicySettings {
     }
 }
 
-fn redacted<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str("[redacted]")
+fn default_database_url() -> SecretString {
+    SecretString::from("postgres://postgres@127.0.0.1:5432/pentrace")
 }
 
 /// A configuration problem, naming the key.
@@ -258,5 +259,45 @@ impl Config {
                 ..Policy::default()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let config = Config::load(None, &Overrides::default()).expect("defaults are valid");
+        assert!(
+            config
+                .database_url
+                .expose_secret()
+                .starts_with("postgres://")
+        );
+        assert_eq!(config.max_message_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn a_wrong_key_in_the_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("pentrace-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[ingest]\nbatch_max_mesages = 10\n").expect("write");
+        let err = Config::load(Some(&file), &Overrides::default()).expect_err("typo");
+        assert!(err.to_string().contains("batch_max_mesages"), "{err}");
+        std::fs::write(&file, "[ingest]\nbatch_max_messages = 0\n").expect("write");
+        let err = Config::load(Some(&file), &Overrides::default()).expect_err("zero");
+        assert!(
+            err.to_string().contains("ingest.batch_max_messages"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_database_url_never_serializes() {
+        let json = serde_json::to_string(&Config::default()).expect("serialize");
+        assert!(!json.contains("postgres://"), "{json}");
     }
 }

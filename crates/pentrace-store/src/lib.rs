@@ -234,7 +234,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> StoreResult<Vec<StoredAuditEvent>>;
     /// The hash stored at a chain position, if the chain has it.
-    async fn audit_hash_at(&self, clinic_id: &str, position: u64) -> StoreResult<Option<ChainHash>>;
+    async fn audit_hash_at(&self, clinic_id: &str, position: u64)
+    -> StoreResult<Option<ChainHash>>;
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()>;
     async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>>;
 
@@ -249,8 +250,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<User>;
     async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>>;
     /// Stores a token's SHA-256 hash (never the token); audited.
-    async fn issue_token(&self, user_id: uuid::Uuid, token_hash: &[u8; 32], actor: &Actor)
-    -> StoreResult<uuid::Uuid>;
+    async fn issue_token(
+        &self,
+        user_id: uuid::Uuid,
+        token_hash: &[u8; 32],
+        actor: &Actor,
+    ) -> StoreResult<uuid::Uuid>;
     async fn revoke_token(&self, token_id: uuid::Uuid, actor: &Actor) -> StoreResult<()>;
     /// The user of a valid (not revoked) token.
     async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>>;

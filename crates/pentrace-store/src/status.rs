@@ -66,7 +66,11 @@ pub fn summary_line(status: &StoreStatus) -> String {
     let mut line = format!(
         "store={} server={} timescaledb=",
         status.kind,
-        status.server_version.split_whitespace().next().unwrap_or("?")
+        status
+            .server_version
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
     );
     match &status.timescaledb {
         None => line.push_str("inactive"),

@@ -39,7 +39,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         let mut done = 0u64;
         while done < args.events {
             let n = args.batch.min(args.events - done);
-            let drafts: Vec<AuditDraft> = (done..done + n).map(|i| draft(&args.clinic, i)).collect();
+            let drafts: Vec<AuditDraft> =
+                (done..done + n).map(|i| draft(&args.clinic, i)).collect();
             store.append_audit(&drafts).await?;
             done += n;
             if done % 100_000 < args.batch || done == args.events {
@@ -47,7 +48,11 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
                 eprintln!("appended {done}/{} events ({rate:.0}/s)", args.events);
             }
         }
-        println!("appended {done} events to chain {} in {:.1} s", args.clinic, started.elapsed().as_secs_f64());
+        println!(
+            "appended {done} events to chain {} in {:.1} s",
+            args.clinic,
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     })
 }

@@ -78,12 +78,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let app = Application::build(config)
             .await
             .context("cannot start the server")?;
-        let ports = app.ports();
-        // One line a person or a script can read the ports from.
-        println!(
-            "pentrace serving: grpc=127.0.0.1:{} http=127.0.0.1:{} store=postgres",
-            ports.grpc, ports.http
-        );
+        // One line a person or a script can read the ports from, then what
+        // the store offers (TimescaleDB or plain PostgreSQL, schema version).
+        println!("{}", app.summary());
+        match app.store_status().await {
+            Ok(status) => println!("{}", pentrace_store::summary_line(&status)),
+            Err(e) => tracing::warn!(error = %e, "cannot read the store's status"),
+        }
         let stop = app.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -3,6 +3,7 @@
 //! migrations. Reads only; never migrates.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -11,6 +12,9 @@ use pentrace_server::config::Overrides;
 use pentrace_store::postgres::PgStore;
 use pentrace_store::{Store, StoreStatus, TimescaleStatus};
 use secrecy::ExposeSecret;
+
+/// How long to keep trying to reach the database.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options of `pentrace status` (the database options of `pentrace migrate`).
 #[derive(Debug, Args)]
@@ -37,9 +41,18 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let status = runtime.block_on(async {
         // One connection is all it needs, and all that a one-connection
-        // server (the PGlite TimescaleDB test server) gives.
-        let store = PgStore::connect(config.database_url.expose_secret(), 1)
+        // server (the PGlite TimescaleDB test server) gives. sqlx retries a
+        // refused connection for 30 s: a status check should say sooner
+        // that the database is not there.
+        let connect = PgStore::connect(config.database_url.expose_secret(), 1);
+        let store = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "cannot connect to the database: no connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )
+            })?
             .context("cannot connect to the database")?;
         let status = store.status().await.context("cannot read the status");
         store.pool().close().await;

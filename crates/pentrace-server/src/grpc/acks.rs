@@ -34,13 +34,14 @@ impl AckTracker {
     /// A submitted message reached its final state; returns the new ack for
     /// the device when it moved.
     pub fn resolved(&mut self, device_id: &str, seq: u64, stored: bool) -> Option<u64> {
-        let d = self.devices.get_mut(device_id)?;
-        let count = d.pending.get_mut(&seq)?;
-        *count -= 1;
-        if *count == 0 {
-            d.pending.remove(&seq);
-        }
         self.unresolved = self.unresolved.saturating_sub(1);
+        let d = self.devices.get_mut(device_id)?;
+        if let Some(count) = d.pending.get_mut(&seq) {
+            *count -= 1;
+            if *count == 0 {
+                d.pending.remove(&seq);
+            }
+        }
         if stored {
             d.stored.insert(seq);
         } else {
@@ -57,10 +58,14 @@ impl AckTracker {
 
 impl DeviceAcks {
     fn advance(&mut self) -> Option<u64> {
-        let limit = [self.pending.keys().next().copied(), self.barrier]
-            .into_iter()
-            .flatten()
-            .min();
+        // A pending copy of a seq already stored (a duplicate in the same
+        // stream) or already acknowledged does not hold acks back.
+        let waiting = self
+            .pending
+            .keys()
+            .copied()
+            .find(|s| *s > self.acked && !self.stored.contains(s));
+        let limit = [waiting, self.barrier].into_iter().flatten().min();
         let candidate = match limit {
             Some(l) => self.stored.range(..l).next_back().copied(),
             None => self.stored.last().copied(),

@@ -50,19 +50,12 @@ pub struct MqttSettings {
     /// process of a deployment its own.
     pub client_id: String,
     pub username: Option<String>,
-    #[serde(serialize_with = "redacted")]
+    #[serde(skip_serializing)]
     pub password: Option<SecretString>,
     /// Largest MQTT packet read from the broker, bytes. Larger than the
     /// message limit so an oversized payload is counted and acked instead of
     /// breaking the connection (and being redelivered forever).
     pub max_packet_bytes: usize,
-}
-
-fn redacted<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_some("[redacted]"),
-        None => s.serialize_none(),
-    }
 }
 
 impl Default for MqttSettings {

@@ -24,9 +24,9 @@ use pentrace_store::{AuditDraft, GLOBAL_CHAIN, SessionRecord, Store, StoreError}
 use serde::Serialize;
 use serde_json::json;
 
-pub use lot::LotReport;
+pub use lot::{LotLine, LotReport, UseLine};
 pub use seal::Seal;
-pub use sterility::SterilityReport;
+pub use sterility::{ActionLine, AuditLine, ClinicLine, FlagLine, PeriodLine, SterilityReport};
 
 /// The audit action recorded for every generated report.
 pub const EXPORTED_ACTION: &str = "report.exported";

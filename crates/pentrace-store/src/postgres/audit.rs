@@ -24,7 +24,10 @@ pub(super) fn now_micros() -> DateTime<Utc> {
 /// Appends the drafts to their chains and returns each draft's hash, in the
 /// order given. Heads are locked in clinic order, so concurrent appenders
 /// never deadlock, and one clinic's appenders never wait on another's.
-pub(super) async fn append(conn: &mut PgConnection, drafts: &[AuditDraft]) -> StoreResult<Vec<ChainHash>> {
+pub(super) async fn append(
+    conn: &mut PgConnection,
+    drafts: &[AuditDraft],
+) -> StoreResult<Vec<ChainHash>> {
     if drafts.is_empty() {
         return Ok(Vec::new());
     }
@@ -90,12 +93,20 @@ async fn lock_heads(
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(clinic, position, hash)| Ok((clinic, (from_i64(position, "position")?, hash32(&hash)?))))
+        .map(|(clinic, position, hash)| {
+            Ok((clinic, (from_i64(position, "position")?, hash32(&hash)?)))
+        })
         .collect()
 }
 
-async fn update_heads(conn: &mut PgConnection, heads: &[(String, u64, ChainHash)]) -> StoreResult<()> {
-    let positions = heads.iter().map(|h| to_i64(h.1, "position")).collect::<StoreResult<Vec<_>>>()?;
+async fn update_heads(
+    conn: &mut PgConnection,
+    heads: &[(String, u64, ChainHash)],
+) -> StoreResult<()> {
+    let positions = heads
+        .iter()
+        .map(|h| to_i64(h.1, "position"))
+        .collect::<StoreResult<Vec<_>>>()?;
     sqlx::query(
         "UPDATE audit_heads h SET position = u.p, hash = u.h \
          FROM UNNEST($1::text[], $2::int8[], $3::bytea[]) AS u(c, p, h) WHERE h.clinic_id = u.c",
@@ -138,8 +149,10 @@ impl Rows {
         self.subject_type.push(e.subject_type.clone());
         self.subject_id.push(e.subject_id.clone());
         // The exact text that was hashed (serde_json's canonical form).
-        self.old_value.push(e.old_value.as_ref().map(|v| v.to_string()));
-        self.new_value.push(e.new_value.as_ref().map(|v| v.to_string()));
+        self.old_value
+            .push(e.old_value.as_ref().map(|v| v.to_string()));
+        self.new_value
+            .push(e.new_value.as_ref().map(|v| v.to_string()));
         self.reason.push(e.reason.clone());
         self.prev.push(prev.to_vec());
         self.hash.push(hash.to_vec());
@@ -174,7 +187,9 @@ impl Rows {
 }
 
 fn hash32(bytes: &[u8]) -> StoreResult<ChainHash> {
-    bytes.try_into().map_err(|_| corrupt(format!("a stored hash has {} bytes, not 32", bytes.len())))
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("a stored hash has {} bytes, not 32", bytes.len())))
 }
 
 /// The audit events a commit records: sessions started (with cartridge and
@@ -265,7 +280,11 @@ pub(super) async fn heads(pool: &PgPool) -> StoreResult<Vec<ChainHead>> {
             .await?;
     rows.into_iter()
         .map(|(clinic_id, position, hash)| {
-            Ok(ChainHead { clinic_id, position: from_i64(position, "position")?, hash: hash32(&hash)? })
+            Ok(ChainHead {
+                clinic_id,
+                position: from_i64(position, "position")?,
+                hash: hash32(&hash)?,
+            })
         })
         .collect()
 }
@@ -309,10 +328,13 @@ pub(super) async fn page(
 
 fn stored_event(r: EventRow) -> StoreResult<StoredAuditEvent> {
     let json = |v: Option<String>| -> StoreResult<Option<serde_json::Value>> {
-        v.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(format!("audit value is not JSON: {e}"))))
-            .transpose()
+        v.map(|t| {
+            serde_json::from_str(&t).map_err(|e| corrupt(format!("audit value is not JSON: {e}")))
+        })
+        .transpose()
     };
-    let actor = Actor::from_parts(&r.3, &r.4).ok_or_else(|| corrupt(format!("unknown actor kind {}", r.3)))?;
+    let actor = Actor::from_parts(&r.3, &r.4)
+        .ok_or_else(|| corrupt(format!("unknown actor kind {}", r.3)))?;
     let event = AuditEvent {
         clinic_id: r.0,
         position: from_i64(r.1, "position")?,
@@ -325,11 +347,19 @@ fn stored_event(r: EventRow) -> StoreResult<StoredAuditEvent> {
         new_value: json(r.9)?,
         reason: r.10,
     };
-    Ok(StoredAuditEvent { event, prev_hash: hash32(&r.11)?, hash: hash32(&r.12)? })
+    Ok(StoredAuditEvent {
+        event,
+        prev_hash: hash32(&r.11)?,
+        hash: hash32(&r.12)?,
+    })
 }
 
 /// The hash of one chain position, if the chain has it.
-pub(super) async fn hash_at(pool: &PgPool, clinic_id: &str, position: u64) -> StoreResult<Option<ChainHash>> {
+pub(super) async fn hash_at(
+    pool: &PgPool,
+    clinic_id: &str,
+    position: u64,
+) -> StoreResult<Option<ChainHash>> {
     let row: Option<(Vec<u8>,)> =
         sqlx::query_as("SELECT hash FROM audit_events WHERE clinic_id = $1 AND position = $2")
             .bind(clinic_id)
@@ -373,8 +403,12 @@ pub(super) async fn checkpoints(pool: &PgPool) -> StoreResult<Vec<Checkpoint>> {
                 position: from_i64(position, "position")?,
                 hash: hash32(&hash)?,
                 at,
-                public_key: key.try_into().map_err(|_| corrupt("public key length".into()))?,
-                signature: sig.try_into().map_err(|_| corrupt("signature length".into()))?,
+                public_key: key
+                    .try_into()
+                    .map_err(|_| corrupt("public key length".into()))?,
+                signature: sig
+                    .try_into()
+                    .map_err(|_| corrupt("signature length".into()))?,
             })
         })
         .collect()

@@ -30,10 +30,10 @@ use pentrace_domain::checkpoint::Checkpoint;
 use registry::Change;
 
 use crate::{
-    StoreError, AuditDraft, CartridgeHistory, ChainHead, FlagAction, FlagActionRecord, GLOBAL_CHAIN, Role,
-    StoredAuditEvent, User, Clinic, CommitOutcome, Device, DeviceStatus, ExposureVerdict, FactsQuery,
-    FlagQuery, FlagRecord, Lot, NewFlag, Product, SessionQuery, SessionRecord, Store, StoreResult,
-    StoredFacts, WriteBatch,
+    AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceStatus,
+    ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord, GLOBAL_CHAIN,
+    Lot, NewFlag, Product, Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult,
+    StoredAuditEvent, StoredFacts, User, WriteBatch,
 };
 
 /// The migrations of `migrations/postgres`, embedded at build time.
@@ -58,12 +58,18 @@ impl PgStore {
     /// Like [`PgStore::connect`], but every pooled connection acts as `role`
     /// (`SET ROLE`), e.g. `pentrace_app`, which may not change audit
     /// tables. Migrations still run as the login user (see `migrate`).
-    pub async fn connect_as(url: &str, max_connections: u32, role: Option<&str>) -> StoreResult<PgStore> {
+    pub async fn connect_as(
+        url: &str,
+        max_connections: u32,
+        role: Option<&str>,
+    ) -> StoreResult<PgStore> {
         let Some(role) = role else {
             return PgStore::connect(url, max_connections).await;
         };
         if role.is_empty() || !role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(StoreError::Invalid(format!("database role {role:?} is not a plain identifier")));
+            return Err(StoreError::Invalid(format!(
+                "database role {role:?} is not a plain identifier"
+            )));
         }
         let set_role = format!("SET ROLE {role}");
         let pool = PgPoolOptions::new()
@@ -91,15 +97,18 @@ impl PgStore {
             return Ok(false);
         };
         let mut admin = options.clone().database("postgres").connect().await?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await?;
         if exists {
             return Ok(false);
         }
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {quoted}").as_str()).await {
+        match sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {quoted}").as_str())
+            .await
+        {
             Ok(_) => Ok(true),
             // Another replica created it meanwhile.
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => Ok(false),
@@ -266,7 +275,11 @@ impl Store for PgStore {
         audit::page(&self.pool, clinic_id, after, limit).await
     }
 
-    async fn audit_hash_at(&self, clinic_id: &str, position: u64) -> StoreResult<Option<ChainHash>> {
+    async fn audit_hash_at(
+        &self,
+        clinic_id: &str,
+        position: u64,
+    ) -> StoreResult<Option<ChainHash>> {
         audit::hash_at(&self.pool, clinic_id, position).await
     }
 

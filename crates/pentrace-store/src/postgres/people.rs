@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::audit::{self, now_micros};
 use super::convert::{FLAG_COLUMNS, FlagRow, corrupt, flag_records};
 use crate::{
-    AuditDraft, FlagAction, FlagActionRecord, FlagRecord, FlagStep, GLOBAL_CHAIN, Role,
-    StoreError, StoreResult, User,
+    AuditDraft, FlagAction, FlagActionRecord, FlagRecord, FlagStep, GLOBAL_CHAIN, Role, StoreError,
+    StoreResult, User,
 };
 
 fn user_draft(action: &str, user: &User, actor: &Actor, extra: serde_json::Value) -> AuditDraft {
@@ -35,7 +35,12 @@ pub(super) async fn create_user(
     clinics: &[String],
     actor: &Actor,
 ) -> StoreResult<User> {
-    let user = User { id: Uuid::new_v4(), name: name.to_owned(), role, clinics: clinics.to_vec() };
+    let user = User {
+        id: Uuid::new_v4(),
+        name: name.to_owned(),
+        role,
+        clinics: clinics.to_vec(),
+    };
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO users (id, name, role) VALUES ($1, $2, $3)")
         .bind(user.id)
@@ -49,18 +54,24 @@ pub(super) async fn create_user(
             }
             _ => e.into(),
         })?;
-    sqlx::query("INSERT INTO user_clinics (user_id, clinic_id) SELECT $1, c FROM UNNEST($2::text[]) c")
-        .bind(user.id)
-        .bind(clinics)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                StoreError::NotFound(format!("clinic among {clinics:?}"))
-            }
-            _ => e.into(),
-        })?;
-    audit::append(&mut tx, &[user_draft("user.created", &user, actor, json!(null))]).await?;
+    sqlx::query(
+        "INSERT INTO user_clinics (user_id, clinic_id) SELECT $1, c FROM UNNEST($2::text[]) c",
+    )
+    .bind(user.id)
+    .bind(clinics)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::NotFound(format!("clinic among {clinics:?}"))
+        }
+        _ => e.into(),
+    })?;
+    audit::append(
+        &mut tx,
+        &[user_draft("user.created", &user, actor, json!(null))],
+    )
+    .await?;
     tx.commit().await?;
     Ok(user)
 }
@@ -73,7 +84,12 @@ const USER_SELECT: &str = "SELECT u.id, u.name, u.role, \
 
 fn user_from((id, name, role, clinics): UserRow) -> StoreResult<User> {
     let role = Role::parse(&role).ok_or_else(|| corrupt(format!("unknown role {role}")))?;
-    Ok(User { id, name, role, clinics })
+    Ok(User {
+        id,
+        name,
+        role,
+        clinics,
+    })
 }
 
 pub(super) async fn user_by_name(pool: &PgPool, name: &str) -> StoreResult<Option<User>> {
@@ -87,14 +103,19 @@ pub(super) async fn user_by_token(pool: &PgPool, hash: &[u8; 32]) -> StoreResult
         "{USER_SELECT} JOIN api_tokens t ON t.user_id = u.id \
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL GROUP BY u.id"
     );
-    let row: Option<UserRow> = sqlx::query_as(&sql).bind(hash.as_slice()).fetch_optional(pool).await?;
+    let row: Option<UserRow> = sqlx::query_as(&sql)
+        .bind(hash.as_slice())
+        .fetch_optional(pool)
+        .await?;
     row.map(user_from).transpose()
 }
 
 async fn user_by_id(conn: &mut PgConnection, id: Uuid) -> StoreResult<User> {
     let sql = format!("{USER_SELECT} WHERE u.id = $1 GROUP BY u.id");
     let row: Option<UserRow> = sqlx::query_as(&sql).bind(id).fetch_optional(conn).await?;
-    row.map(user_from).transpose()?.ok_or_else(|| StoreError::NotFound(format!("user {id}")))
+    row.map(user_from)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("user {id}")))
 }
 
 pub(super) async fn issue_token(
@@ -128,7 +149,12 @@ pub(super) async fn revoke_token(pool: &PgPool, token_id: Uuid, actor: &Actor) -
     .await?;
     let user_id = user_id.ok_or_else(|| StoreError::NotFound(format!("token {token_id}")))?;
     let user = user_by_id(&mut tx, user_id).await?;
-    let draft = user_draft("token.revoked", &user, actor, json!({ "token_id": token_id }));
+    let draft = user_draft(
+        "token.revoked",
+        &user,
+        actor,
+        json!({ "token_id": token_id }),
+    );
     audit::append(&mut tx, &[draft]).await?;
     tx.commit().await?;
     Ok(())
@@ -139,7 +165,10 @@ fn next_state(state: &str, step: FlagStep) -> StoreResult<&'static str> {
     match (state, step) {
         ("open", FlagStep::Acknowledge) => Ok("acknowledged"),
         ("open" | "acknowledged", FlagStep::Resolve) => Ok("resolved"),
-        (s, step) => Err(StoreError::Invalid(format!("a flag in state {s} cannot be {}d", step.as_str()))),
+        (s, step) => Err(StoreError::Invalid(format!(
+            "a flag in state {s} cannot be {}d",
+            step.as_str()
+        ))),
     }
 }
 
@@ -203,15 +232,24 @@ pub(super) async fn sign_flag(pool: &PgPool, a: &FlagAction) -> StoreResult<Flag
     .execute(&mut *tx)
     .await?;
     let sql = format!("UPDATE flags SET state = $2 WHERE id = $1 RETURNING {FLAG_COLUMNS}");
-    let row: FlagRow = sqlx::query_as(&sql).bind(a.flag_id).bind(next).fetch_one(&mut *tx).await?;
+    let row: FlagRow = sqlx::query_as(&sql)
+        .bind(a.flag_id)
+        .bind(next)
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await?;
-    flag_records(vec![row])?.pop().ok_or_else(|| corrupt("flag vanished".into()))
+    flag_records(vec![row])?
+        .pop()
+        .ok_or_else(|| corrupt("flag vanished".into()))
 }
 
 /// flag, action, signer, meaning, reason, at, bound hash.
 type ActionRow = (Uuid, String, String, String, String, DateTime<Utc>, Vec<u8>);
 
-pub(super) async fn flag_actions(pool: &PgPool, ids: &[Uuid]) -> StoreResult<Vec<FlagActionRecord>> {
+pub(super) async fn flag_actions(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> StoreResult<Vec<FlagActionRecord>> {
     let rows: Vec<ActionRow> = sqlx::query_as(
         "SELECT flag_id, action, signer_name, meaning, reason, at, bound_hash FROM flag_actions \
          WHERE flag_id = ANY($1) ORDER BY at, flag_id",
@@ -221,14 +259,16 @@ pub(super) async fn flag_actions(pool: &PgPool, ids: &[Uuid]) -> StoreResult<Vec
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(flag_id, step, signer_name, meaning, reason, at, bound)| FlagActionRecord {
-            flag_id,
-            step,
-            signer_name,
-            meaning,
-            reason,
-            at,
-            bound_hash: hex::encode(bound),
-        })
+        .map(
+            |(flag_id, step, signer_name, meaning, reason, at, bound)| FlagActionRecord {
+                flag_id,
+                step,
+                signer_name,
+                meaning,
+                reason,
+                at,
+                bound_hash: hex::encode(bound),
+            },
+        )
         .collect())
 }

@@ -116,7 +116,10 @@ fn product_from(row: ProductRow) -> StoreResult<Product> {
     })
 }
 
-pub(super) async fn upsert_product(conn: &mut PgConnection, product: &Product) -> StoreResult<Product> {
+pub(super) async fn upsert_product(
+    conn: &mut PgConnection,
+    product: &Product,
+) -> StoreResult<Product> {
     let sql = format!(
         "INSERT INTO products ({PRODUCT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (gtin) DO UPDATE SET name = EXCLUDED.name, \
@@ -315,7 +318,11 @@ pub(super) async fn snapshot(
     table: &str,
     key: &[(&str, &str)],
 ) -> StoreResult<Option<serde_json::Value>> {
-    let filter: Vec<String> = key.iter().enumerate().map(|(i, (c, _))| format!("{c} = ${}", i + 1)).collect();
+    let filter: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| format!("{c} = ${}", i + 1))
+        .collect();
     let sql = format!(
         "SELECT to_jsonb(t) - 'created_at' - 'last_seen' - 'max_seq' - 'battery_pct' - 'firmware' \
          FROM {table} t WHERE {}",
@@ -340,7 +347,10 @@ pub(super) struct Change<'a> {
 }
 
 impl Change<'_> {
-    pub(super) async fn snapshot(&self, conn: &mut PgConnection) -> StoreResult<Option<serde_json::Value>> {
+    pub(super) async fn snapshot(
+        &self,
+        conn: &mut PgConnection,
+    ) -> StoreResult<Option<serde_json::Value>> {
         snapshot(conn, self.table, &self.key).await
     }
 
@@ -356,7 +366,11 @@ impl Change<'_> {
         if new == old {
             return Ok(());
         }
-        let verb = if old.is_some() { "changed" } else { "registered" };
+        let verb = if old.is_some() {
+            "changed"
+        } else {
+            "registered"
+        };
         let draft = AuditDraft {
             clinic_id: self.chain.to_owned(),
             actor: actor.clone(),

@@ -73,7 +73,10 @@ pub async fn registry(store: &PgStore, devices: &[&str]) {
         name: "Clinic One".into(),
         time_zone: "Europe/Berlin".into(),
     };
-    store.upsert_clinic(&clinic, &pentrace_domain::audit::Actor::System).await.expect("clinic");
+    store
+        .upsert_clinic(&clinic, &pentrace_domain::audit::Actor::System)
+        .await
+        .expect("clinic");
     for id in devices {
         let device = Device {
             id: (*id).into(),
@@ -81,7 +84,10 @@ pub async fn registry(store: &PgStore, devices: &[&str]) {
             model: "pen-x".into(),
             max_depth_um: 2500,
         };
-        store.upsert_device(&device, &pentrace_domain::audit::Actor::System).await.expect("device");
+        store
+            .upsert_device(&device, &pentrace_domain::audit::Actor::System)
+            .await
+            .expect("device");
     }
     let product = Product {
         gtin: GTIN.into(),
@@ -91,7 +97,10 @@ pub async fn registry(store: &PgStore, devices: &[&str]) {
         max_active_s: 1800,
         shelf_life_days: 730,
     };
-    store.upsert_product(&product, &pentrace_domain::audit::Actor::System).await.expect("product");
+    store
+        .upsert_product(&product, &pentrace_domain::audit::Actor::System)
+        .await
+        .expect("product");
     let lot = Lot {
         gtin: GTIN.into(),
         lot: LOT.into(),
@@ -99,7 +108,10 @@ pub async fn registry(store: &PgStore, devices: &[&str]) {
         recalled_at: None,
         recall_reason: None,
     };
-    store.upsert_lot(&lot, &pentrace_domain::audit::Actor::System).await.expect("lot");
+    store
+        .upsert_lot(&lot, &pentrace_domain::audit::Actor::System)
+        .await
+        .expect("lot");
 }
 
 pub fn message(device: &str, seq: u64, kind: &'static str, session: Option<&str>) -> MessageRow {

@@ -18,14 +18,20 @@ async fn list_flags_filters_and_pages() {
             name: "Two".into(),
             time_zone: "UTC".into(),
         };
-        store.upsert_clinic(&clinic, &pentrace_domain::audit::Actor::System).await.expect("clinic");
+        store
+            .upsert_clinic(&clinic, &pentrace_domain::audit::Actor::System)
+            .await
+            .expect("clinic");
         let device = Device {
             id: "pen-c".into(),
             clinic_id: "clinic-2".into(),
             model: "x".into(),
             max_depth_um: 0,
         };
-        store.upsert_device(&device, &pentrace_domain::audit::Actor::System).await.expect("device");
+        store
+            .upsert_device(&device, &pentrace_domain::audit::Actor::System)
+            .await
+            .expect("device");
         let session = new_session();
         commit_ok(&store, &start_batch("pen-a", 1, &session, "chip:01")).await;
 

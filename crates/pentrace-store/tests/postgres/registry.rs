@@ -41,7 +41,14 @@ async fn a_recall_flags_earlier_sessions_once() {
         let _other_lot = session_of_lot(&store, 4, "LOT-B", 0).await;
 
         let (lot, flags) = store
-            .recall_lot(GTIN, LOT, "sterility", t(200), recall_exposure, &pentrace_domain::audit::Actor::System)
+            .recall_lot(
+                GTIN,
+                LOT,
+                "sterility",
+                t(200),
+                recall_exposure,
+                &pentrace_domain::audit::Actor::System,
+            )
             .await
             .expect("recall");
         assert_eq!(lot.recalled_at, Some(t(200)));
@@ -61,7 +68,14 @@ async fn a_recall_flags_earlier_sessions_once() {
 
         // Again, later and for another reason: the first recall stands.
         let (lot, flags) = store
-            .recall_lot(GTIN, LOT, "other", t(400), recall_exposure, &pentrace_domain::audit::Actor::System)
+            .recall_lot(
+                GTIN,
+                LOT,
+                "other",
+                t(400),
+                recall_exposure,
+                &pentrace_domain::audit::Actor::System,
+            )
             .await
             .expect("recall");
         assert_eq!(
@@ -73,7 +87,14 @@ async fn a_recall_flags_earlier_sessions_once() {
         // on stale facts) is caught by running the recall again.
         let late = session_of_lot(&store, 5, LOT, 150).await;
         let (_, flags) = store
-            .recall_lot(GTIN, LOT, "sterility", t(200), recall_exposure, &pentrace_domain::audit::Actor::System)
+            .recall_lot(
+                GTIN,
+                LOT,
+                "sterility",
+                t(200),
+                recall_exposure,
+                &pentrace_domain::audit::Actor::System,
+            )
             .await
             .expect("recall");
         assert_eq!(flags.len(), 1);
@@ -81,7 +102,14 @@ async fn a_recall_flags_earlier_sessions_once() {
         assert_eq!(count(&store, "SELECT count(*) FROM flags").await, 3);
 
         let missing = store
-            .recall_lot(GTIN, "NOPE", "x", t(0), recall_exposure, &pentrace_domain::audit::Actor::System)
+            .recall_lot(
+                GTIN,
+                "NOPE",
+                "x",
+                t(0),
+                recall_exposure,
+                &pentrace_domain::audit::Actor::System,
+            )
             .await;
         assert!(
             matches!(missing, Err(StoreError::NotFound(_))),
@@ -98,7 +126,10 @@ async fn a_recall_flags_earlier_sessions_once() {
             recalled_at: None,
             recall_reason: None,
         };
-        let stored = store.upsert_lot(&again, &pentrace_domain::audit::Actor::System).await.expect("upsert");
+        let stored = store
+            .upsert_lot(&again, &pentrace_domain::audit::Actor::System)
+            .await
+            .expect("upsert");
         assert_eq!((stored.expiry, stored.recalled_at), (None, Some(t(200))));
     })
     .await;
@@ -112,13 +143,22 @@ async fn upserts_return_what_is_stored_and_name_missing_parents() {
             name: "One".into(),
             time_zone: "UTC".into(),
         };
-        assert_eq!(store.upsert_clinic(&clinic, &pentrace_domain::audit::Actor::System).await.expect("clinic"), clinic);
+        assert_eq!(
+            store
+                .upsert_clinic(&clinic, &pentrace_domain::audit::Actor::System)
+                .await
+                .expect("clinic"),
+            clinic
+        );
         let renamed = Clinic {
             name: "One renamed".into(),
             ..clinic.clone()
         };
         assert_eq!(
-            store.upsert_clinic(&renamed, &pentrace_domain::audit::Actor::System).await.expect("clinic"),
+            store
+                .upsert_clinic(&renamed, &pentrace_domain::audit::Actor::System)
+                .await
+                .expect("clinic"),
             renamed
         );
 
@@ -128,12 +168,20 @@ async fn upserts_return_what_is_stored_and_name_missing_parents() {
             model: "x".into(),
             max_depth_um: 3000,
         };
-        assert_eq!(store.upsert_device(&device, &pentrace_domain::audit::Actor::System).await.expect("device"), device);
+        assert_eq!(
+            store
+                .upsert_device(&device, &pentrace_domain::audit::Actor::System)
+                .await
+                .expect("device"),
+            device
+        );
         let orphan = Device {
             clinic_id: "nowhere".into(),
             ..device.clone()
         };
-        let err = store.upsert_device(&orphan, &pentrace_domain::audit::Actor::System).await;
+        let err = store
+            .upsert_device(&orphan, &pentrace_domain::audit::Actor::System)
+            .await;
         assert!(
             matches!(&err, Err(StoreError::NotFound(what)) if what == "clinic nowhere"),
             "{err:?}"
@@ -143,7 +191,9 @@ async fn upserts_return_what_is_stored_and_name_missing_parents() {
             ..device.clone()
         };
         assert!(matches!(
-            store.upsert_device(&too_deep, &pentrace_domain::audit::Actor::System).await,
+            store
+                .upsert_device(&too_deep, &pentrace_domain::audit::Actor::System)
+                .await,
             Err(StoreError::Invalid(_))
         ));
 
@@ -156,7 +206,10 @@ async fn upserts_return_what_is_stored_and_name_missing_parents() {
             shelf_life_days: 365,
         };
         assert_eq!(
-            store.upsert_product(&product, &pentrace_domain::audit::Actor::System).await.expect("product"),
+            store
+                .upsert_product(&product, &pentrace_domain::audit::Actor::System)
+                .await
+                .expect("product"),
             product
         );
         assert_eq!(
@@ -171,7 +224,9 @@ async fn upserts_return_what_is_stored_and_name_missing_parents() {
             recall_reason: None,
         };
         assert!(matches!(
-            store.upsert_lot(&lot, &pentrace_domain::audit::Actor::System).await,
+            store
+                .upsert_lot(&lot, &pentrace_domain::audit::Actor::System)
+                .await,
             Err(StoreError::NotFound(_))
         ));
 

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
-use pentrace_store::postgres::PgStore;
 use pentrace_store::Store;
+use pentrace_store::postgres::PgStore;
 use uuid::Uuid;
 
 use crate::helpers::{count, t, with_store};
@@ -138,12 +138,17 @@ async fn status_reports_timescaledb_and_the_schema_version() {
             .next()
             .and_then(|n| n.parse().ok())
             .expect("numbered migration");
-        assert_eq!(status.schema_version.as_ref().map(|v| v.version), Some(latest));
+        assert_eq!(
+            status.schema_version.as_ref().map(|v| v.version),
+            Some(latest)
+        );
 
         if !on_timescaledb() {
             assert_eq!(status.timescaledb, None, "plain PostgreSQL");
-            assert!(pentrace_store::summary_line(&store.status().await.expect("status"))
-                .contains("timescaledb=inactive"));
+            assert!(
+                pentrace_store::summary_line(&store.status().await.expect("status"))
+                    .contains("timescaledb=inactive")
+            );
             return;
         }
         let ts = status.timescaledb.clone().expect("TimescaleDB active");
@@ -154,7 +159,9 @@ async fn status_reports_timescaledb_and_the_schema_version() {
         assert!(ts.retention_policies.is_empty());
         let line = pentrace_store::summary_line(&status);
         assert!(
-            line.contains("hypertables=stroke_samples compression=stroke_samples caggs=usage_hourly"),
+            line.contains(
+                "hypertables=stroke_samples compression=stroke_samples caggs=usage_hourly"
+            ),
             "{line}"
         );
     })
@@ -237,12 +244,11 @@ async fn a_chunk_compresses_and_stays_readable_and_writable() {
         .await;
         assert_eq!(chunks.len(), 4, "{chunks:?}");
 
-        let compressed: String =
-            sqlx::query_scalar("SELECT compress_chunk($1::regclass)::text")
-                .bind(&chunks[0])
-                .fetch_one(store.pool())
-                .await
-                .expect("compress_chunk");
+        let compressed: String = sqlx::query_scalar("SELECT compress_chunk($1::regclass)::text")
+            .bind(&chunks[0])
+            .fetch_one(store.pool())
+            .await
+            .expect("compress_chunk");
         assert_eq!(compressed, chunks[0]);
         let states: Vec<(String, bool)> = sqlx::query_as(
             "SELECT chunk_schema || '.' || chunk_name, is_compressed \
@@ -268,7 +274,10 @@ async fn a_chunk_compresses_and_stays_readable_and_writable() {
         assert_eq!(stats, 1);
 
         // Reads see every row through the compressed chunk.
-        assert_eq!(count(&store, "SELECT count(*) FROM stroke_samples").await, 72);
+        assert_eq!(
+            count(&store, "SELECT count(*) FROM stroke_samples").await,
+            72
+        );
         assert_eq!(
             count(&store, "SELECT sum(strokes) FROM stroke_samples").await,
             720
