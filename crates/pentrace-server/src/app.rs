@@ -69,14 +69,18 @@ impl Application {
         if PgStore::ensure_database(url).await? {
             tracing::info!("created the database");
         }
-        let role = config.database_role.as_deref();
-        let store = PgStore::connect_as(url, config.database_max_connections, role).await?;
         // A configured key that cannot be read stops start-up, not a
         // checkpoint an hour later.
         if let Some(path) = &config.audit.checkpoint_key {
             crate::audit_trail::read_key(path)?;
         }
-        store.migrate().await?;
+        // Migrations first, as the login user: they create the role the
+        // server's own pool may then switch to.
+        let migrator = PgStore::connect(url, 1).await?;
+        migrator.migrate().await?;
+        migrator.pool().close().await;
+        let role = config.database_role.as_deref();
+        let store = PgStore::connect_as(url, config.database_max_connections, role).await?;
         let grpc = bind(config.grpc_addr).await?;
         let http = bind(config.http_addr).await?;
         Ok(Application {

@@ -145,10 +145,14 @@ pub enum ConfigError {
 }
 
 /// `PENTRACE_*` variables that are not configuration keys: the config file
-/// path (a flag's variable) and the tests' own settings.
+/// path (a flag's variable), the tests' own settings, and Kubernetes
+/// service links.
 fn ignored_env(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    key == "config" || key.starts_with("test")
+    // Kubernetes injects PENTRACE_SERVICE_HOST, PENTRACE_PORT_50051_TCP, …
+    // for a Service named `pentrace`.
+    let service_link = key.starts_with("service_") || key == "port" || key.starts_with("port_");
+    key == "config" || key.starts_with("test") || service_link
 }
 
 /// Values given on the command line; `None` = not given.

@@ -1,6 +1,9 @@
 //! Clients of the Registry, Fleet and Compliance services, which want a
 //! bearer token (DESIGN §8); telemetry needs none.
 
+use std::future::Future;
+use std::time::Duration;
+
 use pentrace_proto::v1::compliance_client::ComplianceClient;
 use pentrace_proto::v1::fleet_client::FleetClient;
 use pentrace_proto::v1::registry_client::RegistryClient;
@@ -10,7 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::config::SimConfig;
-use crate::driver::grpc_channel;
+use crate::driver::{backoff, grpc_channel};
 use crate::error::SimError;
 
 /// Adds `authorization: Bearer <token>` to every call, when there is one.
@@ -68,5 +71,25 @@ impl Api {
 
     pub fn compliance(&self) -> ComplianceClient<Authed> {
         ComplianceClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+}
+
+/// Runs an idempotent step again while the server is briefly unreachable
+/// (e.g. restarting), for at most `patience`.
+pub async fn retrying<T, F, Fut>(patience: Duration, mut step: F) -> Result<T, SimError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SimError>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut attempt = 0;
+    loop {
+        match step().await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt, 0.5)).await;
+            }
+            done => return done,
+        }
     }
 }

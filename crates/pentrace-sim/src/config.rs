@@ -117,7 +117,7 @@ impl Default for SimConfig {
             truth_path: None,
             verify: false,
             ack_timeout: Duration::from_secs(60),
-            max_inflight: 1000,
+            max_inflight: 100,
             progress: ProgressMode::Auto,
         }
     }
@@ -141,8 +141,18 @@ impl SimConfig {
                 self.compression
             ));
         }
-        if self.clinic.trim().is_empty() || self.clinic.len() > 200 {
-            return fail("--clinic must be 1-200 characters".into());
+        // The clinic names device ids, which name MQTT topics: no
+        // wildcards, separators or spaces.
+        let clinic_ok = (1..=200).contains(&self.clinic.len())
+            && self
+                .clinic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !clinic_ok {
+            return fail(format!(
+                "--clinic {:?} must be 1-200 letters, digits, '.', '_' or '-'",
+                self.clinic
+            ));
         }
         if self.ack_timeout.is_zero() {
             return fail("--ack-timeout-s must be at least 1".into());
@@ -154,5 +164,52 @@ impl SimConfig {
             return fail("cartridge fault rates add up to more than 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_name_the_pens() {
+        let c = SimConfig::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.device_id(7), "sim-clinic-pen-0007");
+        assert_eq!("grpc".parse(), Ok(Transport::Grpc));
+        assert!("amqp".parse::<Transport>().is_err());
+    }
+
+    #[test]
+    fn unusable_values_are_refused() {
+        let bad = [
+            SimConfig {
+                devices: 0,
+                ..SimConfig::default()
+            },
+            SimConfig {
+                compression: 0.0,
+                ..SimConfig::default()
+            },
+            SimConfig {
+                compression: f64::NAN,
+                ..SimConfig::default()
+            },
+            SimConfig {
+                clinic: "a/b".into(),
+                ..SimConfig::default()
+            },
+            SimConfig {
+                clinic: "+".into(),
+                ..SimConfig::default()
+            },
+            SimConfig {
+                ack_timeout: Duration::ZERO,
+                ..SimConfig::default()
+            },
+        ];
+        for c in bad {
+            assert!(matches!(c.validate(), Err(SimError::Config(_))), "{c:?}");
+        }
     }
 }

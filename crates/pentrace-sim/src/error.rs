@@ -44,6 +44,15 @@ pub enum SimError {
 }
 
 impl SimError {
+    /// Whether the server may just be restarting: worth trying again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SimError::Connect { .. } => true,
+            SimError::Rpc { status, .. } => status.code() == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+
     /// Wraps a failed gRPC call.
     pub(crate) fn rpc(call: &'static str, status: tonic::Status) -> SimError {
         SimError::Rpc {

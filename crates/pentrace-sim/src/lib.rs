@@ -57,11 +57,7 @@ use scenario::Scenario;
 /// messages are acknowledged. Writes the ground truth first if asked.
 pub async fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     config.validate()?;
-    let api = api::Api::connect(config).await?;
-    if config.setup {
-        setup::register(&api, config, Utc::now().date_naive()).await?;
-    }
-    let bases = setup::seq_bases(&api, config).await?;
+    let bases = api::retrying(config.ack_timeout, || prepare(config)).await?;
     // Virtual time starts now, after the setup's recall: every simulated
     // session starts after it.
     let t0 = Utc::now();
@@ -87,6 +83,15 @@ pub async fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     Ok(build_report(
         config, &scenario, &counters, outcomes?, elapsed,
     ))
+}
+
+/// Setup (if asked) and the pens' last seqs; safe to repeat.
+async fn prepare(config: &SimConfig) -> Result<Vec<u64>, SimError> {
+    let api = api::Api::connect(config).await?;
+    if config.setup {
+        setup::register(&api, config, Utc::now().date_naive()).await?;
+    }
+    setup::seq_bases(&api, config).await
 }
 
 /// Every pen in its own task; the first failure stops them all (pens may

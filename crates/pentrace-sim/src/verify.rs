@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use pentrace_domain::FlagKind;
 use pentrace_proto::v1 as pb;
 
-use crate::api::Api;
+use crate::api::{Api, retrying};
 use crate::config::SimConfig;
 use crate::error::SimError;
 use crate::report::{ExpectedSession, SimReport};
@@ -90,7 +90,12 @@ impl Verification {
 }
 
 /// Compares the server's flags and stored samples with what the run sent.
+/// Retries while the server is briefly unreachable (e.g. restarting).
 pub async fn verify(config: &SimConfig, report: &SimReport) -> Result<Verification, SimError> {
+    retrying(config.ack_timeout, || verify_once(config, report)).await
+}
+
+async fn verify_once(config: &SimConfig, report: &SimReport) -> Result<Verification, SimError> {
     let api = Api::connect(config).await?;
     let flags = list_flags(&api, &config.clinic, report.started_at).await?;
     let mut verification = compare_flags(&report.truth, &flags);

@@ -52,7 +52,7 @@ fn heartbeat(pen: &PenPlan, battery_pct: u32) -> pb::device_message::Body {
 }
 
 fn stroke_batch(s: &SessionPlan, batch: u32) -> pb::StrokeBatch {
-    let started = s.started_at + Duration::milliseconds(i64::from(batch * BATCH_MS));
+    let started = s.started_at + Duration::milliseconds(i64::from(batch) * i64::from(BATCH_MS));
     pb::StrokeBatch {
         session: Some(context(s)),
         started_at: Some(timestamp(s.device_time(started))),

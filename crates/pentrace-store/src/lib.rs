@@ -1,5 +1,6 @@
 //! pentrace's storage: the [`Store`] trait the pipeline and the query services
-//! use, and its PostgreSQL implementation ([`postgres::PgStore`]).
+//! use, its PostgreSQL implementation ([`postgres::PgStore`]) and its SQLite
+//! implementation, the embedded default ([`sqlite::SqliteStore`]).
 //!
 //! The store holds facts and arbitrates races (bind-once, `(device_id, seq)`
 //! dedupe, one flag per dedupe key) with unique constraints; it never decides
@@ -14,6 +15,7 @@ use pentrace_domain::checkpoint::Checkpoint;
 
 pub mod model;
 pub mod postgres;
+pub mod sqlite;
 pub mod status;
 
 pub use model::*;
@@ -63,6 +65,10 @@ fn classify(e: sqlx::Error) -> StoreError {
     match &e {
         E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => {
             StoreError::Unavailable(e)
+        }
+        // SQLite's codes are numbers, not SQLSTATEs: its module sorts them.
+        E::Database(db) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
+            sqlite::classify(e)
         }
         E::Database(db) => match db.code().as_deref() {
             // serialization_failure, deadlock_detected, admin shutdown,

@@ -18,31 +18,21 @@ pub struct SimArgs {
     #[arg(long, default_value = "mqtt", value_parser = parse_transport)]
     transport: Transport,
     /// Server gRPC endpoint (setup and --verify always use it).
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:50051",
-        env = "PENTRACE_SIM_GRPC_URL"
-    )]
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
     grpc_url: String,
     /// Bearer token for the Registry (--setup needs an admin's), Fleet and
     /// Compliance (--verify) services.
-    #[arg(long, env = "PENTRACE_TOKEN", hide_env_values = true)]
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
+    /// Read the bearer token from FILE (keeps it off the command line).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// MQTT broker (mqtt://HOST:PORT; no TLS).
-    #[arg(
-        long,
-        default_value = "mqtt://127.0.0.1:1883",
-        env = "PENTRACE_SIM_MQTT_URL"
-    )]
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     mqtt_url: String,
     /// Password every pen presents to the broker (its username is its
     /// device id); empty for a broker that allows anonymous devices.
-    #[arg(
-        long,
-        default_value = "",
-        env = "PENTRACE_SIM_MQTT_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long, default_value = "")]
     mqtt_password: String,
     /// Clinic of the simulated pens.
     #[arg(long, default_value = "sim-clinic")]
@@ -80,6 +70,10 @@ pub struct SimArgs {
     /// Fail a pen whose acks make no progress for this many seconds.
     #[arg(long, default_value_t = 60)]
     ack_timeout_s: u64,
+    /// Most messages a pen keeps unacknowledged before it waits (bounds
+    /// the backlog a saturated server builds up).
+    #[arg(long, default_value_t = 100)]
+    max_inflight: usize,
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
@@ -95,13 +89,22 @@ fn parse_faults(s: &str) -> Result<FaultRates, String> {
 }
 
 impl SimArgs {
-    fn config(self) -> SimConfig {
+    fn config(self) -> anyhow::Result<SimConfig> {
         let seed = self.seed.unwrap_or_else(seed_from_clock);
-        SimConfig {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --token-file {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => self.token,
+        };
+        Ok(SimConfig {
             devices: self.devices,
             transport: self.transport,
             grpc_url: self.grpc_url,
-            token: self.token,
+            token,
             mqtt_url: self.mqtt_url,
             mqtt_password: self.mqtt_password,
             clinic: self.clinic,
@@ -114,13 +117,13 @@ impl SimArgs {
             truth_path: self.truth,
             verify: self.verify,
             ack_timeout: Duration::from_secs(self.ack_timeout_s),
+            max_inflight: self.max_inflight,
             progress: if self.quiet {
                 ProgressMode::Off
             } else {
                 ProgressMode::Auto
             },
-            ..SimConfig::default()
-        }
+        })
     }
 }
 
@@ -133,7 +136,7 @@ fn seed_from_clock() -> u64 {
 /// Runs the simulation (and the verification); the exit code says whether
 /// everything was acknowledged and, with `--verify`, matched.
 pub fn run(args: SimArgs) -> ExitCode {
-    match simulate(args.config()) {
+    match args.config().and_then(simulate) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

@@ -43,7 +43,7 @@ pub struct Link {
 }
 
 /// Messages queued toward the transport per connection.
-pub const OUTBOUND_QUEUE: usize = 64;
+pub const OUTBOUND_QUEUE: usize = 16;
 /// Events queued toward the pen per connection.
 pub const EVENT_QUEUE: usize = 1024;
 

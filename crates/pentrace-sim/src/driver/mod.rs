@@ -19,6 +19,7 @@ mod mqtt;
 mod pen;
 
 pub(crate) use grpc::channel as grpc_channel;
+pub(crate) use link::backoff;
 pub use pen::Reject;
 pub(crate) use pen::{PenOutcome, run_pen};
 

@@ -226,8 +226,9 @@ impl<'a> Pen<'a> {
     fn on_event(&mut self, event: Event) -> Result<(), SimError> {
         match event {
             Event::Ready => {
+                // Not progress: only acks are. A server that never acks must
+                // time the pen out however often it reconnects.
                 self.ready = true;
-                self.progress();
                 self.requeue();
             }
             Event::Down(_) => {
@@ -368,6 +369,7 @@ impl<'a> Pen<'a> {
     }
 
     async fn connect(&mut self) -> Result<(), SimError> {
+        let since = Instant::now();
         loop {
             let attempt = match &self.shared.connector {
                 Connector::Grpc { url } => grpc::connect(url, &self.plan.device_id).await,
@@ -383,7 +385,7 @@ impl<'a> Pen<'a> {
                 }
                 Err(reason) => {
                     self.attempts += 1;
-                    if self.last_progress.elapsed() > self.shared.ack_timeout {
+                    if since.elapsed() > self.shared.ack_timeout {
                         return Err(SimError::Connect {
                             url: self.url(),
                             reason,

@@ -81,7 +81,8 @@ fn messages(pen: &mut PenPlan, base: u64, battery: u32) -> Vec<MessagePlan> {
     for (k, s) in pen.sessions.iter_mut().enumerate() {
         s.first_seq = push(MessageBody::Start { session: k }, s.started_at);
         for b in 0..s.batches {
-            let sent = s.started_at + Duration::milliseconds(i64::from((b + 1) * BATCH_MS));
+            let sent =
+                s.started_at + Duration::milliseconds((i64::from(b) + 1) * i64::from(BATCH_MS));
             push(
                 MessageBody::Batch {
                     session: k,

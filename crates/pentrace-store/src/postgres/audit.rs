@@ -16,7 +16,7 @@ use crate::{
 
 /// Now at the precision the database keeps, so the hashed time and the
 /// stored time are the same value.
-pub(super) fn now_micros() -> DateTime<Utc> {
+pub(crate) fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
@@ -58,7 +58,7 @@ pub(super) async fn append(
     Ok(hashes)
 }
 
-fn to_event(d: &AuditDraft, position: u64, at: DateTime<Utc>) -> AuditEvent {
+pub(crate) fn to_event(d: &AuditDraft, position: u64, at: DateTime<Utc>) -> AuditEvent {
     AuditEvent {
         clinic_id: d.clinic_id.clone(),
         position,
@@ -194,7 +194,7 @@ fn hash32(bytes: &[u8]) -> StoreResult<ChainHash> {
 
 /// The audit events a commit records: sessions started (with cartridge and
 /// binding) and ended, and every flag it raised.
-pub(super) fn commit_drafts(batch: &WriteBatch, new_flags: &[FlagRecord]) -> Vec<AuditDraft> {
+pub(crate) fn commit_drafts(batch: &WriteBatch, new_flags: &[FlagRecord]) -> Vec<AuditDraft> {
     let mut drafts = Vec::new();
     for w in &batch.sessions {
         if w.relation.is_some() {
@@ -250,7 +250,7 @@ fn session_started(w: &SessionWrite) -> AuditDraft {
 }
 
 /// `flag.raised`, by the rules (the system).
-pub(super) fn flag_raised(f: &FlagRecord) -> AuditDraft {
+pub(crate) fn flag_raised(f: &FlagRecord) -> AuditDraft {
     AuditDraft {
         clinic_id: f.clinic_id.clone(),
         actor: Actor::System,

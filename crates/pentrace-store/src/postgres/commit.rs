@@ -236,7 +236,7 @@ async fn update_devices(conn: &mut PgConnection, writes: &[DeviceWrite]) -> Stor
 
 /// One write per device, in device order; later values win where the
 /// database would also let them win.
-fn merge_devices(writes: &[DeviceWrite]) -> BTreeMap<&str, DeviceWrite> {
+pub(crate) fn merge_devices(writes: &[DeviceWrite]) -> BTreeMap<&str, DeviceWrite> {
     let mut merged: BTreeMap<&str, DeviceWrite> = BTreeMap::new();
     for w in writes {
         match merged.get_mut(w.device_id.as_str()) {

@@ -5,17 +5,19 @@
 //! arrays (`= ANY($1)`, `UNNEST(...)`), so every lookup or write is one
 //! statement however large the batch.
 
-mod audit;
-mod commit;
+// The audit drafts, merges and lifecycle rules of these modules are plain
+// Rust, shared with the SQLite store so both record the same events.
+pub(crate) mod audit;
+pub(crate) mod commit;
 mod convert;
 mod copy;
 mod facts;
 mod flags;
-mod people;
+pub(crate) mod people;
 mod queries;
-mod registry;
+pub(crate) mod registry;
 mod reports;
-mod sessions;
+pub(crate) mod sessions;
 mod status;
 
 use async_trait::async_trait;

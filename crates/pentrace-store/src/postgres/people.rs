@@ -13,7 +13,7 @@ use crate::{
     StoreResult, User,
 };
 
-fn user_draft(action: &str, user: &User, actor: &Actor, extra: serde_json::Value) -> AuditDraft {
+pub(crate) fn user_draft(action: &str, user: &User, actor: &Actor, extra: serde_json::Value) -> AuditDraft {
     AuditDraft {
         clinic_id: GLOBAL_CHAIN.into(),
         actor: actor.clone(),
@@ -161,7 +161,7 @@ pub(super) async fn revoke_token(pool: &PgPool, token_id: Uuid, actor: &Actor) -
 }
 
 /// The flag's state after `step`, or why the step is not allowed.
-fn next_state(state: &str, step: FlagStep) -> StoreResult<&'static str> {
+pub(crate) fn next_state(state: &str, step: FlagStep) -> StoreResult<&'static str> {
     match (state, step) {
         ("open", FlagStep::Acknowledge) => Ok("acknowledged"),
         ("open" | "acknowledged", FlagStep::Resolve) => Ok("resolved"),

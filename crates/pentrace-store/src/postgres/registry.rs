@@ -23,7 +23,8 @@ fn missing_parent(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
 }
 
 /// Creates the clinic (named after its id) and the device, unless they
-/// exist; an existing device keeps its clinic.
+/// exist; an existing device keeps its clinic. Audited only when the device
+/// was created: an existing device was not auto-registered.
 pub(super) async fn auto_register_device(
     pool: &PgPool,
     device_id: &str,
@@ -34,14 +35,18 @@ pub(super) async fn auto_register_device(
         .bind(clinic_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
+    let created = sqlx::query(
         "INSERT INTO devices (id, clinic_id, model, max_depth_um) VALUES ($1, $2, 'unknown', 0) \
          ON CONFLICT DO NOTHING",
     )
     .bind(device_id)
     .bind(clinic_id)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if created == 0 {
+        return Ok(tx.commit().await?);
+    }
     let draft = AuditDraft {
         clinic_id: clinic_id.to_owned(),
         actor: Actor::System,
@@ -293,7 +298,7 @@ pub(super) async fn list_lots(pool: &PgPool, gtin: Option<&str>) -> StoreResult<
 }
 
 /// `lot.recalled` on the catalogue's chain.
-fn recall_draft(lot: &Lot, actor: &Actor) -> AuditDraft {
+pub(crate) fn recall_draft(lot: &Lot, actor: &Actor) -> AuditDraft {
     AuditDraft {
         clinic_id: GLOBAL_CHAIN.into(),
         actor: actor.clone(),

@@ -29,7 +29,7 @@ pub(super) async fn write(
 /// One write per session, sorted by session id (lock order). Counters add
 /// up, the depth is the maximum, the relation and the names keep their first
 /// known value, a later end time replaces an earlier one.
-fn merge(writes: &[SessionWrite]) -> StoreResult<Vec<SessionWrite>> {
+pub(crate) fn merge(writes: &[SessionWrite]) -> StoreResult<Vec<SessionWrite>> {
     let mut merged: Vec<SessionWrite> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for w in writes {

@@ -1,59 +1,18 @@
-//! A clean database per test (see [`crate::server`]), and builders for
-//! registry rows and write batches.
-
-use std::future::Future;
+//! Builders for registry rows and write batches, shared by every store's
+//! tests.
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use pentrace_domain::FlagKind;
 use pentrace_domain::rules::CartridgeRelation;
-use pentrace_store::postgres::PgStore;
 use pentrace_store::{
     ClaimRow, Clinic, CommitOutcome, Device, DeviceWrite, FlagRecord, Lot, MessageRow, NewFlag,
     Product, SampleBlock, SampleRow, SessionWrite, Store, WriteBatch,
 };
 use uuid::Uuid;
 
-use crate::server::TestDb;
-
 pub const CLINIC: &str = "clinic-1";
 pub const GTIN: &str = "09506000134352";
 pub const LOT: &str = "LOT-A";
-
-/// Runs `body` against a fresh, migrated database (or schema) and drops it
-/// afterwards, also when the body panics (its panic is then re-raised).
-pub async fn with_store<F, Fut>(body: F)
-where
-    F: FnOnce(PgStore) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    with_db(true, body).await;
-}
-
-/// [`with_store`] with the choice of migrating first.
-pub async fn with_db<F, Fut>(migrate: bool, body: F)
-where
-    F: FnOnce(PgStore) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let db = TestDb::create().await;
-    let store = db.store.clone();
-    // A spawned task turns the body's panic into a JoinError, so the drop
-    // below still runs.
-    let outcome = tokio::spawn(async move {
-        if migrate {
-            store.migrate().await.expect("migrate");
-        }
-        body(store).await;
-    })
-    .await;
-    db.drop_db().await;
-    if let Err(e) = outcome {
-        match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("test body did not finish: {e}"),
-        }
-    }
-}
 
 /// A fixed instant plus `secs`.
 pub fn t(secs: i64) -> DateTime<Utc> {
@@ -67,7 +26,7 @@ pub fn new_session() -> String {
 }
 
 /// The clinic, the devices, the product `GTIN` and its lot `LOT`.
-pub async fn registry(store: &PgStore, devices: &[&str]) {
+pub async fn registry(store: &dyn Store, devices: &[&str]) {
     let clinic = Clinic {
         id: CLINIC.into(),
         name: "Clinic One".into(),
@@ -238,17 +197,9 @@ pub fn start_batch(device: &str, seq: u64, session: &str, cartridge: &str) -> Wr
     }
 }
 
-pub async fn commit_ok(store: &PgStore, batch: &WriteBatch) -> Vec<FlagRecord> {
+pub async fn commit_ok(store: &dyn Store, batch: &WriteBatch) -> Vec<FlagRecord> {
     match store.commit(batch).await.expect("commit") {
         CommitOutcome::Committed { new_flags } => new_flags,
         CommitOutcome::Conflict { detail } => panic!("unexpected conflict: {detail}"),
     }
-}
-
-/// `SELECT count(*)` of a statement.
-pub async fn count(store: &PgStore, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(store.pool())
-        .await
-        .expect("count")
 }

@@ -1,0 +1,230 @@
+//! `commit`: a whole write batch in one IMMEDIATE transaction.
+//!
+//! The order is PostgreSQL's: the arbiters (message keys, then bind-once
+//! claims, then the session rows the batch was judged on) go first, so a lost
+//! race is found before any bulk work and the transaction rolls back as
+//! `CommitOutcome::Conflict`. SQLite has one writer at a time, so there is no
+//! lock order to keep; rows are still written in key order so both stores
+//! report the same first conflict.
+
+use chrono::{DateTime, Utc};
+use pentrace_domain::rules::SeqHole;
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+use super::convert::{micros, opt_uuid_text, to_int4, to_int8, uuid_text};
+use super::{audit, begin, flags, samples, sessions};
+use crate::postgres::audit::commit_drafts;
+use crate::postgres::commit::merge_devices;
+use crate::{
+    ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, WriteBatch,
+};
+
+/// Writes the batch, or nothing if another writer got there first.
+pub(super) async fn commit(pool: &SqlitePool, batch: &WriteBatch) -> StoreResult<CommitOutcome> {
+    let mut tx = begin(pool).await?;
+    if let Some(detail) = insert_messages(&mut tx, &batch.messages).await? {
+        return conflict(tx, detail).await;
+    }
+    if let Some(detail) = insert_claims(&mut tx, &batch.claims).await? {
+        return conflict(tx, detail).await;
+    }
+    if let Some(detail) = sessions::write(&mut tx, &batch.sessions).await? {
+        return conflict(tx, detail).await;
+    }
+    samples::insert(&mut tx, &batch.samples).await?;
+    let new_flags = flags::insert(&mut tx, &batch.flags).await?;
+    audit::append(&mut tx, &commit_drafts(batch, &new_flags)).await?;
+    update_activity(&mut tx, &batch.activity).await?;
+    update_devices(&mut tx, &batch.devices).await?;
+    replace_holes(&mut tx, &batch.holes).await?;
+    tx.commit().await?;
+    Ok(CommitOutcome::Committed { new_flags })
+}
+
+async fn conflict(tx: Transaction<'_, Sqlite>, detail: String) -> StoreResult<CommitOutcome> {
+    tx.rollback().await?;
+    Ok(CommitOutcome::Conflict { detail })
+}
+
+/// Stores the message keys; `Some(detail)` when one was already stored.
+async fn insert_messages(
+    conn: &mut SqliteConnection,
+    messages: &[MessageRow],
+) -> StoreResult<Option<String>> {
+    let mut rows: Vec<&MessageRow> = messages.iter().collect();
+    rows.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
+    if let Some(pair) = rows
+        .windows(2)
+        .find(|w| (&w[0].device_id, w[0].seq) == (&w[1].device_id, w[1].seq))
+    {
+        // A conflict would make the pipeline retry the same batch forever.
+        return Err(StoreError::Invalid(format!(
+            "message {}/{} appears twice in one batch",
+            pair[0].device_id, pair[0].seq
+        )));
+    }
+    // Checked before the first insert, so an invalid batch writes nothing
+    // even inside the transaction.
+    let mut values = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let session = opt_uuid_text(row.session_id.as_deref(), "session id")?;
+        values.push((to_int8(row.seq, "seq")?, session));
+    }
+    for (row, (seq, session)) in rows.iter().zip(values) {
+        let stored = sqlx::query(
+            "INSERT INTO device_messages (device_id, seq, kind, session_id, sent_at, received_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&row.device_id)
+        .bind(seq)
+        .bind(row.kind)
+        .bind(session)
+        .bind(micros(row.sent_at))
+        .bind(micros(row.received_at))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if stored == 0 {
+            return Ok(Some(format!(
+                "message {}/{} is already stored",
+                row.device_id, row.seq
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Bind-once: `Some(detail)` when a cartridge is already bound. The primary
+/// key decides, in commit order.
+async fn insert_claims(
+    conn: &mut SqliteConnection,
+    claims: &[ClaimRow],
+) -> StoreResult<Option<String>> {
+    let mut rows: Vec<&ClaimRow> = claims.iter().collect();
+    rows.sort_by(|a, b| a.cartridge_id.cmp(&b.cartridge_id));
+    if let Some(pair) = rows
+        .windows(2)
+        .find(|w| w[0].cartridge_id == w[1].cartridge_id)
+    {
+        return Err(StoreError::Invalid(format!(
+            "cartridge {} is claimed twice in one batch",
+            pair[0].cartridge_id
+        )));
+    }
+    let sessions = rows
+        .iter()
+        .map(|r| uuid_text(&r.session_id, "session id"))
+        .collect::<StoreResult<Vec<_>>>()?;
+    for (row, session) in rows.iter().zip(sessions) {
+        let won = sqlx::query(
+            "INSERT INTO cartridges (cartridge_id, session_id, device_id, patient_ref, bound_at, \
+                                     last_activity_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (cartridge_id) DO NOTHING",
+        )
+        .bind(&row.cartridge_id)
+        .bind(session)
+        .bind(&row.device_id)
+        .bind(row.patient_ref.as_deref())
+        .bind(micros(row.bound_at))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if won == 0 {
+            return Ok(Some(format!(
+                "cartridge {} is already bound",
+                row.cartridge_id
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Moves each cartridge's last activity forward (never back).
+async fn update_activity(
+    conn: &mut SqliteConnection,
+    activity: &[(String, DateTime<Utc>)],
+) -> StoreResult<()> {
+    for (cartridge_id, at) in activity {
+        sqlx::query(
+            "UPDATE cartridges SET last_activity_at = max(last_activity_at, ?2) \
+             WHERE cartridge_id = ?1",
+        )
+        .bind(cartridge_id)
+        .bind(micros(*at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Liveness and progress: times and seq only grow, battery and firmware keep
+/// their last known value.
+async fn update_devices(conn: &mut SqliteConnection, writes: &[DeviceWrite]) -> StoreResult<()> {
+    for (id, w) in merge_devices(writes) {
+        // SQLite's max() is NULL when an argument is: a device never seen
+        // before takes the new time, as PostgreSQL's GREATEST ignores NULL.
+        sqlx::query(
+            "UPDATE devices SET last_seen = max(COALESCE(last_seen, ?2), ?2), \
+                                max_seq = max(max_seq, ?3), \
+                                battery_pct = COALESCE(?4, battery_pct), \
+                                firmware = COALESCE(?5, firmware) \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(micros(w.last_seen))
+        .bind(to_int8(w.max_seq, "device max seq")?)
+        .bind(w.battery_pct.map(|b| to_int4(b, "battery")).transpose()?)
+        .bind(w.firmware.as_deref())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Replaces the open holes of each listed device with the given list.
+async fn replace_holes(
+    conn: &mut SqliteConnection,
+    holes: &[(String, Vec<SeqHole>)],
+) -> StoreResult<()> {
+    let mut rows: Vec<(&str, i64, i64, i64)> = Vec::new();
+    for (device_id, list) in holes {
+        for hole in list {
+            rows.push(hole_values(device_id, hole)?);
+        }
+    }
+    for (device_id, _) in holes {
+        sqlx::query("DELETE FROM seq_holes WHERE device_id = ?1")
+            .bind(device_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (device_id, first, last, detected_at) in rows {
+        sqlx::query(
+            "INSERT INTO seq_holes (device_id, first_seq, last_seq, detected_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(device_id)
+        .bind(first)
+        .bind(last)
+        .bind(detected_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A hole's columns; it must be listed under its own device.
+fn hole_values<'a>(device_id: &'a str, hole: &SeqHole) -> StoreResult<(&'a str, i64, i64, i64)> {
+    if hole.device_id != device_id {
+        return Err(StoreError::Invalid(format!(
+            "a hole of device {} listed under device {device_id}",
+            hole.device_id
+        )));
+    }
+    Ok((
+        device_id,
+        to_int8(hole.first, "hole first seq")?,
+        to_int8(hole.last, "hole last seq")?,
+        micros(hole.detected_at),
+    ))
+}

@@ -1,0 +1,319 @@
+//! Conversions between domain values and SQLite column values, and the row
+//! types several queries share.
+//!
+//! SQLite integers are `i64`. Domain `u64`/`u32` values are checked against
+//! the ranges of PostgreSQL's `bigint`/`integer` columns, so both stores
+//! refuse exactly the same values (an invalid request on the way in, a
+//! corrupt row on the way out). Times are microseconds since the Unix epoch;
+//! UUIDs are canonical lowercase text.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use pentrace_domain::audit::ChainHash;
+use pentrace_domain::rules::CartridgeRelation;
+use pentrace_domain::{FlagKind, Severity};
+use uuid::Uuid;
+
+use crate::{FlagRecord, FlagState, SessionRecord, StoreError, StoreResult};
+
+/// A time as stored: microseconds since 1970-01-01 UTC (finer digits are
+/// dropped, as PostgreSQL drops them).
+pub(super) fn micros(time: DateTime<Utc>) -> i64 {
+    time.timestamp_micros()
+}
+
+/// A stored time back to a `DateTime`.
+pub(super) fn time(micros: i64, what: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| corrupt(format!("{what} {micros} µs is out of range")))
+}
+
+/// An optional stored time.
+pub(super) fn opt_time(micros: Option<i64>, what: &str) -> StoreResult<Option<DateTime<Utc>>> {
+    micros.map(|m| time(m, what)).transpose()
+}
+
+/// `u64` → INTEGER, within PostgreSQL's `bigint`.
+pub(super) fn to_int8(value: u64, what: &str) -> StoreResult<i64> {
+    i64::try_from(value).map_err(|_| StoreError::Invalid(format!("{what} {value} is too large")))
+}
+
+/// `u32` → INTEGER, within PostgreSQL's `integer`.
+pub(super) fn to_int4(value: u32, what: &str) -> StoreResult<i64> {
+    i32::try_from(value)
+        .map(i64::from)
+        .map_err(|_| StoreError::Invalid(format!("{what} {value} is too large")))
+}
+
+/// INTEGER → `u64`.
+pub(super) fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| corrupt(format!("{what} {value} is negative")))
+}
+
+/// INTEGER → `u32`.
+pub(super) fn to_u32(value: i64, what: &str) -> StoreResult<u32> {
+    u32::try_from(value).map_err(|_| corrupt(format!("{what} {value} is out of range")))
+}
+
+/// An id as a caller sends it → the canonical lowercase text stored, so
+/// `ABC…` and `abc…` name the same session, as PostgreSQL's `uuid` does.
+pub(super) fn uuid_text(value: &str, what: &str) -> StoreResult<String> {
+    Uuid::parse_str(value)
+        .map(|u| u.to_string())
+        .map_err(|e| StoreError::Invalid(format!("{what} {value:?}: {e}")))
+}
+
+/// An optional id → canonical text.
+pub(super) fn opt_uuid_text(value: Option<&str>, what: &str) -> StoreResult<Option<String>> {
+    value.map(|v| uuid_text(v, what)).transpose()
+}
+
+/// A stored id back to a `Uuid`.
+pub(super) fn stored_uuid(value: &str, what: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(value).map_err(|e| corrupt(format!("{what} {value:?}: {e}")))
+}
+
+/// A stored date (`YYYY-MM-DD`).
+pub(super) fn date(value: Option<String>, what: &str) -> StoreResult<Option<NaiveDate>> {
+    value
+        .map(|d| {
+            NaiveDate::parse_from_str(&d, "%Y-%m-%d")
+                .map_err(|e| corrupt(format!("{what} {d:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// A date as stored.
+pub(super) fn date_text(value: Option<NaiveDate>) -> Option<String> {
+    value.map(|d| d.format("%Y-%m-%d").to_string())
+}
+
+/// A stored hash.
+pub(super) fn hash32(bytes: &[u8]) -> StoreResult<ChainHash> {
+    bytes
+        .try_into()
+        .map_err(|_| corrupt(format!("a stored hash has {} bytes, not 32", bytes.len())))
+}
+
+/// A value read from the database that the domain cannot hold.
+pub(super) fn corrupt(message: String) -> StoreError {
+    StoreError::Other(sqlx::Error::Decode(message.into()))
+}
+
+/// `CartridgeRelation` → `(relation, owner_session_id)` columns.
+pub(super) fn relation_columns(
+    relation: &CartridgeRelation,
+) -> StoreResult<(&'static str, Option<String>)> {
+    let owner = |id: &str| uuid_text(id, "owner session id").map(Some);
+    Ok(match relation {
+        CartridgeRelation::Owner => ("owner", None),
+        CartridgeRelation::Unidentified => ("unidentified", None),
+        CartridgeRelation::Resumed { owner_session_id } => ("resumed", owner(owner_session_id)?),
+        CartridgeRelation::Reused { owner_session_id } => ("reused", owner(owner_session_id)?),
+    })
+}
+
+/// `(relation, owner_session_id)` columns → `CartridgeRelation`.
+pub(super) fn relation_from(
+    relation: &str,
+    owner: Option<String>,
+) -> StoreResult<CartridgeRelation> {
+    match (relation, owner) {
+        ("owner", _) => Ok(CartridgeRelation::Owner),
+        ("unidentified", _) => Ok(CartridgeRelation::Unidentified),
+        ("resumed", Some(owner_session_id)) => Ok(CartridgeRelation::Resumed { owner_session_id }),
+        ("reused", Some(owner_session_id)) => Ok(CartridgeRelation::Reused { owner_session_id }),
+        (relation, owner) => Err(corrupt(format!(
+            "session relation {relation:?} with owner {owner:?}"
+        ))),
+    }
+}
+
+/// Stored severity name → `Severity`.
+fn severity_from(name: &str) -> StoreResult<Severity> {
+    match name {
+        "info" => Ok(Severity::Info),
+        "warning" => Ok(Severity::Warning),
+        "major" => Ok(Severity::Major),
+        "critical" => Ok(Severity::Critical),
+        _ => Err(corrupt(format!("flag severity {name:?}"))),
+    }
+}
+
+/// Columns of `flags` that make a [`FlagRecord`], in [`FlagRow`] order.
+pub(super) const FLAG_COLUMNS: &str = "id, kind, severity, state, clinic_id, device_id, \
+     session_id, cartridge_id, seq, raised_at, detail, evidence";
+
+/// A `flags` row.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct FlagRow {
+    id: String,
+    kind: String,
+    severity: String,
+    state: String,
+    clinic_id: String,
+    device_id: String,
+    session_id: Option<String>,
+    cartridge_id: Option<String>,
+    seq: i64,
+    raised_at: i64,
+    detail: String,
+    evidence: String,
+}
+
+impl TryFrom<FlagRow> for FlagRecord {
+    type Error = StoreError;
+
+    fn try_from(row: FlagRow) -> StoreResult<FlagRecord> {
+        Ok(FlagRecord {
+            id: stored_uuid(&row.id, "flag id")?,
+            kind: FlagKind::parse(&row.kind)
+                .ok_or_else(|| corrupt(format!("flag kind {:?}", row.kind)))?,
+            severity: severity_from(&row.severity)?,
+            state: FlagState::parse(&row.state)
+                .ok_or_else(|| corrupt(format!("flag state {:?}", row.state)))?,
+            clinic_id: row.clinic_id,
+            device_id: row.device_id,
+            session_id: row.session_id,
+            cartridge_id: row.cartridge_id,
+            seq: to_u64(row.seq, "flag seq")?,
+            raised_at: time(row.raised_at, "flag raised_at")?,
+            detail: row.detail,
+            evidence: serde_json::from_str(&row.evidence)
+                .map_err(|e| corrupt(format!("flag evidence is not JSON: {e}")))?,
+        })
+    }
+}
+
+/// Converts fetched flag rows.
+pub(super) fn flag_records(rows: Vec<FlagRow>) -> StoreResult<Vec<FlagRecord>> {
+    rows.into_iter().map(FlagRecord::try_from).collect()
+}
+
+/// Columns of `sessions` that make a [`SessionRecord`], in [`SessionRow`]
+/// order.
+pub(super) const SESSION_COLUMNS: &str = "session_id, device_id, clinic_id, cartridge_id, udi, \
+     gtin, lot, expiry, area, operator_ref, patient_ref, started_at, ended_at, strokes, \
+     max_depth_um, samples";
+
+/// A `sessions` row as the query services see it.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct SessionRow {
+    session_id: String,
+    device_id: String,
+    clinic_id: String,
+    cartridge_id: Option<String>,
+    udi: String,
+    gtin: Option<String>,
+    lot: Option<String>,
+    expiry: Option<String>,
+    area: String,
+    operator_ref: String,
+    patient_ref: Option<String>,
+    started_at: i64,
+    ended_at: Option<i64>,
+    strokes: i64,
+    max_depth_um: i64,
+    samples: i64,
+}
+
+impl TryFrom<SessionRow> for SessionRecord {
+    type Error = StoreError;
+
+    fn try_from(row: SessionRow) -> StoreResult<SessionRecord> {
+        Ok(SessionRecord {
+            session_id: row.session_id,
+            device_id: row.device_id,
+            clinic_id: row.clinic_id,
+            cartridge_id: row.cartridge_id,
+            udi: row.udi,
+            gtin: row.gtin,
+            lot: row.lot,
+            expiry: date(row.expiry, "session expiry")?,
+            area: row.area,
+            operator_ref: row.operator_ref,
+            patient_ref: row.patient_ref,
+            started_at: time(row.started_at, "session started_at")?,
+            ended_at: opt_time(row.ended_at, "session ended_at")?,
+            strokes: to_u64(row.strokes, "session strokes")?,
+            max_depth_um: to_u32(row.max_depth_um, "session max depth")?,
+            samples: to_u64(row.samples, "session samples")?,
+        })
+    }
+}
+
+/// Converts fetched session rows.
+pub(super) fn session_records(rows: Vec<SessionRow>) -> StoreResult<Vec<SessionRecord>> {
+    rows.into_iter().map(SessionRecord::try_from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_at_microseconds() {
+        let at = DateTime::from_timestamp(1_740_819_600, 123_456_789).unwrap_or_default();
+        let back = time(micros(at), "t").ok();
+        assert_eq!(
+            back,
+            DateTime::from_timestamp(1_740_819_600, 123_456_000),
+            "nanoseconds are dropped, microseconds kept"
+        );
+        assert!(time(i64::MAX, "t").is_err());
+    }
+
+    #[test]
+    fn values_outside_postgres_ranges_are_refused() {
+        assert!(matches!(
+            to_int8(u64::MAX, "seq"),
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            to_int4(u32::MAX, "depth"),
+            Err(StoreError::Invalid(_))
+        ));
+        assert_eq!(to_int4(2000, "depth").ok(), Some(2000));
+        assert!(to_u64(-1, "seq").is_err());
+    }
+
+    #[test]
+    fn ids_are_stored_in_canonical_form() {
+        let id = "6F1C1F9E-3C1B-4A53-9D53-0E8A3F0F7A11";
+        assert_eq!(
+            uuid_text(id, "session id").ok().as_deref(),
+            Some("6f1c1f9e-3c1b-4a53-9d53-0e8a3f0f7a11")
+        );
+        assert!(matches!(
+            uuid_text("nope", "session id"),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn relations_round_trip() {
+        let owner = Uuid::new_v4().to_string();
+        for relation in [
+            CartridgeRelation::Owner,
+            CartridgeRelation::Unidentified,
+            CartridgeRelation::Resumed {
+                owner_session_id: owner.clone(),
+            },
+            CartridgeRelation::Reused {
+                owner_session_id: owner.clone(),
+            },
+        ] {
+            let back = relation_columns(&relation)
+                .and_then(|(name, owner)| relation_from(name, owner))
+                .ok();
+            assert_eq!(back, Some(relation));
+        }
+    }
+
+    #[test]
+    fn dates_are_iso_text() {
+        let d = NaiveDate::from_ymd_opt(2030, 1, 31);
+        let text = date_text(d);
+        assert_eq!(text.as_deref(), Some("2030-01-31"));
+        assert_eq!(date(text, "expiry").ok(), Some(d));
+    }
+}

@@ -1,0 +1,392 @@
+//! The SQLite implementation of [`Store`]: the embedded default, one file in
+//! WAL mode, for a single clinic, a demo or a laptop (DESIGN §5).
+//!
+//! Two pools on the same file:
+//!
+//! - a **writer** pool of exactly one connection. Every write is one
+//!   transaction begun `BEGIN IMMEDIATE` on it. SQLite allows one writer at a
+//!   time anyway; queuing writers on the pool (an async wait) instead of on
+//!   SQLite's file lock (the busy handler's sleep-and-retry) keeps commits in
+//!   arrival order and never fails a commit for being second. IMMEDIATE takes
+//!   the write lock at `BEGIN`, so a transaction that reads before it writes
+//!   (audit heads, bind-once claims) cannot be overtaken by another process
+//!   writing the same file (`pentrace user` beside `pentrace serve`): that
+//!   one waits up to the busy timeout instead.
+//! - a **reader** pool of a few connections (`query_only`). In WAL mode
+//!   readers see the last commit and never block the writer or each other,
+//!   so queries and fact lookups run while a batch commits.
+//!
+//! Queries are built at run time, as on PostgreSQL. Sets of keys travel as
+//! one JSON array read with `json_each`, so every lookup is one statement.
+//! Writes are row by row inside the transaction: without a network round
+//! trip a statement costs microseconds, and stroke samples go in multi-row
+//! chunks (`samples.rs`).
+
+mod audit;
+mod commit;
+mod convert;
+mod error;
+mod facts;
+mod flags;
+mod people;
+mod queries;
+mod registry;
+mod reports;
+mod samples;
+mod sessions;
+mod status;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pentrace_domain::audit::{Actor, ChainHash};
+use pentrace_domain::checkpoint::Checkpoint;
+use pentrace_domain::rules::SeqHole;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+pub(crate) use error::classify;
+use registry::{Change, Subject};
+
+use crate::{
+    AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceStatus,
+    ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord, GLOBAL_CHAIN,
+    Lot, NewFlag, Product, Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult,
+    StoredAuditEvent, StoredFacts, User, WriteBatch,
+};
+
+/// The migrations of `migrations/sqlite`, embedded at build time.
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// Reader connections: queries are short, and the machine pentrace embeds
+/// on has few cores.
+const READERS: u32 = 4;
+/// How long a statement waits for a lock held by another process (another
+/// pentrace command on the same file) before the call fails as
+/// `Unavailable`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// pentrace's store in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directories if need be) the
+    /// database file at `path`, in WAL mode with `synchronous = NORMAL`.
+    ///
+    /// NORMAL in WAL mode never corrupts the file and survives a crash of
+    /// pentrace; only a power loss or OS crash can undo the last commits
+    /// before the next checkpoint. That is the embedded default's trade for
+    /// not waiting on an fsync per batch; the production store is PostgreSQL.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Once, at start-up: a blocking call is fine here.
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.into()))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        // The writer connects first: it creates the file and switches it to
+        // WAL (a setting stored in the file), before any reader opens it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                options
+                    .clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal),
+            )
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.pragma("query_only", "ON"))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// A private in-memory database (tests, tools): one connection that
+    /// both reads and writes, kept open for the store's life, since the
+    /// database lives only as long as its connection.
+    pub async fn open_in_memory() -> StoreResult<SqliteStore> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .in_memory(true)
+                    .foreign_keys(true),
+            )
+            .await?;
+        Ok(SqliteStore {
+            writer: pool.clone(),
+            reader: pool,
+        })
+    }
+
+    /// The writer pool (for tests and tools): its one connection may write.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// Applies the embedded migrations that are not applied yet. Runs on
+    /// the writer connection, so calls in one process apply one at a time;
+    /// another process migrating the same file waits on SQLite's lock.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    /// Closes both pools: the last connection to close checkpoints the WAL
+    /// into the database file.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// A write transaction on the writer pool, holding SQLite's write lock from
+/// its first statement.
+async fn begin(pool: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn status(&self) -> StoreResult<crate::StoreStatus> {
+        status::status(&self.reader).await
+    }
+
+    async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts> {
+        facts::load(&self.reader, query).await
+    }
+
+    async fn commit(&self, batch: &WriteBatch) -> StoreResult<CommitOutcome> {
+        commit::commit(&self.writer, batch).await
+    }
+
+    async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()> {
+        registry::auto_register_device(&self.writer, device_id, clinic_id).await
+    }
+
+    async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {
+        let change = Change {
+            chain: &clinic.id,
+            subject: Subject::Clinic(&clinic.id),
+        };
+        let mut tx = begin(&self.writer).await?;
+        let old = change.snapshot(&mut tx).await?;
+        let stored = registry::upsert_clinic(&mut tx, clinic).await?;
+        change.record(&mut tx, old, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn upsert_device(&self, device: &Device, actor: &Actor) -> StoreResult<Device> {
+        let change = Change {
+            chain: &device.clinic_id,
+            subject: Subject::Device(&device.id),
+        };
+        let mut tx = begin(&self.writer).await?;
+        let old = change.snapshot(&mut tx).await?;
+        let stored = registry::upsert_device(&mut tx, device).await?;
+        change.record(&mut tx, old, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn upsert_product(&self, product: &Product, actor: &Actor) -> StoreResult<Product> {
+        let change = Change {
+            chain: GLOBAL_CHAIN,
+            subject: Subject::Product(&product.gtin),
+        };
+        let mut tx = begin(&self.writer).await?;
+        let old = change.snapshot(&mut tx).await?;
+        let stored = registry::upsert_product(&mut tx, product).await?;
+        change.record(&mut tx, old, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn upsert_lot(&self, lot: &Lot, actor: &Actor) -> StoreResult<Lot> {
+        let change = Change {
+            chain: GLOBAL_CHAIN,
+            subject: Subject::Lot(&lot.gtin, &lot.lot),
+        };
+        let mut tx = begin(&self.writer).await?;
+        let old = change.snapshot(&mut tx).await?;
+        let stored = registry::upsert_lot(&mut tx, lot).await?;
+        change.record(&mut tx, old, actor).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn append_audit(&self, drafts: &[AuditDraft]) -> StoreResult<()> {
+        let mut tx = begin(&self.writer).await?;
+        audit::append(&mut tx, drafts).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>> {
+        audit::heads(&self.reader).await
+    }
+
+    async fn audit_page(
+        &self,
+        clinic_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredAuditEvent>> {
+        audit::page(&self.reader, clinic_id, after, limit).await
+    }
+
+    async fn audit_hash_at(
+        &self,
+        clinic_id: &str,
+        position: u64,
+    ) -> StoreResult<Option<ChainHash>> {
+        audit::hash_at(&self.reader, clinic_id, position).await
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
+        audit::save_checkpoint(&self.writer, checkpoint).await
+    }
+
+    async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
+        audit::checkpoints(&self.reader).await
+    }
+
+    async fn create_user(
+        &self,
+        name: &str,
+        role: Role,
+        clinics: &[String],
+        actor: &Actor,
+    ) -> StoreResult<User> {
+        people::create_user(&self.writer, name, role, clinics, actor).await
+    }
+
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>> {
+        people::user_by_name(&self.reader, name).await
+    }
+
+    async fn issue_token(
+        &self,
+        user_id: uuid::Uuid,
+        token_hash: &[u8; 32],
+        actor: &Actor,
+    ) -> StoreResult<uuid::Uuid> {
+        people::issue_token(&self.writer, user_id, token_hash, actor).await
+    }
+
+    async fn revoke_token(&self, token_id: uuid::Uuid, actor: &Actor) -> StoreResult<()> {
+        people::revoke_token(&self.writer, token_id, actor).await
+    }
+
+    async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>> {
+        people::user_by_token(&self.reader, token_hash).await
+    }
+
+    async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord> {
+        people::sign_flag(&self.writer, action).await
+    }
+
+    async fn flag_actions(&self, flag_ids: &[uuid::Uuid]) -> StoreResult<Vec<FlagActionRecord>> {
+        people::flag_actions(&self.reader, flag_ids).await
+    }
+
+    async fn recall_lot(
+        &self,
+        gtin: &str,
+        lot: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+        exposure: ExposureVerdict,
+        actor: &Actor,
+    ) -> StoreResult<(Lot, Vec<FlagRecord>)> {
+        registry::recall_lot(&self.writer, gtin, lot, reason, at, exposure, actor).await
+    }
+
+    async fn list_clinics(&self) -> StoreResult<Vec<Clinic>> {
+        registry::list_clinics(&self.reader).await
+    }
+
+    async fn list_products(&self) -> StoreResult<Vec<Product>> {
+        registry::list_products(&self.reader).await
+    }
+
+    async fn list_lots(&self, gtin: Option<&str>) -> StoreResult<Vec<Lot>> {
+        registry::list_lots(&self.reader, gtin).await
+    }
+
+    async fn list_devices(
+        &self,
+        clinic_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<DeviceStatus>> {
+        queries::list_devices(&self.reader, clinic_id, now).await
+    }
+
+    async fn list_sessions(&self, query: &SessionQuery) -> StoreResult<Vec<SessionRecord>> {
+        queries::list_sessions(&self.reader, query).await
+    }
+
+    async fn list_flags(&self, query: &FlagQuery) -> StoreResult<Vec<FlagRecord>> {
+        queries::list_flags(&self.reader, query).await
+    }
+
+    async fn cartridge_history(&self, cartridge_id: &str) -> StoreResult<CartridgeHistory> {
+        queries::cartridge_history(&self.reader, cartridge_id).await
+    }
+
+    async fn lot_lookback(&self, gtin: &str, lot: &str) -> StoreResult<Vec<SessionRecord>> {
+        queries::lot_lookback(&self.reader, gtin, lot).await
+    }
+
+    async fn sessions_in_period(
+        &self,
+        clinic_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionRecord>> {
+        reports::sessions_in_period(&self.reader, clinic_id, from, to).await
+    }
+
+    async fn flags_in_period(
+        &self,
+        clinic_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> StoreResult<Vec<FlagRecord>> {
+        reports::flags_in_period(&self.reader, clinic_id, from, to).await
+    }
+
+    async fn due_holes(&self, before: DateTime<Utc>) -> StoreResult<Vec<(SeqHole, String)>> {
+        queries::due_holes(&self.reader, before).await
+    }
+
+    async fn flag_holes(&self, holes: &[(SeqHole, NewFlag)]) -> StoreResult<Vec<FlagRecord>> {
+        queries::flag_holes(&self.writer, holes).await
+    }
+}

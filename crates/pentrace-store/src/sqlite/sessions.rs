@@ -1,0 +1,138 @@
+//! Session rows of a commit: created by the write that decides the
+//! session's cartridge relation, then only added to.
+//!
+//! Writes of one session are merged first (the same merge as PostgreSQL's),
+//! so each session costs one statement.
+
+use pentrace_domain::rules::CartridgeRelation;
+use sqlx::SqliteConnection;
+
+use super::convert::{date_text, micros, relation_columns, to_int4, to_int8, uuid_text};
+use crate::postgres::sessions::merge;
+use crate::{SessionWrite, StoreResult};
+
+/// Writes the sessions; `Some(detail)` when a write adds to a session that
+/// is not stored, i.e. the batch was judged on facts that no longer hold.
+pub(super) async fn write(
+    conn: &mut SqliteConnection,
+    writes: &[SessionWrite],
+) -> StoreResult<Option<String>> {
+    let merged = merge(writes)?;
+    for w in &merged {
+        if let Some(relation) = &w.relation {
+            upsert(conn, w, relation).await?;
+        }
+    }
+    for w in merged.iter().filter(|w| w.relation.is_none()) {
+        if !add(conn, w).await? {
+            let id = uuid_text(&w.session_id, "session id")?;
+            return Ok(Some(format!(
+                "session {id} is not stored yet; the batch was judged on stale facts"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// What a write adds to a session, as bound.
+struct Deltas {
+    ended_at: Option<i64>,
+    strokes: i64,
+    active_ms: i64,
+    samples: i64,
+    max_depth_um: i64,
+}
+
+impl Deltas {
+    fn of(w: &SessionWrite) -> StoreResult<Deltas> {
+        Ok(Deltas {
+            ended_at: w.ended_at.map(micros),
+            strokes: to_int8(w.add_strokes, "session strokes")?,
+            active_ms: to_int8(w.add_active_ms, "session active ms")?,
+            samples: to_int8(w.add_samples, "session samples")?,
+            max_depth_um: to_int4(w.max_depth_um, "session max depth")?,
+        })
+    }
+}
+
+/// Creates the session, or adds to it when it is stored already (then the
+/// stored relation stands: it was decided first).
+async fn upsert(
+    conn: &mut SqliteConnection,
+    w: &SessionWrite,
+    relation: &CartridgeRelation,
+) -> StoreResult<()> {
+    let (relation, owner) = relation_columns(relation)?;
+    let d = Deltas::of(w)?;
+    sqlx::query(
+        "INSERT INTO sessions (session_id, ended_at, strokes, active_ms, samples, max_depth_um, \
+             patient_ref, operator_ref, firmware, device_id, clinic_id, relation, \
+             owner_session_id, cartridge_id, udi, gtin, lot, expiry, area, started_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                 ?18, ?19, ?20) \
+         ON CONFLICT (session_id) DO UPDATE SET \
+             strokes = strokes + excluded.strokes, \
+             active_ms = active_ms + excluded.active_ms, \
+             samples = samples + excluded.samples, \
+             max_depth_um = max(max_depth_um, excluded.max_depth_um), \
+             ended_at = COALESCE(excluded.ended_at, ended_at), \
+             patient_ref = COALESCE(patient_ref, excluded.patient_ref), \
+             operator_ref = COALESCE(NULLIF(operator_ref, ''), excluded.operator_ref), \
+             firmware = COALESCE(NULLIF(firmware, ''), excluded.firmware)",
+    )
+    .bind(uuid_text(&w.session_id, "session id")?)
+    .bind(d.ended_at)
+    .bind(d.strokes)
+    .bind(d.active_ms)
+    .bind(d.samples)
+    .bind(d.max_depth_um)
+    .bind(w.patient_ref.as_deref())
+    .bind(&w.operator_ref)
+    .bind(&w.firmware)
+    .bind(&w.device_id)
+    .bind(&w.clinic_id)
+    .bind(relation)
+    .bind(owner)
+    .bind(w.cartridge_id.as_deref())
+    .bind(&w.udi)
+    .bind(w.gtin.as_deref())
+    .bind(w.lot.as_deref())
+    .bind(date_text(w.expiry))
+    .bind(w.area)
+    .bind(micros(w.started_at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds to a stored session; false when it is not stored. A session row is
+/// never created without its relation (the column is NOT NULL), so a write
+/// that does not decide it must find the row.
+async fn add(conn: &mut SqliteConnection, w: &SessionWrite) -> StoreResult<bool> {
+    let d = Deltas::of(w)?;
+    let updated = sqlx::query(
+        "UPDATE sessions SET \
+             ended_at = COALESCE(?2, ended_at), \
+             strokes = strokes + ?3, \
+             active_ms = active_ms + ?4, \
+             samples = samples + ?5, \
+             max_depth_um = max(max_depth_um, ?6), \
+             patient_ref = COALESCE(patient_ref, ?7), \
+             operator_ref = COALESCE(NULLIF(operator_ref, ''), ?8), \
+             firmware = COALESCE(NULLIF(firmware, ''), ?9) \
+         WHERE session_id = ?1",
+    )
+    .bind(uuid_text(&w.session_id, "session id")?)
+    .bind(d.ended_at)
+    .bind(d.strokes)
+    .bind(d.active_ms)
+    .bind(d.samples)
+    .bind(d.max_depth_um)
+    .bind(w.patient_ref.as_deref())
+    .bind(&w.operator_ref)
+    .bind(&w.firmware)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
