@@ -78,6 +78,9 @@ impl Drop for TestDb {
 pub struct Server {
     pub grpc: String,
     pub http: String,
+    /// What the start-up line says about MQTT: `embedded:127.0.0.1:PORT`,
+    /// the external broker's URL, or `off`.
+    pub mqtt: String,
     child: Child,
     pub log: std::path::PathBuf,
 }
@@ -95,16 +98,33 @@ impl Server {
         let log =
             std::env::temp_dir().join(format!("{}-{}.log", db.name, uuid::Uuid::new_v4().simple()));
         let log_file = std::fs::File::create(&log).expect("log file");
+        // The embedded broker's default port (1883) is taken on a machine
+        // running Mosquitto, and by the tests running in parallel.
+        let mqtt_chosen = args
+            .iter()
+            .any(|a| ["--mqtt-url", "--mqtt-port", "--no-mqtt"].contains(a));
+        let free_mqtt_port: &[&str] = if mqtt_chosen {
+            &[]
+        } else {
+            &["--mqtt-port", "0"]
+        };
+        // A test that restarts a server may keep its gRPC address.
+        let grpc_chosen = args.contains(&"--grpc-addr");
+        let any_grpc_port: &[&str] = if grpc_chosen {
+            &[]
+        } else {
+            &["--grpc-addr", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_pentrace"))
             .args([
                 "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
                 "--http-addr",
                 "127.0.0.1:0",
                 "--database-url",
                 &db.url,
             ])
+            .args(any_grpc_port)
+            .args(free_mqtt_port)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -136,9 +156,11 @@ impl Server {
         };
         let grpc = format!("http://{}", field("grpc="));
         let http = format!("http://{}", field("http="));
+        let mqtt = field("mqtt=");
         Server {
             grpc,
             http,
+            mqtt,
             child,
             log,
         }

@@ -6,8 +6,10 @@
 mod access;
 mod audit;
 mod broker;
+mod embedded;
 mod helpers;
 mod ingest;
 mod mqtt;
 mod rejects;
 mod report;
+mod sim;

@@ -16,15 +16,20 @@ use crate::helpers::{eventually, register, spawn_app_with, ts};
 use crate::ingest::http_get;
 
 /// A pen talking MQTT: publishes on its `up` topic, reads its `down` topic.
-struct MqttPen {
+pub(crate) struct MqttPen {
     id: String,
     client: AsyncClient,
-    downlinks: mpsc::UnboundedReceiver<pb::DeviceDownlink>,
+    pub(crate) downlinks: mpsc::UnboundedReceiver<pb::DeviceDownlink>,
 }
 
 impl MqttPen {
     async fn connect(broker: &Broker, id: &str) -> MqttPen {
-        let mut options = MqttOptions::new(id, "127.0.0.1", broker.port);
+        MqttPen::connect_port(broker.port, id).await
+    }
+
+    /// Connects to a broker on 127.0.0.1:`port`.
+    pub(crate) async fn connect_port(port: u16, id: &str) -> MqttPen {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_max_packet_size(8 << 20, 8 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         client
@@ -63,7 +68,7 @@ impl MqttPen {
         }
     }
 
-    async fn publish_raw(&self, topic_device: &str, payload: Vec<u8>) {
+    pub(crate) async fn publish_raw(&self, topic_device: &str, payload: Vec<u8>) {
         let topic = format!("pentrace/v1/devices/{topic_device}/up");
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -71,12 +76,12 @@ impl MqttPen {
             .expect("publish");
     }
 
-    async fn send(&self, msg: &pb::DeviceMessage) {
+    pub(crate) async fn send(&self, msg: &pb::DeviceMessage) {
         self.publish_raw(&self.id, msg.encode_to_vec()).await;
     }
 
     /// Waits for an ack covering `seq`; returns the other downlinks seen.
-    async fn wait_ack(&mut self, seq: u64) -> Vec<pb::DeviceDownlink> {
+    pub(crate) async fn wait_ack(&mut self, seq: u64) -> Vec<pb::DeviceDownlink> {
         let mut others = Vec::new();
         loop {
             let d = tokio::time::timeout(Duration::from_secs(20), self.downlinks.recv())
@@ -91,7 +96,7 @@ impl MqttPen {
     }
 }
 
-fn heartbeat(device: &str, seq: u64) -> pb::DeviceMessage {
+pub(crate) fn heartbeat(device: &str, seq: u64) -> pb::DeviceMessage {
     pb::DeviceMessage {
         device_id: device.into(),
         seq,
@@ -103,7 +108,7 @@ fn heartbeat(device: &str, seq: u64) -> pb::DeviceMessage {
     }
 }
 
-fn session_start(device: &str, seq: u64, session: &str, udi: &str) -> pb::DeviceMessage {
+pub(crate) fn session_start(device: &str, seq: u64, session: &str, udi: &str) -> pb::DeviceMessage {
     pb::DeviceMessage {
         device_id: device.into(),
         seq,

@@ -10,20 +10,52 @@ use crate::helpers::{TestApp, spawn_app_with};
 use crate::ingest::http_get;
 
 /// Every fault kind, often enough that each occurs in a few sessions.
-const EVERY_FAULT: &str = "reuse=0.05,moved=0.05,expired=0.04,recalled=0.04,unknown=0.04,\
-bad_udi=0.04,resume=0.05,depth=0.06,skew=0.04,disconnect=0.04,dup=0.05,reorder=0.03";
+const EVERY_FAULT: &str = "reuse=0.08,moved=0.05,expired=0.04,recalled=0.04,unknown=0.04,\
+bad_udi=0.04,resume=0.08,depth=0.06,skew=0.04,disconnect=0.04,dup=0.05,reorder=0.03";
 
 const FAULT_KINDS: [&str; 12] = [
-    "reuse", "moved", "expired", "recalled", "unknown", "bad_udi", "resume", "depth", "skew",
-    "disconnect", "dup", "reorder",
+    "reuse",
+    "moved",
+    "expired",
+    "recalled",
+    "unknown",
+    "bad_udi",
+    "resume",
+    "depth",
+    "skew",
+    "disconnect",
+    "dup",
+    "reorder",
 ];
 
-fn sim_command(app: &TestApp, transport: &str, broker: Option<&Broker>, truth: &str, extra: &[&str]) -> Command {
+fn sim_command(
+    app: &TestApp,
+    transport: &str,
+    broker: Option<&Broker>,
+    truth: &str,
+    extra: &[&str],
+) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pentrace"));
-    cmd.args(["sim", "--transport", transport, "--grpc-url", &app.grpc, "--token", &app.admin_token])
-        .args(["--clinic", "sim-clinic", "--seed", "20261125", "--setup", "--verify", "--quiet"])
-        .args(["--faults", EVERY_FAULT, "--truth", truth])
-        .args(extra);
+    cmd.args([
+        "sim",
+        "--transport",
+        transport,
+        "--grpc-url",
+        &app.grpc,
+        "--token",
+        &app.admin_token,
+    ])
+    .args([
+        "--clinic",
+        "sim-clinic",
+        "--seed",
+        "20261125",
+        "--setup",
+        "--verify",
+        "--quiet",
+    ])
+    .args(["--faults", EVERY_FAULT, "--truth", truth])
+    .args(extra);
     if let Some(b) = broker {
         cmd.args(["--mqtt-url", &b.url]);
     }
@@ -31,34 +63,69 @@ fn sim_command(app: &TestApp, transport: &str, broker: Option<&Broker>, truth: &
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Every fault kind was injected at least once.
 fn assert_every_fault_injected(truth: &str) {
     let lines = std::fs::read_to_string(truth).expect("truth file");
     for kind in FAULT_KINDS {
-        assert!(lines.contains(&format!("\"fault\":\"{kind}\"")), "no {kind} fault was injected:\n{lines}");
+        assert!(
+            lines.contains(&format!("\"fault\":\"{kind}\"")),
+            "no {kind} fault was injected:\n{lines}"
+        );
     }
 }
 
 fn truth_file() -> String {
-    std::env::temp_dir().join(format!("pentrace-truth-{}.jsonl", uuid::Uuid::new_v4().simple())).to_string_lossy().into_owned()
+    std::env::temp_dir()
+        .join(format!(
+            "pentrace-truth-{}.jsonl",
+            uuid::Uuid::new_v4().simple()
+        ))
+        .to_string_lossy()
+        .into_owned()
 }
 
 async fn verified_run(transport: &str) {
     let broker = Broker::start();
-    let args = ["--mqtt-url", broker.url.as_str(), "--mqtt-client-id", "pentrace-sim-test"];
+    let args = [
+        "--mqtt-url",
+        broker.url.as_str(),
+        "--mqtt-client-id",
+        "pentrace-sim-test",
+    ];
     let app = spawn_app_with(&args, &[]).await;
     let truth = truth_file();
-    let extra = ["--devices", "50", "--sessions", "3", "--batches", "5", "--compression", "600"];
+    let extra = [
+        "--devices",
+        "50",
+        "--sessions",
+        "4",
+        "--batches",
+        "5",
+        "--compression",
+        "600",
+    ];
     let mut cmd = sim_command(&app, transport, Some(&broker), &truth, &extra);
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join").expect("run sim");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run sim");
     let report = text(&out);
-    assert!(out.status.success(), "sim --verify over {transport} failed:\n{report}");
+    assert!(
+        out.status.success(),
+        "sim --verify over {transport} failed:\n{report}"
+    );
     assert_every_fault_injected(&truth);
     // Belt and braces beside the simulator's own check: no message key twice.
-    let doubled = app.count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages").await;
+    let doubled = app
+        .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")
+        .await;
     assert_eq!(doubled, 0);
     let _ = std::fs::remove_file(&truth);
 }
@@ -76,7 +143,9 @@ async fn fifty_pens_with_every_fault_over_grpc_are_judged_exactly() {
 /// Duplicates the server recognised, from its metrics (a killed server's
 /// count since its last scrape is lost, so this is a lower bound).
 async fn duplicates_seen(app: &TestApp) -> u64 {
-    let metrics = http_get(&format!("{}/metrics", app.http)).await.unwrap_or_default();
+    let metrics = http_get(&format!("{}/metrics", app.http))
+        .await
+        .unwrap_or_default();
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("pentrace_ingest_duplicates_total "))
@@ -87,33 +156,64 @@ async fn duplicates_seen(app: &TestApp) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_mqtt_ingest_loses_nothing_and_doubles_nothing() {
     let broker = Broker::start();
-    let args = ["--mqtt-url", broker.url.as_str(), "--mqtt-client-id", "pentrace-crash-test"];
+    // A fixed gRPC address: the simulator verifies against the server that
+    // runs after the last crash.
+    let grpc = format!("127.0.0.1:{}", crate::broker::free_port());
+    let args = [
+        "--mqtt-url",
+        broker.url.as_str(),
+        "--mqtt-client-id",
+        "pentrace-crash-test",
+        "--grpc-addr",
+        grpc.as_str(),
+    ];
     let mut app = spawn_app_with(&args, &[]).await;
     let truth = truth_file();
     // Paced so the run lasts long enough for three crashes.
-    let extra = ["--devices", "20", "--sessions", "4", "--batches", "25", "--compression", "20", "--ack-timeout-s", "60"];
-    let mut sim: Child = sim_command(&app, "mqtt", Some(&broker), &truth, &extra)
+    let extra = [
+        "--devices",
+        "20",
+        "--sessions",
+        "4",
+        "--batches",
+        "25",
+        "--compression",
+        "100",
+        "--ack-timeout-s",
+        "60",
+    ];
+    let sim: Child = sim_command(&app, "mqtt", Some(&broker), &truth, &extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sim");
     let mut duplicates = 0;
-    for pause_ms in [1500u64, 2300, 1700] {
+    for pause_ms in [1500u64, 1900, 1300] {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         duplicates += duplicates_seen(&app).await;
         let status = app.server.signal("KILL");
         assert!(!status.success(), "SIGKILL ends the server abruptly");
         app.restart(&args, &[]).await;
     }
-    let out = tokio::task::spawn_blocking(move || sim.wait_with_output()).await.expect("join").expect("sim");
+    let out = tokio::task::spawn_blocking(move || sim.wait_with_output())
+        .await
+        .expect("join")
+        .expect("sim");
     duplicates += duplicates_seen(&app).await;
     let report = text(&out);
-    assert!(out.status.success(), "after three SIGKILLs the simulator's verification failed:\n{report}");
+    assert!(
+        out.status.success(),
+        "after three SIGKILLs the simulator's verification failed:\n{report}"
+    );
     let stored = app.count("SELECT count(*) FROM device_messages").await;
-    let doubled = app.count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages").await;
+    let doubled = app
+        .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")
+        .await;
     assert_eq!(doubled, 0);
     // The counts for the closing note (visible with --no-capture).
-    println!("crash test: stored {stored} messages, {duplicates} redeliveries recognised as duplicates (at least), 0 stored twice");
+    println!(
+        "crash test: stored {stored} messages, {duplicates} redeliveries recognised as duplicates (at least), 0 stored twice"
+    );
     println!("{report}");
     let _ = std::fs::remove_file(&truth);
 }

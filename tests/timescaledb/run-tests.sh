@@ -55,14 +55,16 @@ say "$(head -1 "$log")"
 url="postgres://postgres@127.0.0.1:$port/postgres"
 
 # The whole workspace is built, as the main test step builds it, so that
-# step reuses these artifacts; only the store's tests run. One at a time
+# step reuses these artifacts; only the store conformance suite's PostgreSQL
+# instances run (`<area>::postgres::<test>`; the SQLite ones need no
+# server and run in the main test step). One at a time
 # (--no-capture implies it): the server has one connection. --no-capture
 # also shows the skip lines; libtest's per-test chatter is left out of the
 # display (the log keeps it), failures and panics are not.
 say "store tests on TimescaleDB"
 set +e
 PENTRACE_TEST_TIMESCALEDB_URL=$url cargo nextest run --workspace --locked --profile ci \
-    --no-capture -E 'package(pentrace-store) & binary(postgres)' 2>&1 \
+    --no-capture -E 'package(pentrace-store) & binary(store) & test(/::postgres::/)' 2>&1 \
     | tee "$log.tests" \
     | grep --line-buffered -vE '^(running 1 test|test result: ok\..*|test .* \.\.\. ok|\s+START .*|)$'
 tests_rc=${PIPESTATUS[0]}

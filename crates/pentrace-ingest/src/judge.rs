@@ -274,7 +274,7 @@ impl<'f> Work<'f> {
                     .insert(ctx.session_id.clone(), self.out.sessions.len());
                 self.out
                     .sessions
-                    .push(session_write(msg, ctx, ident, device));
+                    .push(session_write(env, ctx, ident, device, policy));
                 let last = self.out.sessions.len() - 1;
                 &mut self.out.sessions[last]
             }
@@ -286,7 +286,7 @@ impl<'f> Work<'f> {
         write.add_active_ms += active_ms;
         write.add_samples += samples;
         write.max_depth_um = write.max_depth_um.max(depth);
-        merge_body(write, &msg.body);
+        merge_body(write, env, policy);
     }
 
     fn track_device(&mut self, env: &Envelope, device: &DeviceState) {
@@ -405,12 +405,18 @@ fn sample_block(
     }
 }
 
+/// A session as first stored. Its times are skew-corrected (when the pen's
+/// clock was off by more than the window), as the rules judged them, so
+/// period queries and later recalls see when the session really happened;
+/// the message rows keep the raw device and server times.
 fn session_write(
-    msg: &DeviceMessage,
+    env: &Envelope,
     ctx: &SessionContext,
     ident: Option<&Identified>,
     device: &DeviceState,
+    policy: &Policy,
 ) -> SessionWrite {
+    let msg = &env.message;
     let udi = ident.and_then(Identified::udi);
     SessionWrite {
         session_id: ctx.session_id.clone(),
@@ -428,7 +434,7 @@ fn session_write(
         patient_ref: ctx.patient_ref.clone(),
         operator_ref: String::new(),
         firmware: String::new(),
-        started_at: ctx.started_at,
+        started_at: rules::corrected(ctx.started_at, msg.sent_at, env.received_at, policy),
         ended_at: None,
         add_strokes: 0,
         add_active_ms: 0,
@@ -437,8 +443,9 @@ fn session_write(
     }
 }
 
-fn merge_body(write: &mut SessionWrite, body: &Body) {
-    match body {
+fn merge_body(write: &mut SessionWrite, env: &Envelope, policy: &Policy) {
+    let msg = &env.message;
+    match &msg.body {
         Body::SessionStart(s) => {
             if write.operator_ref.is_empty() {
                 write.operator_ref = s.operator_ref.clone();
@@ -447,7 +454,10 @@ fn merge_body(write: &mut SessionWrite, body: &Body) {
                 write.firmware = s.firmware.clone();
             }
         }
-        Body::SessionEnd(e) => write.ended_at = Some(e.ended_at),
+        Body::SessionEnd(e) => {
+            let ended = rules::corrected(e.ended_at, msg.sent_at, env.received_at, policy);
+            write.ended_at = Some(ended);
+        }
         _ => {}
     }
 }

@@ -23,6 +23,7 @@ use crate::grpc::fleet::FleetService;
 use crate::grpc::registry::RegistryService;
 use crate::grpc::telemetry::TelemetryService;
 use crate::http::{self, HttpState};
+use crate::mqtt::embedded::{EmbeddedBroker, EmbeddedConfig};
 
 /// Why the application could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,8 @@ pub struct Application {
     store: Arc<dyn Store>,
     grpc: TcpListener,
     http: TcpListener,
+    /// The embedded MQTT broker, when no external one is configured.
+    broker: Option<EmbeddedBroker>,
     shutdown: CancellationToken,
 }
 
@@ -83,11 +86,25 @@ impl Application {
         let store = PgStore::connect_as(url, config.database_max_connections, role).await?;
         let grpc = bind(config.grpc_addr).await?;
         let http = bind(config.http_addr).await?;
+        let broker = if config.mqtt.uses_embedded() {
+            let embedded = EmbeddedConfig {
+                port: config.mqtt.embedded_port,
+                max_message_bytes: config.max_message_bytes,
+                consumer_client_id: config.mqtt.client_id.clone(),
+            };
+            let broker = EmbeddedBroker::start(&embedded)
+                .await
+                .map_err(|e| AppError::Mqtt(e.to_string()))?;
+            Some(broker)
+        } else {
+            None
+        };
         Ok(Application {
             config,
             store: Arc::new(store),
             grpc,
             http,
+            broker,
             shutdown: CancellationToken::new(),
         })
     }
@@ -104,7 +121,11 @@ impl Application {
     /// One line saying where it listens and what it uses.
     pub fn summary(&self) -> String {
         let ports = self.ports();
-        let mqtt = self.config.mqtt.url.as_deref().unwrap_or("off");
+        let mqtt = match (&self.broker, &self.config.mqtt.url) {
+            (Some(broker), _) => format!("embedded:{}", broker.addr()),
+            (None, Some(url)) => url.clone(),
+            (None, None) => "off".to_owned(),
+        };
         format!(
             "pentrace serving: grpc=127.0.0.1:{} http=127.0.0.1:{} store={} mqtt={mqtt}",
             ports.grpc,
@@ -133,16 +154,24 @@ impl Application {
             store,
             grpc,
             http,
+            broker,
             shutdown,
         } = self;
         // On shutdown the writer stops waiting out a store outage: whatever
         // is not committed by then is not acknowledged, and is resent.
         let (pipeline, ingest) =
             Pipeline::start(store.clone(), config.ingest_config(), shutdown.clone());
-        let mqtt = match &config.mqtt.url {
+        let mut mqtt_settings = config.mqtt.clone();
+        if let Some(broker) = &broker {
+            mqtt_settings.url = Some(broker.url());
+            // This process is the embedded broker's only consumer, and
+            // rumqttd's shared subscriptions lose unacked messages.
+            mqtt_settings.shared_subscription = false;
+        }
+        let mqtt = match &mqtt_settings.url {
             Some(_) => Some(
                 crate::mqtt::spawn(
-                    &config.mqtt,
+                    &mqtt_settings,
                     ingest.clone(),
                     config.max_message_bytes,
                     shutdown.clone(),
@@ -201,6 +230,10 @@ impl Application {
         tracing::info!("listeners closed; draining the ingest pipeline");
         if let Some(mqtt) = mqtt {
             let _ = mqtt.await;
+        }
+        // Only once the consumer has acked and disconnected.
+        if let Some(broker) = broker {
+            broker.stop().await;
         }
         pipeline.drained().await;
         grpc_result?;

@@ -14,6 +14,7 @@ use pentrace_ingest::IngestConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::mqtt::embedded::TOPIC_ALLOWANCE;
 use crate::mqtt::{MqttSettings, parse_url};
 
 /// Everything `pentrace serve` can be told.
@@ -149,11 +150,29 @@ pub enum ConfigError {
 /// service links.
 fn ignored_env(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    // Kubernetes injects PENTRACE_SERVICE_HOST, PENTRACE_PORT_50051_TCP, …
-    // for a Service named `pentrace`.
-    let service_link = key.starts_with("service_") || key == "port" || key.starts_with("port_");
-    key == "config" || key.starts_with("test") || service_link
+    let top = key.split("__").next().unwrap_or_default();
+    !CONFIG_KEYS.contains(&top)
 }
+
+/// Top-level keys `PENTRACE_*` variables may set. Other `PENTRACE_*`
+/// variables belong to other commands (`PENTRACE_AUDIT_KEY`, the tests'
+/// `PENTRACE_TEST_*`) or to Kubernetes service links
+/// (`PENTRACE_SERVICE_HOST`, `PENTRACE_PORT_…`), and are not the server's.
+const CONFIG_KEYS: [&str; 13] = [
+    "grpc_addr",
+    "http_addr",
+    "database_url",
+    "database_max_connections",
+    "database_role",
+    "auto_register",
+    "default_clinic",
+    "max_message_bytes",
+    "log_format",
+    "ingest",
+    "policy",
+    "mqtt",
+    "audit",
+];
 
 /// Values given on the command line; `None` = not given.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -177,6 +196,11 @@ pub struct MqttOverrides {
     pub url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// `Some(false)`: no MQTT at all (`--no-mqtt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedded: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedded_port: Option<u16>,
 }
 
 impl Config {
@@ -240,6 +264,19 @@ impl Config {
                 "must exceed max_message_bytes",
             ));
         }
+        // The embedded broker lets through packets up to this size; the
+        // consumer must read them, or one would break its connection over
+        // and over.
+        if self.mqtt.uses_embedded()
+            && self.mqtt.max_packet_bytes < self.max_message_bytes + TOPIC_ALLOWANCE
+        {
+            return Err(ConfigError::Invalid {
+                key: "mqtt.max_packet_bytes",
+                problem: format!(
+                    "must be at least max_message_bytes + {TOPIC_ALLOWANCE} with the embedded broker"
+                ),
+            });
+        }
         if self.default_clinic.trim().is_empty() {
             return Err(invalid("default_clinic", "must not be empty"));
         }
@@ -297,6 +334,68 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_configuration_keys_are_read_from_the_environment() {
+        for other in [
+            "TOKEN",
+            "AUDIT_KEY",
+            "TEST_DATABASE_URL",
+            "SERVICE_HOST",
+            "PORT_50051_TCP",
+            "CONFIG",
+        ] {
+            assert!(ignored_env(other), "{other}");
+        }
+        for key in [
+            "GRPC_ADDR",
+            "mqtt__url",
+            "INGEST__BATCH_MAX_MESSAGES",
+            "AUDIT__CHECKPOINT_KEY",
+        ] {
+            assert!(!ignored_env(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_embedded_broker_is_the_default_and_a_url_or_no_mqtt_turns_it_off() {
+        let config = Config::load(None, &Overrides::default()).expect("defaults");
+        assert!(config.mqtt.uses_embedded());
+        assert_eq!(config.mqtt.embedded_port, 1883);
+        // Not a key: set only by the application for the embedded broker.
+        assert!(config.mqtt.shared_subscription);
+        let with = |mqtt: MqttOverrides| Overrides {
+            mqtt: Some(mqtt),
+            ..Overrides::default()
+        };
+        let port = Config::load(
+            None,
+            &with(MqttOverrides {
+                embedded_port: Some(0),
+                ..MqttOverrides::default()
+            }),
+        )
+        .expect("port 0");
+        assert_eq!(port.mqtt.embedded_port, 0);
+        let external = Config::load(
+            None,
+            &with(MqttOverrides {
+                url: Some("mqtt://127.0.0.1:1884".into()),
+                ..MqttOverrides::default()
+            }),
+        )
+        .expect("url");
+        assert!(!external.mqtt.uses_embedded());
+        let off = Config::load(
+            None,
+            &with(MqttOverrides {
+                embedded: Some(false),
+                ..MqttOverrides::default()
+            }),
+        )
+        .expect("off");
+        assert!(!off.mqtt.uses_embedded() && off.mqtt.url.is_none());
     }
 
     #[test]

@@ -6,10 +6,18 @@ use tracing_subscriber::prelude::*;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
+/// Without `RUST_LOG`: `info`, but of the embedded MQTT broker (rumqttd)
+/// only the warning that a lagging consumer lost messages (its commit log
+/// dropped them, `rumqttd::segments`): rumqttd reports every ordinary
+/// disconnect at ERROR level, twice. `RUST_LOG=info` shows them all.
+pub const DEFAULT_FILTER: &str = "info,rumqttd=off,rumqttd::segments=warn";
+
+/// Installs the global subscriber; `RUST_LOG` filters (default
+/// [`DEFAULT_FILTER`]).
 /// Returns false when one was already installed (tests start many apps).
 pub fn init(format: LogFormat) -> bool {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
         LogFormat::Text => registry

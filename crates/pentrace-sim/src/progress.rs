@@ -62,11 +62,14 @@ async fn report(
     };
     let start = Instant::now();
     let mut ticker = tokio::time::interval_at(start + every, every);
+    let mut last = Snapshot::take(&counters, start);
     loop {
         tokio::select! {
             _ = &mut stopped => break,
             _ = ticker.tick() => {
-                let text = line(&counters, total, start.elapsed());
+                let now = Snapshot::take(&counters, Instant::now());
+                let text = line(&counters, total, start, &last, &now);
+                last = now;
                 let mut err = std::io::stderr().lock();
                 let _ = if live {
                     write!(err, "\r\x1b[K{text}")
@@ -82,20 +85,37 @@ async fn report(
     }
 }
 
-fn line(c: &Counters, total: u64, elapsed: Duration) -> String {
+/// Acked counts at one moment, for the current rate.
+struct Snapshot {
+    at: Instant,
+    acked: u64,
+    samples: u64,
+}
+
+impl Snapshot {
+    fn take(c: &Counters, at: Instant) -> Snapshot {
+        Snapshot {
+            at,
+            acked: Counters::get(&c.acked),
+            samples: Counters::get(&c.samples_acked),
+        }
+    }
+}
+
+/// Totals so far, and the committed rate since the previous line.
+fn line(c: &Counters, total: u64, start: Instant, last: &Snapshot, now: &Snapshot) -> String {
     let get = Counters::get;
-    let secs = elapsed.as_secs_f64().max(0.001);
-    let acked = get(&c.acked);
+    let window = now.at.duration_since(last.at).as_secs_f64().max(0.001);
     format!(
         "[{:>6.1} s] sent {}/{} msgs ({} dup, {} resent) · acked {} · {:.0} msg/s · {:.0} samples/s · {} reconnects",
-        secs,
+        now.at.duration_since(start).as_secs_f64(),
         get(&c.messages),
         total,
         get(&c.duplicates),
         get(&c.resends),
-        acked,
-        acked as f64 / secs,
-        get(&c.samples_acked) as f64 / secs,
+        now.acked,
+        now.acked.saturating_sub(last.acked) as f64 / window,
+        now.samples.saturating_sub(last.samples) as f64 / window,
         get(&c.reconnects),
     )
 }

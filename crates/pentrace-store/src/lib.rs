@@ -158,7 +158,7 @@ pub enum CommitOutcome {
 /// The storage behind pentrace.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// A short name for logs and `pentrace status` ("postgres").
+    /// A short name for logs and `pentrace status` ("postgres", "sqlite").
     fn kind(&self) -> &'static str;
     /// Cheap liveness check (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;

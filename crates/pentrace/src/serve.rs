@@ -35,12 +35,22 @@ pub struct ServeArgs {
     /// Register unknown devices to the default clinic instead of rejecting them.
     #[arg(long)]
     auto_register: bool,
-    /// MQTT broker to consume device messages from (mqtt://host:port).
-    #[arg(long)]
+    /// External MQTT broker to consume device messages from
+    /// (mqtt://host:port); without it, pentrace runs its own broker on
+    /// 127.0.0.1.
+    #[arg(long, conflicts_with = "no_mqtt")]
     mqtt_url: Option<String>,
     /// Fixed MQTT client id of this process (persistent session).
     #[arg(long)]
     mqtt_client_id: Option<String>,
+    /// Port of the embedded MQTT broker on 127.0.0.1 (default 1883; 0 = any
+    /// free port, printed at start-up).
+    #[arg(long, value_name = "PORT", conflicts_with_all = ["mqtt_url", "no_mqtt"])]
+    mqtt_port: Option<u16>,
+    /// No MQTT at all: neither the embedded broker nor an external one
+    /// (devices then use gRPC only).
+    #[arg(long)]
+    no_mqtt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -70,9 +80,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtt: Some(MqttOverrides {
             url: args.mqtt_url,
             client_id: args.mqtt_client_id,
+            embedded: args.no_mqtt.then_some(false),
+            embedded_port: args.mqtt_port,
         }),
     };
-    let config = load(&args.common, overrides)?;
+    let mut config = load(&args.common, overrides)?;
+    if args.no_mqtt {
+        // Also over a broker URL from the file or the environment.
+        config.mqtt.url = None;
+    }
     telemetry::init(config.log_format);
     runtime()?.block_on(async {
         let app = Application::build(config)

@@ -19,7 +19,8 @@ struct DeviceAcks {
     /// Stored seqs above the last ack.
     stored: BTreeSet<u64>,
     /// Lowest rejected seq, if any.
-    barrier: Option<u64>,
+    /// Rejected seqs not stored since: the lowest is a barrier.
+    rejected: BTreeSet<u64>,
     acked: u64,
 }
 
@@ -43,11 +44,20 @@ impl AckTracker {
             }
         }
         if stored {
+            // A rejected seq that is stored later (resent once its device
+            // was registered) no longer holds acks back.
+            d.rejected.remove(&seq);
             d.stored.insert(seq);
         } else {
-            d.barrier = Some(d.barrier.map_or(seq, |b| b.min(seq)));
+            d.rejected.insert(seq);
         }
         d.advance()
+    }
+
+    /// The last ack of a device (0 = none yet), to repeat it to a pen that
+    /// resends what was already acknowledged.
+    pub fn current(&self, device_id: &str) -> u64 {
+        self.devices.get(device_id).map_or(0, |d| d.acked)
     }
 
     /// Messages submitted whose outcome has not arrived.
@@ -65,7 +75,8 @@ impl DeviceAcks {
             .keys()
             .copied()
             .find(|s| *s > self.acked && !self.stored.contains(s));
-        let limit = [waiting, self.barrier].into_iter().flatten().min();
+        let barrier = self.rejected.first().copied();
+        let limit = [waiting, barrier].into_iter().flatten().min();
         let candidate = match limit {
             Some(l) => self.stored.range(..l).next_back().copied(),
             None => self.stored.last().copied(),
@@ -105,6 +116,18 @@ mod tests {
         assert_eq!(t.resolved("p", 1, true), Some(1));
         assert_eq!(t.resolved("p", 2, false), None);
         assert_eq!(t.resolved("p", 3, true), None);
+    }
+
+    #[test]
+    fn a_rejected_seq_stored_later_lifts_the_barrier() {
+        let mut t = AckTracker::default();
+        t.received("p", 1);
+        t.received("p", 2);
+        assert_eq!(t.resolved("p", 1, false), None);
+        assert_eq!(t.resolved("p", 2, true), None);
+        t.received("p", 1);
+        assert_eq!(t.resolved("p", 1, true), Some(2));
+        assert_eq!(t.current("p"), 2);
     }
 
     #[test]

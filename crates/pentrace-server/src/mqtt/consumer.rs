@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::intake::{Inbound, Intake};
-use super::{MqttSettings, SUBSCRIPTION, connect, downlink, parse_url};
+use super::{MqttSettings, connect, downlink, parse_url};
 
 /// Starts the consumer; the returned task ends once every message taken
 /// from the broker is committed and acknowledged after `shutdown`.
@@ -29,6 +29,7 @@ pub fn spawn(
     let poller = tokio::spawn(poll(
         eventloop,
         client.clone(),
+        settings.subscription(),
         events_tx,
         stop_polling.clone(),
     ));
@@ -54,6 +55,7 @@ pub fn spawn(
 async fn poll(
     mut eventloop: EventLoop,
     client: AsyncClient,
+    filter: &'static str,
     events: mpsc::UnboundedSender<Inbound>,
     stop: CancellationToken,
 ) {
@@ -71,7 +73,7 @@ async fn poll(
                 failures = 0;
                 tracing::info!(session_present = ack.session_present, "mqtt connected");
                 if !ack.session_present {
-                    subscribe(&client);
+                    subscribe(&client, filter);
                 }
                 let _ = events.send(Inbound::Connected);
             }
@@ -93,9 +95,9 @@ async fn poll(
     }
 }
 
-fn subscribe(client: &AsyncClient) {
+fn subscribe(client: &AsyncClient, filter: &str) {
     // try_: the poll loop must never wait on its own request queue.
-    if let Err(e) = client.try_subscribe(SUBSCRIPTION, QoS::AtLeastOnce) {
+    if let Err(e) = client.try_subscribe(filter, QoS::AtLeastOnce) {
         tracing::error!(error = %e, "cannot queue the mqtt subscription");
     }
 }

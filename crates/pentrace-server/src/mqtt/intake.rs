@@ -191,11 +191,18 @@ impl Intake {
         if ids.is_empty() {
             self.waiting.remove(&key);
         }
-        if let Some(ack) = self
-            .acks
-            .resolved(&o.device_id, o.seq, o.disposition.is_stored())
-        {
-            self.publish_ack(&o.device_id, ack).await;
+        let stored = o.disposition.is_stored();
+        match self.acks.resolved(&o.device_id, o.seq, stored) {
+            Some(ack) => self.publish_ack(&o.device_id, ack).await,
+            // A pen that resends what was acknowledged (it missed the ack)
+            // hears the current ack again, or it would wait forever.
+            None if o.disposition == Disposition::Duplicate => {
+                let ack = self.acks.current(&o.device_id);
+                if ack >= o.seq {
+                    self.publish_ack(&o.device_id, ack).await;
+                }
+            }
+            None => {}
         }
     }
 

@@ -10,12 +10,17 @@ use serde::{Deserialize, Serialize};
 
 mod consumer;
 mod downlink;
+pub mod embedded;
 mod intake;
 
 pub use consumer::spawn;
 
 /// The shared subscription every pentrace process joins.
 pub const SUBSCRIPTION: &str = "$share/pentrace/pentrace/v1/devices/+/up";
+
+/// The same topics without the shared group, for the embedded broker (see
+/// [`MqttSettings::shared_subscription`]).
+pub const PLAIN_SUBSCRIPTION: &str = "pentrace/v1/devices/+/up";
 
 /// Topic a device publishes on.
 pub fn up_topic(device_id: &str) -> String {
@@ -44,8 +49,15 @@ pub fn device_of_topic(topic: &str) -> Option<&str> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttSettings {
-    /// `mqtt://host:port` of the broker; unset = no MQTT ingest.
+    /// `mqtt://host:port` of an external broker; unset = the embedded
+    /// broker (unless `embedded` is false).
     pub url: Option<String>,
+    /// Start the embedded broker when no `url` is set; false (and no
+    /// `url`) = no MQTT ingest at all.
+    pub embedded: bool,
+    /// Port of the embedded broker on 127.0.0.1 (0 = any free port; the
+    /// start-up line names the one taken).
+    pub embedded_port: u16,
     /// Fixed client id of this process (persistent session): give each
     /// process of a deployment its own.
     pub client_id: String,
@@ -56,16 +68,27 @@ pub struct MqttSettings {
     /// message limit so an oversized payload is counted and acked instead of
     /// breaking the connection (and being redelivered forever).
     pub max_packet_bytes: usize,
+    /// Consume through [`SUBSCRIPTION`] (shared) rather than
+    /// [`PLAIN_SUBSCRIPTION`]. Not a configuration key: the application
+    /// turns it off for the embedded broker, whose only consumer is this
+    /// process, because rumqttd 0.20's shared subscriptions lose a
+    /// persistent session's unacknowledged messages (its router panics
+    /// when such a consumer disconnects with messages in flight).
+    #[serde(skip)]
+    pub shared_subscription: bool,
 }
 
 impl Default for MqttSettings {
     fn default() -> Self {
         MqttSettings {
             url: None,
+            embedded: true,
+            embedded_port: 1883,
             client_id: "pentrace-1".into(),
             username: None,
             password: None,
             max_packet_bytes: 4 * 1024 * 1024,
+            shared_subscription: true,
         }
     }
 }
@@ -85,6 +108,23 @@ pub fn parse_url(url: &str) -> Result<(String, u16), String> {
         return Err(format!("no host in {url:?}"));
     }
     Ok((host.to_owned(), port))
+}
+
+impl MqttSettings {
+    /// Whether `pentrace serve` starts the embedded broker: no external
+    /// broker configured, and MQTT not turned off.
+    pub fn uses_embedded(&self) -> bool {
+        self.url.is_none() && self.embedded
+    }
+
+    /// The filter the consumer subscribes to.
+    pub fn subscription(&self) -> &'static str {
+        if self.shared_subscription {
+            SUBSCRIPTION
+        } else {
+            PLAIN_SUBSCRIPTION
+        }
+    }
 }
 
 /// Connection options: persistent session, fixed client id, manual acks.

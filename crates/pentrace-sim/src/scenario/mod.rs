@@ -215,27 +215,30 @@ pub struct TruthRecord {
 /// Plans the whole run: pure, so the same inputs give the same scenario.
 /// `seq_bases[i]` is the last seq pen `i` already used (0 for a new pen).
 pub fn plan(config: &SimConfig, t0: DateTime<Utc>, seq_bases: &[u64]) -> Scenario {
+    let base = |i: usize| seq_bases.get(i).copied().unwrap_or(0);
+    let seed = |i: usize| pen_seed(config, i, base(i));
     let mut pens: Vec<PenPlan> = (0..config.devices)
-        .map(|i| sessions::plan_pen(config, t0, i, pen_seed(config, i)))
+        .map(|i| sessions::plan_pen(config, t0, i, seed(i)))
         .collect();
-    moved::resolve(&mut pens, |i| pen_seed(config, i));
+    moved::resolve(&mut pens, seed);
     for pen in &mut pens {
-        let base = seq_bases.get(pen.index).copied().unwrap_or(0);
-        sends::number(pen, base, pen_seed(config, pen.index));
+        sends::number(pen, base(pen.index), seed(pen.index));
     }
     let sources = sends::sources(&pens);
     let mut truth = Vec::new();
     for pen in &mut pens {
-        let seed = pen_seed(config, pen.index);
-        truth.extend(sends::plan_sends(config, pen, &sources, seed));
+        let pen_seed = seed(pen.index);
+        truth.extend(sends::plan_sends(config, pen, &sources, pen_seed));
     }
     Scenario { t0, pens, truth }
 }
 
-/// The seed of pen `i`: independent per pen, and per clinic so that two
-/// clinics simulated with one seed never share session ids or serials.
-pub fn pen_seed(config: &SimConfig, i: usize) -> u64 {
-    mix(config.seed, &[fnv1a(&config.clinic), i as u64])
+/// The seed of pen `i`: independent per pen; per clinic, so that two
+/// clinics simulated with one seed never share session ids or serials; and
+/// per seq base, so that a second run against the same server (which
+/// continues the pens' seqs) makes new sessions and cartridges too.
+pub fn pen_seed(config: &SimConfig, i: usize, seq_base: u64) -> u64 {
+    mix(config.seed, &[fnv1a(&config.clinic), i as u64, seq_base])
 }
 
 fn fnv1a(text: &str) -> u64 {

@@ -363,3 +363,14 @@ fn rates_are_roughly_honoured() {
     assert_eq!(by_kind.len(), 2);
     let _ = FaultRates::none();
 }
+
+#[test]
+fn a_second_run_against_the_same_server_makes_new_sessions() {
+    let c = config(2, 2, "none", 5);
+    let first = plan(&c, t0(), &[0, 0]);
+    let again = plan(&c, t0(), &[0, 0]);
+    let second = plan(&c, t0(), &[22, 22]);
+    let ids = |s: &Scenario| s.pens[1].sessions[0].session_id.clone();
+    assert_eq!(ids(&first), ids(&again));
+    assert_ne!(ids(&first), ids(&second));
+}

@@ -13,7 +13,12 @@ use crate::{
     StoreResult, User,
 };
 
-pub(crate) fn user_draft(action: &str, user: &User, actor: &Actor, extra: serde_json::Value) -> AuditDraft {
+pub(crate) fn user_draft(
+    action: &str,
+    user: &User,
+    actor: &Actor,
+    extra: serde_json::Value,
+) -> AuditDraft {
     AuditDraft {
         clinic_id: GLOBAL_CHAIN.into(),
         actor: actor.clone(),

@@ -240,7 +240,10 @@ async fn exposure_flags(
 ) -> StoreResult<Vec<NewFlag>> {
     let sessions: Vec<(Uuid, String, String, Option<String>)> = sqlx::query_as(
         "SELECT session_id, clinic_id, device_id, cartridge_id FROM sessions \
-         WHERE gtin = $1 AND lot = $2 AND started_at < $3 ORDER BY started_at, session_id",
+         WHERE gtin = $1 AND lot = $2 AND started_at < $3 \
+           AND NOT EXISTS (SELECT 1 FROM flags f WHERE f.session_id = sessions.session_id \
+                           AND f.kind = 'CARTRIDGE_RECALLED') \
+         ORDER BY started_at, session_id",
     )
     .bind(gtin)
     .bind(lot)

@@ -4,11 +4,17 @@
 //! claims, then the session rows the batch was judged on) go first, so a lost
 //! race is found before any bulk work and the transaction rolls back as
 //! `CommitOutcome::Conflict`. SQLite has one writer at a time, so there is no
-//! lock order to keep; rows are still written in key order so both stores
-//! report the same first conflict.
+//! lock order to keep; keys are still sorted so both stores name the same
+//! first conflict. The arbiters take the whole batch in one statement each
+//! (a JSON array read with `json_each`, as PostgreSQL reads arrays with
+//! `UNNEST`): a statement costs a round trip to the connection's worker
+//! thread, and a batch has one message row per message.
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use pentrace_domain::rules::SeqHole;
+use serde_json::json;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::convert::{micros, opt_uuid_text, to_int4, to_int8, uuid_text};
@@ -51,47 +57,69 @@ async fn insert_messages(
     conn: &mut SqliteConnection,
     messages: &[MessageRow],
 ) -> StoreResult<Option<String>> {
+    if messages.is_empty() {
+        return Ok(None);
+    }
+    let rows = sorted_messages(messages)?;
+    // `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the
+    // INSERT, not to a join.
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "INSERT INTO device_messages (device_id, seq, kind, session_id, sent_at, received_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
+         FROM json_each(?1) WHERE true ON CONFLICT DO NOTHING RETURNING device_id, seq",
+    )
+    .bind(messages_json(&rows)?)
+    .fetch_all(conn)
+    .await?;
+    if stored.len() == rows.len() {
+        return Ok(None);
+    }
+    let stored: HashSet<(&str, u64)> = stored
+        .iter()
+        .filter_map(|(d, s)| Some((d.as_str(), u64::try_from(*s).ok()?)))
+        .collect();
+    let lost = rows
+        .iter()
+        .find(|r| !stored.contains(&(r.device_id.as_str(), r.seq)));
+    Ok(Some(match lost {
+        Some(row) => format!("message {}/{} is already stored", row.device_id, row.seq),
+        None => "a message of the batch is already stored".to_owned(),
+    }))
+}
+
+/// The messages in key order; a key twice in one batch is invalid, since a
+/// conflict would make the pipeline retry the same batch forever.
+fn sorted_messages(messages: &[MessageRow]) -> StoreResult<Vec<&MessageRow>> {
     let mut rows: Vec<&MessageRow> = messages.iter().collect();
     rows.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
-    if let Some(pair) = rows
+    match rows
         .windows(2)
         .find(|w| (&w[0].device_id, w[0].seq) == (&w[1].device_id, w[1].seq))
     {
-        // A conflict would make the pipeline retry the same batch forever.
-        return Err(StoreError::Invalid(format!(
+        Some(pair) => Err(StoreError::Invalid(format!(
             "message {}/{} appears twice in one batch",
             pair[0].device_id, pair[0].seq
-        )));
+        ))),
+        None => Ok(rows),
     }
-    // Checked before the first insert, so an invalid batch writes nothing
-    // even inside the transaction.
-    let mut values = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let session = opt_uuid_text(row.session_id.as_deref(), "session id")?;
-        values.push((to_int8(row.seq, "seq")?, session));
-    }
-    for (row, (seq, session)) in rows.iter().zip(values) {
-        let stored = sqlx::query(
-            "INSERT INTO device_messages (device_id, seq, kind, session_id, sent_at, received_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-        )
-        .bind(&row.device_id)
-        .bind(seq)
-        .bind(row.kind)
-        .bind(session)
-        .bind(micros(row.sent_at))
-        .bind(micros(row.received_at))
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if stored == 0 {
-            return Ok(Some(format!(
-                "message {}/{} is already stored",
-                row.device_id, row.seq
-            )));
-        }
-    }
-    Ok(None)
+}
+
+/// The rows of `device_messages`, as one JSON array of arrays.
+fn messages_json(rows: &[&MessageRow]) -> StoreResult<String> {
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok(json!([
+                row.device_id,
+                to_int8(row.seq, "seq")?,
+                row.kind,
+                opt_uuid_text(row.session_id.as_deref(), "session id")?,
+                micros(row.sent_at),
+                micros(row.received_at),
+            ]))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(json!(rows).to_string())
 }
 
 /// Bind-once: `Some(detail)` when a cartridge is already bound. The primary
@@ -100,43 +128,63 @@ async fn insert_claims(
     conn: &mut SqliteConnection,
     claims: &[ClaimRow],
 ) -> StoreResult<Option<String>> {
+    if claims.is_empty() {
+        return Ok(None);
+    }
+    let rows = sorted_claims(claims)?;
+    let won: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO cartridges (cartridge_id, session_id, device_id, patient_ref, bound_at, \
+                                 last_activity_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 4 \
+         FROM json_each(?1) WHERE true ON CONFLICT (cartridge_id) DO NOTHING \
+         RETURNING cartridge_id",
+    )
+    .bind(claims_json(&rows)?)
+    .fetch_all(conn)
+    .await?;
+    if won.len() == rows.len() {
+        return Ok(None);
+    }
+    let won: HashSet<&str> = won.iter().map(String::as_str).collect();
+    let lost = rows.iter().find(|r| !won.contains(r.cartridge_id.as_str()));
+    Ok(Some(match lost {
+        Some(row) => format!("cartridge {} is already bound", row.cartridge_id),
+        None => "a cartridge of the batch is already bound".to_owned(),
+    }))
+}
+
+/// The claims in cartridge order; a cartridge claimed twice in one batch is
+/// invalid.
+fn sorted_claims(claims: &[ClaimRow]) -> StoreResult<Vec<&ClaimRow>> {
     let mut rows: Vec<&ClaimRow> = claims.iter().collect();
     rows.sort_by(|a, b| a.cartridge_id.cmp(&b.cartridge_id));
-    if let Some(pair) = rows
+    match rows
         .windows(2)
         .find(|w| w[0].cartridge_id == w[1].cartridge_id)
     {
-        return Err(StoreError::Invalid(format!(
+        Some(pair) => Err(StoreError::Invalid(format!(
             "cartridge {} is claimed twice in one batch",
             pair[0].cartridge_id
-        )));
+        ))),
+        None => Ok(rows),
     }
-    let sessions = rows
+}
+
+/// The claims as rows of `cartridges`, one JSON array of arrays.
+fn claims_json(rows: &[&ClaimRow]) -> StoreResult<String> {
+    let rows = rows
         .iter()
-        .map(|r| uuid_text(&r.session_id, "session id"))
+        .map(|row| {
+            Ok(json!([
+                row.cartridge_id,
+                uuid_text(&row.session_id, "session id")?,
+                row.device_id,
+                row.patient_ref,
+                micros(row.bound_at),
+            ]))
+        })
         .collect::<StoreResult<Vec<_>>>()?;
-    for (row, session) in rows.iter().zip(sessions) {
-        let won = sqlx::query(
-            "INSERT INTO cartridges (cartridge_id, session_id, device_id, patient_ref, bound_at, \
-                                     last_activity_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (cartridge_id) DO NOTHING",
-        )
-        .bind(&row.cartridge_id)
-        .bind(session)
-        .bind(&row.device_id)
-        .bind(row.patient_ref.as_deref())
-        .bind(micros(row.bound_at))
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if won == 0 {
-            return Ok(Some(format!(
-                "cartridge {} is already bound",
-                row.cartridge_id
-            )));
-        }
-    }
-    Ok(None)
+    Ok(json!(rows).to_string())
 }
 
 /// Moves each cartridge's last activity forward (never back).

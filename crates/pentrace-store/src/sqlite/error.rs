@@ -7,9 +7,9 @@
 
 use crate::StoreError;
 
-const SQLITE_NOMEM: i32 = 7;
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
+const SQLITE_NOMEM: i32 = 7;
 const SQLITE_READONLY: i32 = 8;
 const SQLITE_INTERRUPT: i32 = 9;
 const SQLITE_IOERR: i32 = 10;

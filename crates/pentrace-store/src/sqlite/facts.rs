@@ -11,9 +11,7 @@ use pentrace_domain::rules::{Binding, LotFacts, ProductFacts, SeqHole};
 use serde_json::json;
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::convert::{
-    date, opt_time, relation_from, time, to_int8, to_u32, to_u64, uuid_text,
-};
+use super::convert::{date, opt_time, relation_from, time, to_int8, to_u32, to_u64, uuid_text};
 use crate::{DeviceState, FactsQuery, SessionState, StoreResult, StoredFacts};
 
 /// Loads everything the query asks for; empty sets cost no statement.

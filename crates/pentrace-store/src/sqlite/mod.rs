@@ -17,10 +17,13 @@
 //!   so queries and fact lookups run while a batch commits.
 //!
 //! Queries are built at run time, as on PostgreSQL. Sets of keys travel as
-//! one JSON array read with `json_each`, so every lookup is one statement.
-//! Writes are row by row inside the transaction: without a network round
-//! trip a statement costs microseconds, and stroke samples go in multi-row
-//! chunks (`samples.rs`).
+//! one JSON array read with `json_each` (where PostgreSQL `UNNEST`s arrays),
+//! so every lookup is one statement. Each statement is a round trip to the
+//! connection's worker thread (from a few to tens of microseconds, more on a
+//! busy machine), so what a batch has many of is written in bulk: message
+//! keys and claims through `json_each`, stroke samples in multi-row chunks
+//! (`samples.rs`). The rest (sessions, flags, audit events, devices) is a
+//! few rows per batch, written row by row.
 
 mod audit;
 mod commit;
@@ -45,9 +48,7 @@ use pentrace_domain::audit::{Actor, ChainHash};
 use pentrace_domain::checkpoint::Checkpoint;
 use pentrace_domain::rules::SeqHole;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 pub(crate) use error::classify;
@@ -388,5 +389,121 @@ impl Store for SqliteStore {
 
     async fn flag_holes(&self, holes: &[(SeqHole, NewFlag)]) -> StoreResult<Vec<FlagRecord>> {
         queries::flag_holes(&self.writer, holes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection as _;
+
+    use super::*;
+
+    /// A fresh directory under the system's temporary one.
+    fn temp_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("pentrace-unit-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    async fn pragma(pool: &SqlitePool, name: &str) -> String {
+        let sql = format!("SELECT CAST({name} AS TEXT) FROM pragma_{name}");
+        sqlx::query_scalar(&sql).fetch_one(pool).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn open_creates_the_directories_and_a_wal_file() {
+        let dir = temp_dir();
+        let path = dir.join("a").join("b").join("pentrace.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.migrate().await.unwrap();
+        assert!(path.exists());
+        assert_eq!(pragma(&store.writer, "journal_mode").await, "wal");
+        // NORMAL = 1.
+        assert_eq!(pragma(&store.writer, "synchronous").await, "1");
+        assert_eq!(pragma(&store.writer, "foreign_keys").await, "1");
+        assert_eq!(pragma(&store.reader, "query_only").await, "1");
+        // The readers cannot write, whatever a bug might ask of them.
+        let write = sqlx::query("INSERT INTO clinics (id, name) VALUES ('x', 'x')")
+            .execute(&store.reader)
+            .await;
+        assert!(write.is_err());
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_store_reads_what_it_wrote() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        store.migrate().await.unwrap();
+        let clinic = Clinic {
+            id: "c1".into(),
+            name: "One".into(),
+            time_zone: "UTC".into(),
+        };
+        store.upsert_clinic(&clinic, &Actor::System).await.unwrap();
+        assert_eq!(store.list_clinics().await.unwrap(), vec![clinic]);
+        assert_eq!(store.audit_heads().await.unwrap().len(), 1);
+        assert_eq!(store.status().await.unwrap().kind, "sqlite");
+    }
+
+    #[tokio::test]
+    async fn errors_sort_into_the_kinds_postgres_gives() {
+        let store = SqliteStore::open_in_memory().await.unwrap();
+        store.migrate().await.unwrap();
+        let insert = "INSERT INTO clinics (id, name) VALUES ('c1', 'One')";
+        sqlx::query(insert).execute(store.pool()).await.unwrap();
+        let twice = sqlx::query(insert).execute(store.pool()).await.unwrap_err();
+        assert!(matches!(StoreError::from(twice), StoreError::Rejected(_)));
+        let orphan = sqlx::query("INSERT INTO devices (id, clinic_id) VALUES ('p', 'nowhere')")
+            .execute(store.pool())
+            .await
+            .unwrap_err();
+        assert!(matches!(StoreError::from(orphan), StoreError::Rejected(_)));
+        let draft = AuditDraft {
+            clinic_id: "c1".into(),
+            actor: Actor::System,
+            action: "test".into(),
+            subject_type: "test".into(),
+            subject_id: "1".into(),
+            old_value: None,
+            new_value: None,
+            reason: None,
+        };
+        store.append_audit(&[draft]).await.unwrap();
+        let tamper = sqlx::query("DELETE FROM audit_events")
+            .execute(store.pool())
+            .await
+            .unwrap_err();
+        assert!(tamper.to_string().contains("append-only"), "{tamper}");
+        assert!(matches!(StoreError::from(tamper), StoreError::Other(_)));
+    }
+
+    #[tokio::test]
+    async fn a_writer_locked_out_past_the_busy_timeout_is_unavailable() {
+        let dir = temp_dir();
+        let path = dir.join("pentrace.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        // Another process's writer, holding the lock.
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(Duration::ZERO);
+        let mut other = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        let mut blocked = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let busy = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut blocked)
+            .await
+            .unwrap_err();
+        let kind = StoreError::from(busy);
+        assert!(kind.is_transient(), "{kind:?}");
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        drop((other, blocked));
+        store.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

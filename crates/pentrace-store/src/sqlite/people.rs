@@ -93,10 +93,7 @@ pub(super) async fn user_by_name(pool: &SqlitePool, name: &str) -> StoreResult<O
     }
 }
 
-pub(super) async fn user_by_token(
-    pool: &SqlitePool,
-    hash: &[u8; 32],
-) -> StoreResult<Option<User>> {
+pub(super) async fn user_by_token(pool: &SqlitePool, hash: &[u8; 32]) -> StoreResult<Option<User>> {
     let mut conn = pool.acquire().await?;
     let row: Option<UserRow> = sqlx::query_as(
         "SELECT u.id, u.name, u.role FROM users u JOIN api_tokens t ON t.user_id = u.id \
@@ -174,16 +171,7 @@ pub(super) async fn sign_flag(pool: &SqlitePool, a: &FlagAction) -> StoreResult<
     }
     let flag_id = a.flag_id.to_string();
     let mut tx = begin(pool).await?;
-    let (state, clinic_id): (String, String) =
-        sqlx::query_as("SELECT state, clinic_id FROM flags WHERE id = ?1")
-            .bind(&flag_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("flag {flag_id}")))?;
-    // A flag of a clinic the signer does not act for does not exist for them.
-    if a.signer.role != Role::Admin && !a.signer.clinics.contains(&clinic_id) {
-        return Err(StoreError::NotFound(format!("flag {flag_id}")));
-    }
+    let (state, clinic_id) = flag_for_signer(&mut tx, a).await?;
     let next = next_state(&state, a.step)?;
     // The signature covers the flag as it stands: its latest audit event.
     let bound: Vec<u8> = sqlx::query_scalar(
@@ -224,6 +212,28 @@ pub(super) async fn sign_flag(pool: &SqlitePool, a: &FlagAction) -> StoreResult<
     flag_records(vec![row])?
         .pop()
         .ok_or_else(|| corrupt("flag vanished".into()))
+}
+
+/// The flag's state and clinic. A flag of a clinic the signer does not act
+/// for does not exist for them. No row lock is needed: the transaction holds
+/// SQLite's write lock.
+async fn flag_for_signer(
+    conn: &mut SqliteConnection,
+    a: &FlagAction,
+) -> StoreResult<(String, String)> {
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT state, clinic_id FROM flags WHERE id = ?1")
+            .bind(a.flag_id.to_string())
+            .fetch_optional(conn)
+            .await?;
+    match row {
+        Some((state, clinic_id))
+            if a.signer.role == Role::Admin || a.signer.clinics.contains(&clinic_id) =>
+        {
+            Ok((state, clinic_id))
+        }
+        _ => Err(StoreError::NotFound(format!("flag {}", a.flag_id))),
+    }
 }
 
 /// `flag.<state>`: the signer, the meaning and the audit hash the signature
@@ -269,18 +279,16 @@ pub(super) async fn flag_actions(
     .fetch_all(pool)
     .await?;
     rows.into_iter()
-        .map(
-            |(flag_id, step, signer_name, meaning, reason, at, bound)| {
-                Ok(FlagActionRecord {
-                    flag_id: stored_uuid(&flag_id, "flag id")?,
-                    step,
-                    signer_name,
-                    meaning,
-                    reason,
-                    at: time(at, "flag action time")?,
-                    bound_hash: hex::encode(bound),
-                })
-            },
-        )
+        .map(|(flag_id, step, signer_name, meaning, reason, at, bound)| {
+            Ok(FlagActionRecord {
+                flag_id: stored_uuid(&flag_id, "flag id")?,
+                step,
+                signer_name,
+                meaning,
+                reason,
+                at: time(at, "flag action time")?,
+                bound_hash: hex::encode(bound),
+            })
+        })
         .collect()
 }

@@ -229,7 +229,8 @@ pub(super) async fn recall_lot(
     Ok((recalled, new_flags))
 }
 
-/// The exposure verdicts of the lot's sessions started before `recalled_at`.
+/// The exposure verdicts of the lot's sessions started before `recalled_at`,
+/// except those already flagged `CARTRIDGE_RECALLED` (as PostgreSQL's).
 async fn exposure_flags(
     conn: &mut SqliteConnection,
     gtin: &str,
@@ -239,7 +240,10 @@ async fn exposure_flags(
 ) -> StoreResult<Vec<NewFlag>> {
     let sessions: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
         "SELECT session_id, clinic_id, device_id, cartridge_id FROM sessions \
-         WHERE gtin = ?1 AND lot = ?2 AND started_at < ?3 ORDER BY started_at, session_id",
+         WHERE gtin = ?1 AND lot = ?2 AND started_at < ?3 \
+           AND NOT EXISTS (SELECT 1 FROM flags f WHERE f.session_id = sessions.session_id \
+                           AND f.kind = 'CARTRIDGE_RECALLED') \
+         ORDER BY started_at, session_id",
     )
     .bind(gtin)
     .bind(lot)
@@ -358,16 +362,18 @@ async fn product_snapshot(
 ) -> StoreResult<Option<serde_json::Value>> {
     let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE gtin = ?1");
     let row: Option<ProductRow> = sqlx::query_as(&sql).bind(gtin).fetch_optional(conn).await?;
-    Ok(row.map(|(gtin, name, depth, strokes, active_s, shelf_life)| {
-        json!({
-            "gtin": gtin,
-            "name": name,
-            "max_depth_um": depth,
-            "rated_strokes": strokes,
-            "max_active_s": active_s,
-            "shelf_life_days": shelf_life,
-        })
-    }))
+    Ok(
+        row.map(|(gtin, name, depth, strokes, active_s, shelf_life)| {
+            json!({
+                "gtin": gtin,
+                "name": name,
+                "max_depth_um": depth,
+                "rated_strokes": strokes,
+                "max_active_s": active_s,
+                "shelf_life_days": shelf_life,
+            })
+        }),
+    )
 }
 
 async fn lot_snapshot(
@@ -472,6 +478,9 @@ mod tests {
         let at = |nanos| DateTime::from_timestamp(1_740_819_600, nanos).unwrap();
         assert_eq!(json_time(at(0)), "2025-03-01T09:00:00+00:00");
         assert_eq!(json_time(at(500_000_000)), "2025-03-01T09:00:00.5+00:00");
-        assert_eq!(json_time(at(123_456_789)), "2025-03-01T09:00:00.123456+00:00");
+        assert_eq!(
+            json_time(at(123_456_789)),
+            "2025-03-01T09:00:00.123456+00:00"
+        );
     }
 }

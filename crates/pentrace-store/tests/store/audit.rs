@@ -7,7 +7,7 @@ use pentrace_domain::audit::{Actor, ChainVerifier};
 use pentrace_domain::checkpoint::{Checkpoint, signing_key};
 use pentrace_domain::rules::recall_exposure;
 use pentrace_store::{
-    AuditDraft, Clinic, FlagAction, FlagStep, GLOBAL_CHAIN, Lot, Role, SignatureMeaning, Store,
+    AuditDraft, Clinic, FlagAction, FlagStep, GLOBAL_CHAIN, Lot, Role, SignatureMeaning,
     StoreError, StoredAuditEvent,
 };
 use serde_json::json;
@@ -24,7 +24,7 @@ crate::conformance!(
 );
 
 /// A whole chain, read in pages of `page` events.
-async fn chain(store: &dyn Store, clinic: &str, page: u32) -> Vec<StoredAuditEvent> {
+async fn chain(store: &TestStore, clinic: &str, page: u32) -> Vec<StoredAuditEvent> {
     let mut events: Vec<StoredAuditEvent> = Vec::new();
     loop {
         let after = events.last().map_or(0, |e| e.event.position);
@@ -92,7 +92,10 @@ async fn every_chain_verifies_page_by_page(store: TestStore) {
     let new = started.new_value.as_ref().expect("new value");
     assert_eq!(new["binding"], "owner");
     assert_eq!(new["cartridge_id"], "chip:01");
-    let flagged: Vec<String> = clinic[3..].iter().map(|e| e.event.subject_id.clone()).collect();
+    let flagged: Vec<String> = clinic[3..]
+        .iter()
+        .map(|e| e.event.subject_id.clone())
+        .collect();
     let ids: Vec<String> = raised.iter().map(|f| f.id.to_string()).collect();
     assert_eq!(flagged, ids);
     assert_eq!(clinic[3].event.actor, Actor::System);
@@ -272,8 +275,7 @@ async fn checkpoints_are_stored_as_signed(store: TestStore) {
     registry(&store, &["pen-a"]).await;
     let key = signing_key(&[7; 32]);
     // Microseconds: the precision both stores keep, and the signature covers.
-    let now = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
-        .expect("now");
+    let now = chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).expect("now");
     let mut saved = Vec::new();
     for head in store.audit_heads().await.expect("heads") {
         let cp = Checkpoint::sign(&key, &head.clinic_id, head.position, head.hash, now);

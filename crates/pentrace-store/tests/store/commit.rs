@@ -92,10 +92,7 @@ async fn a_redelivered_message_conflicts_and_nothing_doubles(store: TestStore) {
         "{outcome:?}"
     );
 
-    assert_eq!(
-        store.count("SELECT count(*) FROM device_messages").await,
-        1
-    );
+    assert_eq!(store.count("SELECT count(*) FROM device_messages").await, 1);
     assert_eq!(
         store.count("SELECT count(*) FROM stroke_samples").await,
         100
@@ -140,9 +137,9 @@ async fn samples_are_stored_exactly_as_sent(store: TestStore) {
         10_000
     );
     assert_eq!(
-        store.count("SELECT count(*) FROM stroke_samples WHERE device_id = 'pen-b'"
-        )
-        .await,
+        store
+            .count("SELECT count(*) FROM stroke_samples WHERE device_id = 'pen-b'")
+            .await,
         3667
     );
     // Values survive the encoding (PostgreSQL's hand-written binary COPY).
@@ -195,7 +192,10 @@ async fn flags_are_deduped_by_key(store: TestStore) {
     assert_eq!(raised[0].kind, FlagKind::DataGap);
     assert_eq!(store.count("SELECT count(*) FROM flags").await, 3);
     // The first flag of a key was kept, not the later observation.
-    let stored = store.list_flags(&FlagQuery::default()).await.expect("flags");
+    let stored = store
+        .list_flags(&FlagQuery::default())
+        .await
+        .expect("flags");
     let detail = stored
         .iter()
         .find(|f| f.evidence["key"] == "k1")
@@ -275,10 +275,7 @@ async fn adding_to_an_unstored_session_is_a_conflict(store: TestStore) {
         matches!(outcome, CommitOutcome::Conflict { .. }),
         "{outcome:?}"
     );
-    assert_eq!(
-        store.count("SELECT count(*) FROM device_messages").await,
-        0
-    );
+    assert_eq!(store.count("SELECT count(*) FROM device_messages").await, 0);
 }
 
 async fn malformed_batches_are_invalid(store: TestStore) {
@@ -307,10 +304,7 @@ async fn malformed_batches_are_invalid(store: TestStore) {
         store.load_facts(&query).await,
         Err(StoreError::Invalid(_))
     ));
-    assert_eq!(
-        store.count("SELECT count(*) FROM device_messages").await,
-        0
-    );
+    assert_eq!(store.count("SELECT count(*) FROM device_messages").await, 0);
 }
 
 async fn load_facts_returns_what_commit_wrote(store: TestStore) {

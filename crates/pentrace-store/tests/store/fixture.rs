@@ -135,11 +135,9 @@ impl TestStore {
                 .await
             }
             TestStore::Sqlite(s) => {
-                sqlx::query_scalar(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1",
-                )
-                .fetch_all(s.pool())
-                .await
+                sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")
+                    .fetch_all(s.pool())
+                    .await
             }
         };
         let tables: Vec<String> = rows.expect("tables");

@@ -6,9 +6,11 @@ use pentrace_domain::FlagKind;
 use pentrace_domain::rules::CartridgeRelation;
 use pentrace_store::{
     ClaimRow, Clinic, CommitOutcome, Device, DeviceWrite, FlagRecord, Lot, MessageRow, NewFlag,
-    Product, SampleBlock, SampleRow, SessionWrite, Store, WriteBatch,
+    Product, SampleBlock, SampleRow, SessionWrite, WriteBatch,
 };
 use uuid::Uuid;
+
+use crate::fixture::TestStore;
 
 pub const CLINIC: &str = "clinic-1";
 pub const GTIN: &str = "09506000134352";
@@ -26,7 +28,7 @@ pub fn new_session() -> String {
 }
 
 /// The clinic, the devices, the product `GTIN` and its lot `LOT`.
-pub async fn registry(store: &dyn Store, devices: &[&str]) {
+pub async fn registry(store: &TestStore, devices: &[&str]) {
     let clinic = Clinic {
         id: CLINIC.into(),
         name: "Clinic One".into(),
@@ -197,7 +199,7 @@ pub fn start_batch(device: &str, seq: u64, session: &str, cartridge: &str) -> Wr
     }
 }
 
-pub async fn commit_ok(store: &dyn Store, batch: &WriteBatch) -> Vec<FlagRecord> {
+pub async fn commit_ok(store: &TestStore, batch: &WriteBatch) -> Vec<FlagRecord> {
     match store.commit(batch).await.expect("commit") {
         CommitOutcome::Committed { new_flags } => new_flags,
         CommitOutcome::Conflict { detail } => panic!("unexpected conflict: {detail}"),

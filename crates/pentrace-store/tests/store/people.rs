@@ -3,8 +3,7 @@
 use pentrace_domain::FlagKind;
 use pentrace_domain::audit::Actor;
 use pentrace_store::{
-    Clinic, FlagAction, FlagState, FlagStep, GLOBAL_CHAIN, Role, SignatureMeaning, StoreError,
-    User,
+    Clinic, FlagAction, FlagState, FlagStep, GLOBAL_CHAIN, Role, SignatureMeaning, StoreError, User,
 };
 use uuid::Uuid;
 
@@ -44,18 +43,22 @@ async fn users_and_tokens_are_stored_and_audited(store: TestStore) {
         ..olga.clone()
     };
     assert_eq!(stored, Some(sorted.clone()), "clinics in order");
-    let twice = store
-        .create_user("olga", Role::Admin, &[], &admin)
-        .await;
+    let twice = store.create_user("olga", Role::Admin, &[], &admin).await;
     assert!(matches!(twice, Err(StoreError::Invalid(_))), "{twice:?}");
     let nowhere = store
         .create_user("nemo", Role::ClinicOwner, &["nowhere".into()], &admin)
         .await;
-    assert!(matches!(nowhere, Err(StoreError::NotFound(_))), "{nowhere:?}");
+    assert!(
+        matches!(nowhere, Err(StoreError::NotFound(_))),
+        "{nowhere:?}"
+    );
     assert_eq!(store.user_by_name("nemo").await.expect("by name"), None);
 
     let hash = [1u8; 32];
-    let token = store.issue_token(olga.id, &hash, &admin).await.expect("token");
+    let token = store
+        .issue_token(olga.id, &hash, &admin)
+        .await
+        .expect("token");
     assert_eq!(
         store.user_by_token(&hash).await.expect("by token"),
         Some(sorted)
@@ -64,22 +67,33 @@ async fn users_and_tokens_are_stored_and_audited(store: TestStore) {
     let reused = store.issue_token(olga.id, &hash, &admin).await;
     assert!(matches!(reused, Err(StoreError::Rejected(_))), "{reused:?}");
     let unknown = store.issue_token(Uuid::new_v4(), &[3; 32], &admin).await;
-    assert!(matches!(unknown, Err(StoreError::NotFound(_))), "{unknown:?}");
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
+    );
 
     store.revoke_token(token, &admin).await.expect("revoke");
     assert_eq!(store.user_by_token(&hash).await.expect("by token"), None);
-    store.revoke_token(token, &admin).await.expect("revoke again");
-    let missing = store.revoke_token(Uuid::new_v4(), &admin).await;
-    assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
-
-    let events = store
-        .audit_page(GLOBAL_CHAIN, 2, 100)
+    store
+        .revoke_token(token, &admin)
         .await
-        .expect("audit");
+        .expect("revoke again");
+    let missing = store.revoke_token(Uuid::new_v4(), &admin).await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(_))),
+        "{missing:?}"
+    );
+
+    let events = store.audit_page(GLOBAL_CHAIN, 2, 100).await.expect("audit");
     let actions: Vec<&str> = events.iter().map(|e| e.event.action.as_str()).collect();
     assert_eq!(
         actions,
-        ["user.created", "token.issued", "token.revoked", "token.revoked"]
+        [
+            "user.created",
+            "token.issued",
+            "token.revoked",
+            "token.revoked"
+        ]
     );
     assert!(events.iter().all(|e| e.event.actor == admin));
     assert!(
@@ -120,18 +134,26 @@ async fn signed_actions_move_a_flag_through_its_lifecycle(store: TestStore) {
         reason: reason.into(),
     };
 
-    let silent = store.sign_flag(&act(&officer, FlagStep::Acknowledge, " ")).await;
+    let silent = store
+        .sign_flag(&act(&officer, FlagStep::Acknowledge, " "))
+        .await;
     assert!(matches!(silent, Err(StoreError::Invalid(_))), "{silent:?}");
     let foreign = store
         .sign_flag(&act(&outsider, FlagStep::Acknowledge, "looked"))
         .await;
-    assert!(matches!(foreign, Err(StoreError::NotFound(_))), "{foreign:?}");
+    assert!(
+        matches!(foreign, Err(StoreError::NotFound(_))),
+        "{foreign:?}"
+    );
     let unknown = FlagAction {
         flag_id: Uuid::new_v4(),
         ..act(&admin, FlagStep::Acknowledge, "looked")
     };
     let unknown = store.sign_flag(&unknown).await;
-    assert!(matches!(unknown, Err(StoreError::NotFound(_))), "{unknown:?}");
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
+    );
 
     let acked = store
         .sign_flag(&act(&officer, FlagStep::Acknowledge, "checked the pen"))
@@ -163,7 +185,10 @@ async fn signed_actions_move_a_flag_through_its_lifecycle(store: TestStore) {
         .filter(|e| e.event.subject_id == flag.id.to_string())
         .collect();
     let actions: Vec<&str> = about_flag.iter().map(|e| e.event.action.as_str()).collect();
-    assert_eq!(actions, ["flag.raised", "flag.acknowledged", "flag.resolved"]);
+    assert_eq!(
+        actions,
+        ["flag.raised", "flag.acknowledged", "flag.resolved"]
+    );
     let signed = store.flag_actions(&[flag.id]).await.expect("actions");
     let steps: Vec<(&str, &str, &str, &str)> = signed
         .iter()

@@ -3,9 +3,7 @@
 use chrono::Duration;
 use pentrace_domain::FlagKind;
 use pentrace_domain::rules::CartridgeRelation;
-use pentrace_store::{
-    Clinic, Device, FlagQuery, FlagRecord, FlagState, SessionQuery, WriteBatch,
-};
+use pentrace_store::{Clinic, Device, FlagQuery, FlagRecord, FlagState, SessionQuery, WriteBatch};
 
 use crate::fixture::TestStore;
 use crate::helpers::*;
@@ -289,9 +287,7 @@ async fn sessions_cartridges_and_lots_are_listed(store: TestStore) {
     assert_eq!(history.flags.len(), 1);
     assert_eq!(history.flags[0].kind, FlagKind::CartridgeReused);
     let unknown = store.cartridge_history("chip:FF").await.expect("history");
-    assert!(
-        unknown.binding.is_none() && unknown.sessions.is_empty() && unknown.flags.is_empty()
-    );
+    assert!(unknown.binding.is_none() && unknown.sessions.is_empty() && unknown.flags.is_empty());
 
     let lookback = store.lot_lookback(GTIN, LOT).await.expect("lookback");
     let starts: Vec<_> = lookback.iter().map(|s| s.started_at).collect();

@@ -2,23 +2,19 @@
 
 use pentrace_domain::FlagKind;
 use pentrace_domain::rules::{CartridgeRelation, recall_exposure};
-use pentrace_store::{Clinic, Device, Lot, Product, Store, StoreError, WriteBatch};
+use pentrace_store::{Clinic, Device, Lot, Product, StoreError, WriteBatch};
 
 use crate::fixture::TestStore;
 use crate::helpers::*;
 
 crate::conformance!(
     a_recall_flags_earlier_sessions_once,
+    a_session_flagged_recalled_gets_no_exposure_flag,
     upserts_return_what_is_stored_and_name_missing_parents,
 );
 
 /// Commits a session of `lot` started at `started`.
-async fn session_of_lot(
-    store: &dyn Store,
-    seq: u64,
-    lot: &str,
-    started: i64,
-) -> String {
+async fn session_of_lot(store: &TestStore, seq: u64, lot: &str, started: i64) -> String {
     let session = new_session();
     let mut write = session_write(
         &session,
@@ -135,6 +131,45 @@ async fn a_recall_flags_earlier_sessions_once(store: TestStore) {
         .await
         .expect("upsert");
     assert_eq!((stored.expiry, stored.recalled_at), (None, Some(t(200))));
+}
+
+async fn a_session_flagged_recalled_gets_no_exposure_flag(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    let flagged = new_session();
+    let mut write = session_write(
+        &flagged,
+        "pen-a",
+        None,
+        CartridgeRelation::Unidentified,
+        t(0),
+    );
+    write.lot = Some(LOT.into());
+    let batch = WriteBatch {
+        messages: vec![message("pen-a", 1, "session_start", Some(&flagged))],
+        sessions: vec![write],
+        flags: vec![flag(
+            "recalled",
+            FlagKind::CartridgeRecalled,
+            "pen-a",
+            Some(&flagged),
+        )],
+        ..WriteBatch::default()
+    };
+    commit_ok(&store, &batch).await;
+    let exposed = session_of_lot(&store, 2, LOT, 100).await;
+    let (_, flags) = store
+        .recall_lot(
+            GTIN,
+            LOT,
+            "sterility",
+            t(200),
+            recall_exposure,
+            &pentrace_domain::audit::Actor::System,
+        )
+        .await
+        .expect("recall");
+    let flagged: Vec<_> = flags.iter().filter_map(|f| f.session_id.clone()).collect();
+    assert_eq!(flagged, [exposed]);
 }
 
 async fn upserts_return_what_is_stored_and_name_missing_parents(store: TestStore) {

@@ -59,7 +59,9 @@ async fn insert_samples(store: &PgStore, samples: &[Sample]) {
 }
 
 async fn migrations_create_the_hypertable_compression_and_usage_hourly(store: TestStore) {
-    if store.skip_without_timescaledb("migrations_create_the_hypertable_compression_and_usage_hourly") {
+    if store
+        .skip_without_timescaledb("migrations_create_the_hypertable_compression_and_usage_hourly")
+    {
         return;
     }
     let pg = store.pg().expect("TimescaleDB runs on PostgreSQL");
@@ -111,11 +113,13 @@ async fn migrations_create_the_hypertable_compression_and_usage_hourly(store: Te
     assert_eq!(retention, Vec::<String>::new(), "retention policies");
     // And the audit and flag tables stay plain tables: nothing of
     // TimescaleDB's (chunk drops, compression) can touch their rows.
-    let audit_hypertables = store.count("SELECT count(*) FROM timescaledb_information.hypertables \
+    let audit_hypertables = store
+        .count(
+            "SELECT count(*) FROM timescaledb_information.hypertables \
          WHERE hypertable_name IN ('audit_events', 'audit_checkpoints', 'audit_heads', \
                                    'flags', 'flag_actions')",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(audit_hypertables, 0);
 }
 
@@ -160,9 +164,7 @@ async fn status_reports_timescaledb_and_the_schema_version(store: TestStore) {
     assert!(ts.retention_policies.is_empty());
     let line = pentrace_store::summary_line(&status);
     assert!(
-        line.contains(
-            "hypertables=stroke_samples compression=stroke_samples caggs=usage_hourly"
-        ),
+        line.contains("hypertables=stroke_samples compression=stroke_samples caggs=usage_hourly"),
         "{line}"
     );
 }
@@ -260,17 +262,16 @@ async fn a_chunk_compresses_and_stays_readable_and_writable(store: TestStore) {
         .map(|(n, _)| n.as_str())
         .collect();
     assert_eq!(compressed, [chunks[0].as_str()], "{states:?}");
-    let stats: i64 = store.count("SELECT count(*) FROM chunk_compression_stats('stroke_samples') \
+    let stats: i64 = store
+        .count(
+            "SELECT count(*) FROM chunk_compression_stats('stroke_samples') \
          WHERE compression_status = 'Compressed'",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(stats, 1);
 
     // Reads see every row through the compressed chunk.
-    assert_eq!(
-        store.count("SELECT count(*) FROM stroke_samples").await,
-        72
-    );
+    assert_eq!(store.count("SELECT count(*) FROM stroke_samples").await, 72);
     assert_eq!(
         store.count("SELECT sum(strokes) FROM stroke_samples").await,
         720
@@ -278,11 +279,10 @@ async fn a_chunk_compresses_and_stays_readable_and_writable(store: TestStore) {
     // A pen's backfill into the compressed range is accepted (0002 relies
     // on it: samples older than the compression age still arrive).
     insert_samples(pg, &[("pen-a", t(1800), 3, 600)]).await;
-    let first_hour: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM stroke_samples WHERE time < $1")
-            .bind(t(3600))
-            .fetch_one(pg.pool())
-            .await
-            .expect("first hour");
+    let first_hour: i64 = sqlx::query_scalar("SELECT count(*) FROM stroke_samples WHERE time < $1")
+        .bind(t(3600))
+        .fetch_one(pg.pool())
+        .await
+        .expect("first hour");
     assert_eq!(first_hour, 2);
 }
