@@ -1,4 +1,5 @@
 //! End-to-end tests of the `pentrace` command line: they run the real binary.
 
+mod demo;
 mod status;
 mod udi;

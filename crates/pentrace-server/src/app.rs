@@ -10,9 +10,7 @@ use pentrace_proto::v1::fleet_server::FleetServer;
 use pentrace_proto::v1::registry_server::RegistryServer;
 use pentrace_proto::v1::telemetry_server::TelemetryServer;
 use pentrace_store::Store;
-use pentrace_store::postgres::PgStore;
 use prometheus_client::registry::Registry;
-use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -68,22 +66,12 @@ impl Application {
     /// Connects and migrates the store, and binds both listeners (port 0 =
     /// any free port).
     pub async fn build(config: Config) -> Result<Application, AppError> {
-        let url = config.database_url.expose_secret();
-        if PgStore::ensure_database(url).await? {
-            tracing::info!("created the database");
-        }
         // A configured key that cannot be read stops start-up, not a
         // checkpoint an hour later.
         if let Some(path) = &config.audit.checkpoint_key {
             crate::audit_trail::read_key(path)?;
         }
-        // Migrations first, as the login user: they create the role the
-        // server's own pool may then switch to.
-        let migrator = PgStore::connect(url, 1).await?;
-        migrator.migrate().await?;
-        migrator.pool().close().await;
-        let role = config.database_role.as_deref();
-        let store = PgStore::connect_as(url, config.database_max_connections, role).await?;
+        let store = crate::storage::open(&config, config.database_max_connections).await?;
         let grpc = bind(config.grpc_addr).await?;
         let http = bind(config.http_addr).await?;
         let broker = if config.mqtt.uses_embedded() {
@@ -101,7 +89,7 @@ impl Application {
         };
         Ok(Application {
             config,
-            store: Arc::new(store),
+            store,
             grpc,
             http,
             broker,
@@ -130,8 +118,21 @@ impl Application {
             "pentrace serving: grpc=127.0.0.1:{} http=127.0.0.1:{} store={} mqtt={mqtt}",
             ports.grpc,
             ports.http,
-            self.store.kind()
+            crate::storage::describe(&self.config)
         )
+    }
+
+    /// The store the application serves from.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Where pens reach the broker: the embedded one, or the configured URL.
+    pub fn mqtt_url(&self) -> Option<String> {
+        match (&self.broker, &self.config.mqtt.url) {
+            (Some(broker), _) => Some(format!("mqtt://{}", broker.addr())),
+            (None, url) => url.clone(),
+        }
     }
 
     /// What the store reports about itself (kind, TimescaleDB, schema).

@@ -25,10 +25,14 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address for /healthz, /readyz, /metrics.
     pub http_addr: SocketAddr,
-    /// PostgreSQL URL; also read from `DATABASE_URL`. Never serialized, so
-    /// it cannot end up in a log or a dump of the configuration.
-    #[serde(skip_serializing, default = "default_database_url")]
-    pub database_url: SecretString,
+    /// PostgreSQL URL (also `DATABASE_URL`); unset = the embedded SQLite
+    /// store in `data_dir`. Never serialized, so it cannot end up in a log
+    /// or a dump of the configuration.
+    #[serde(skip_serializing, default)]
+    pub database_url: Option<SecretString>,
+    /// Where the embedded store keeps its file (`pentrace.db`); also
+    /// `PENTRACE_DATA_DIR`.
+    pub data_dir: std::path::PathBuf,
     /// Connections in the database pool.
     pub database_max_connections: u32,
     /// Role the server acts as after connecting (`SET ROLE`), e.g.
@@ -93,7 +97,8 @@ impl Default for Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            database_url: default_database_url(),
+            database_url: None,
+            data_dir: std::path::PathBuf::from("pentrace-data"),
             database_max_connections: 8,
             database_role: None,
             audit: AuditSettings::default(),
@@ -132,8 +137,25 @@ impl Default for PolicySettings {
     }
 }
 
-fn default_database_url() -> SecretString {
-    SecretString::from("postgres://postgres@127.0.0.1:5432/pentrace")
+impl Config {
+    /// The embedded defaults in `data_dir`, on free ports: SQLite, the
+    /// embedded broker (`pentrace demo`, tests).
+    pub fn embedded(data_dir: std::path::PathBuf) -> Config {
+        let any = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let mut config = Config {
+            data_dir,
+            grpc_addr: any(0),
+            http_addr: any(0),
+            ..Config::default()
+        };
+        config.mqtt.embedded_port = 0;
+        config
+    }
+
+    /// The SQLite file of the embedded store.
+    pub fn sqlite_path(&self) -> std::path::PathBuf {
+        self.data_dir.join("pentrace.db")
+    }
 }
 
 /// A configuration problem, naming the key.
@@ -158,10 +180,11 @@ fn ignored_env(key: &str) -> bool {
 /// variables belong to other commands (`PENTRACE_AUDIT_KEY`, the tests'
 /// `PENTRACE_TEST_*`) or to Kubernetes service links
 /// (`PENTRACE_SERVICE_HOST`, `PENTRACE_PORT_…`), and are not the server's.
-const CONFIG_KEYS: [&str; 13] = [
+const CONFIG_KEYS: [&str; 14] = [
     "grpc_addr",
     "http_addr",
     "database_url",
+    "data_dir",
     "database_max_connections",
     "database_role",
     "auto_register",
@@ -233,9 +256,12 @@ impl Config {
             key,
             problem: problem.into(),
         };
-        let url = self.database_url.expose_secret();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(invalid("database_url", "must be a postgres:// URL"));
+        let url = self.database_url.as_ref().map(|u| u.expose_secret());
+        if url.is_some_and(|u| !(u.starts_with("postgres://") || u.starts_with("postgresql://"))) {
+            return Err(invalid(
+                "database_url",
+                "must be a postgres:// URL (unset for the embedded SQLite store)",
+            ));
         }
         if self.database_max_connections < 2 {
             return Err(invalid("database_max_connections", "must be at least 2"));
@@ -311,10 +337,12 @@ mod tests {
     fn defaults_load_and_validate() {
         let config = Config::load(None, &Overrides::default()).expect("defaults are valid");
         assert!(
-            config
-                .database_url
-                .expose_secret()
-                .starts_with("postgres://")
+            config.database_url.is_none(),
+            "the embedded store is the default"
+        );
+        assert_eq!(
+            config.sqlite_path(),
+            std::path::PathBuf::from("pentrace-data/pentrace.db")
         );
         assert_eq!(config.max_message_bytes, 1024 * 1024);
     }
@@ -400,7 +428,11 @@ mod tests {
 
     #[test]
     fn the_database_url_never_serializes() {
-        let json = serde_json::to_string(&Config::default()).expect("serialize");
+        let config = Config {
+            database_url: Some(SecretString::from("postgres://u:secret@db/pentrace")),
+            ..Config::default()
+        };
+        let json = serde_json::to_string(&config).expect("serialize");
         assert!(!json.contains("postgres://"), "{json}");
     }
 }

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod http;
 pub mod mqtt;
 pub mod report;
+pub mod storage;
 pub mod telemetry;
 
 pub use app::{AppError, Application, Ports};

@@ -105,7 +105,7 @@ fn checkpoint(args: CheckpointArgs) -> anyhow::Result<()> {
     let key = audit_trail::read_key(&args.key)?;
     runtime()?.block_on(async {
         let store = open_store(&args.common).await?;
-        let checkpoints = audit_trail::checkpoint_all(&store, &key).await?;
+        let checkpoints = audit_trail::checkpoint_all(store.as_ref(), &key).await?;
         for cp in &checkpoints {
             println!(
                 "chain {}: position {} hash {}",
@@ -158,7 +158,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     runtime()?.block_on(async {
         let store = open_store(&args.common).await?;
-        let reports = audit_trail::verify(&store, trusted.as_ref(), &exported).await?;
+        let reports = audit_trail::verify(store.as_ref(), trusted.as_ref(), &exported).await?;
         for r in &reports {
             println!("{r}");
         }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use pentrace_domain::audit::Actor;
-use pentrace_store::{AuditDraft, Store};
+use pentrace_store::AuditDraft;
 use serde_json::json;
 
 use crate::serve::{ConfigArgs, open_store, runtime};

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod bench;
+mod demo;
 mod people;
 mod report;
 mod serve;
@@ -23,6 +24,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole system on its embedded defaults with simulated pens,
+    /// and show what a clinic owner and a compliance officer would see.
+    Demo(demo::DemoArgs),
     /// Run the server: gRPC ingest and query services, HTTP health and metrics.
     Serve(serve::ServeArgs),
     /// Apply database migrations (under an advisory lock) and exit.
@@ -56,6 +60,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => match demo::run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Udi(cmd) => udi::run(cmd),
         Command::Serve(args) => report(serve::serve(args)),
         Command::Migrate(args) => report(serve::migrate(args)),

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pentrace_domain::audit::Actor;
 use pentrace_server::auth::token_hash;
-use pentrace_store::{Role, Store};
+use pentrace_store::Role;
 
 use crate::serve::{ConfigArgs, open_store, runtime};
 

@@ -76,13 +76,15 @@ pub fn run(cmd: ReportCommand) -> anyhow::Result<()> {
                 let store = open_store(&a.common).await?;
                 let format = a.output.format;
                 let exported =
-                    report::sterility(&store, &a.clinic, period, format, &operator()).await?;
+                    report::sterility(store.as_ref(), &a.clinic, period, format, &operator())
+                        .await?;
                 (exported, a.output.out)
             }
             ReportCommand::Lot(a) => {
                 let store = open_store(&a.common).await?;
                 let format = a.output.format;
-                let exported = report::lot(&store, &a.gtin, &a.lot, format, &operator()).await?;
+                let exported =
+                    report::lot(store.as_ref(), &a.gtin, &a.lot, format, &operator()).await?;
                 (exported, a.output.out)
             }
         };

@@ -7,8 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use pentrace_server::config::{MqttOverrides, Overrides};
 use pentrace_server::{Application, Config, telemetry};
-use pentrace_store::postgres::PgStore;
-use secrecy::ExposeSecret;
+use std::sync::Arc;
+
+use pentrace_store::Store;
 
 /// Options shared by commands that reach the database.
 #[derive(Debug, Args)]
@@ -113,17 +114,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Connects to the configured database and brings its schema up to date.
-pub async fn open_store(common: &ConfigArgs) -> anyhow::Result<PgStore> {
+/// Opens the configured store (PostgreSQL with a database URL, else the
+/// embedded SQLite file in the data directory) with its schema up to date.
+pub async fn open_store(common: &ConfigArgs) -> anyhow::Result<Arc<dyn Store>> {
     let config = load(common, Overrides::default())?;
-    PgStore::ensure_database(config.database_url.expose_secret())
+    let described = pentrace_server::storage::describe(&config);
+    pentrace_server::storage::open(&config, 4)
         .await
-        .context("cannot reach the database server")?;
-    let store = PgStore::connect(config.database_url.expose_secret(), 4)
-        .await
-        .context("cannot connect to the database")?;
-    store.migrate().await.context("migration failed")?;
-    Ok(store)
+        .with_context(|| format!("cannot open the store ({described})"))
 }
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {

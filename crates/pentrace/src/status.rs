@@ -10,6 +10,7 @@ use clap::Args;
 use pentrace_server::Config;
 use pentrace_server::config::Overrides;
 use pentrace_store::postgres::PgStore;
+use pentrace_store::sqlite::SqliteStore;
 use pentrace_store::{Store, StoreStatus, TimescaleStatus};
 use secrecy::ExposeSecret;
 
@@ -44,7 +45,14 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         // server (the PGlite TimescaleDB test server) gives. sqlx retries a
         // refused connection for 30 s: a status check should say sooner
         // that the database is not there.
-        let connect = PgStore::connect(config.database_url.expose_secret(), 1);
+        let Some(url) = config.database_url.as_ref() else {
+            // The embedded store: read its file as it is (no migration).
+            let store = SqliteStore::open(&config.sqlite_path())
+                .await
+                .with_context(|| format!("cannot open {}", config.sqlite_path().display()))?;
+            return store.status().await.context("cannot read the status");
+        };
+        let connect = PgStore::connect(url.expose_secret(), 1);
         let store = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
@@ -64,8 +72,13 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
 
 /// The report, one `key: value` per line.
 fn render(status: &StoreStatus) -> String {
+    let server = if status.kind == "sqlite" {
+        "SQLite"
+    } else {
+        "PostgreSQL"
+    };
     let mut out = format!(
-        "store: {}\nserver: PostgreSQL {}\n",
+        "store: {}\nserver: {server} {}\n",
         status.kind, status.server_version
     );
     match &status.timescaledb {

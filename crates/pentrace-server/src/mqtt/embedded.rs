@@ -14,11 +14,13 @@
 //!   read (no PUBACK, nothing queued), like Mosquitto's
 //!   `message_size_limit`; a payload just over `max_message_bytes` reaches
 //!   the consumer, which refuses it as `oversized` and acknowledges it.
-//! - Topic rules: not enforced by the broker. A client may publish on any
-//!   device's `up` topic; the server still refuses a payload whose device
-//!   id differs from the topic's (`device_mismatch`, intake.rs), but cannot
-//!   tell which client published it.
-//! - Delivery: QoS 1 from pens (PUBACK once the broker holds the message),
+//! - Topic rules: not enforced by the broker. A local client may publish
+//!   on any device's `up` topic and read any `down` or flags topic; the
+//!   server still refuses a payload whose device id differs from the
+//!   topic's (`device_mismatch`, intake.rs), but cannot tell which client
+//!   published it.
+//! - Delivery: QoS 1 from pens (PUBACK once the broker holds the message
+//!   for the consumer, whose session exists from the start),
 //!   QoS 1 to the consumer with at most 100 unacknowledged messages in
 //!   flight (fixed in rumqttd), PUBACKs accepted only in order (which is
 //!   how the consumer sends them), and a persistent session for the
@@ -76,8 +78,9 @@ const OTHER_SEGMENTS: usize = 4;
 /// Connections the broker accepts at once.
 const MAX_CONNECTIONS: usize = 10_000;
 
-/// How long a failed bind has to show before the broker counts as
-/// listening (the failure is immediate; see [`EmbeddedBroker::start`]).
+/// How long rumqttd's thread must still run once the port is seen held
+/// before the broker counts as listening: a failed bind ends it at once
+/// (see [`listen`]).
 const BIND_GRACE: Duration = Duration::from_millis(50);
 
 /// What the embedded broker needs.
@@ -131,6 +134,8 @@ impl EmbeddedBroker {
         let router_tx = Router::new(0, router_config()).spawn();
         // The session, as the consumer would create it: clean_session=false,
         // QoS 1, then a DISCONNECT so the router keeps it for the consumer.
+        // (`build` waits on the router's answer, a blocking call: the router
+        // has just started and answers at once.)
         let (mut link, _link_rx, _ack) =
             LinkBuilder::new(&config.consumer_client_id, router_tx.clone())
                 .clean_session(false)
@@ -163,9 +168,9 @@ impl EmbeddedBroker {
 
         let limit = config.max_message_bytes.saturating_add(TOPIC_ALLOWANCE);
         // Between the probe and rumqttd's own bind another process may take
-        // a port the kernel picked for us: pick again. A port that was asked
-        // for fails at once.
-        let mut attempts = if config.port == 0 { 3 } else { 1 };
+        // the port: probe again (a port taken for good then fails with the
+        // clear message; port 0 gets another free port).
+        let mut attempts = 3;
         loop {
             let addr = SocketAddr::from((LISTEN_IP, port));
             let tx = router_tx.clone();
@@ -183,8 +188,8 @@ impl EmbeddedBroker {
                     return Ok(broker);
                 }
                 Err(e) if attempts > 0 => {
-                    tracing::debug!(error = %e, "embedded mqtt broker lost its port; picking another");
-                    port = probe(0)?;
+                    tracing::debug!(error = %e, "embedded mqtt broker lost its port; trying again");
+                    port = probe(config.port)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -266,6 +271,10 @@ async fn listen(
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut listening_since = None;
+    // rumqttd binds within a millisecond or so; probing only after that
+    // keeps the probe from meeting its bind where SO_REUSEADDR is strict
+    // (BSD, macOS).
+    tokio::time::sleep(Duration::from_millis(10)).await;
     loop {
         match done.try_recv() {
             Ok(Err(e)) => {
@@ -279,8 +288,7 @@ async fn listen(
             }
             Err(oneshot::error::TryRecvError::Empty) => {}
         }
-        let held =
-            matches!(TcpListener::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+        let held = listened_on(addr);
         match (held, listening_since) {
             (true, Some(since)) if tokio::time::Instant::now() >= since + BIND_GRACE => {
                 return Ok(EmbeddedBroker {
@@ -301,6 +309,23 @@ async fn listen(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Whether a socket listens on `addr`.
+///
+/// Found by binding without listening, with SO_REUSEADDR like rumqttd's
+/// listener: on Linux that fails only when a socket already listens there,
+/// and never stops rumqttd from binding at the same moment (a listening
+/// probe could; elsewhere a failed bind is retried, see
+/// [`EmbeddedBroker::start`]).
+fn listened_on(addr: SocketAddr) -> bool {
+    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+        return false;
+    };
+    if socket.set_reuseaddr(true).is_err() {
+        return false;
+    }
+    matches!(socket.bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
 /// The listener thread's body: serves until `stop`, or until rumqttd's
@@ -328,7 +353,10 @@ fn run_listener(
             }),
             _ = watchdog => {
                 // Without the router no MQTT message moves: say so loudly.
-                tracing::error!("the embedded mqtt broker's router stopped; MQTT ingest is down until pentrace restarts");
+                tracing::error!(
+                    "the embedded mqtt broker's router stopped; \
+                     MQTT ingest is down until pentrace restarts"
+                );
                 Err("its router stopped".to_owned())
             }
             _ = stop.cancelled() => Ok(()),
