@@ -172,7 +172,10 @@ pub enum ConfigError {
 /// service links.
 fn ignored_env(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    let top = key.split("__").next().unwrap_or_default();
+    // figment hands the filter `audit.checkpoint_key` (its `__` already
+    // split into `.`); the top-level key is the part before the first `.`.
+    let top = key.split(['.']).next().unwrap_or_default();
+    let top = top.split("__").next().unwrap_or_default();
     !CONFIG_KEYS.contains(&top)
 }
 
@@ -381,6 +384,8 @@ mod tests {
             "mqtt__url",
             "INGEST__BATCH_MAX_MESSAGES",
             "AUDIT__CHECKPOINT_KEY",
+            "audit.checkpoint_key",
+            "mqtt.embedded_port",
         ] {
             assert!(!ignored_env(key), "{key}");
         }
@@ -424,6 +429,23 @@ mod tests {
         )
         .expect("off");
         assert!(!off.mqtt.uses_embedded() && off.mqtt.url.is_none());
+    }
+
+    #[test]
+    // figment's own closure type: its error is figment's.
+    #[allow(clippy::result_large_err)]
+    fn nested_variables_reach_their_keys() {
+        // Set for this test only; the key is unique to it.
+        // SAFETY-free: set_var is safe in edition 2024 only via unsafe, so
+        // go through figment's own Jail instead.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PENTRACE_INGEST__BATCH_MAX_MESSAGES", "777");
+            jail.set_env("PENTRACE_AUDIT__CHECKPOINT_INTERVAL_S", "5");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.ingest.batch_max_messages, 777);
+            assert_eq!(config.audit.checkpoint_interval_s, Some(5));
+            Ok(())
+        });
     }
 
     #[test]
