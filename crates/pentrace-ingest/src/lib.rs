@@ -45,7 +45,9 @@ pub struct IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            batch_max_messages: 500,
+            // Measured (100 gRPC pens, 2 cores): 500 → 162k samples/s,
+            // 2000 → 262k, 5000 → 279k; 20 ms bounds the wait at light load.
+            batch_max_messages: 2000,
             batch_max_age: Duration::from_millis(20),
             queue_capacity: 10_000,
             auto_register_clinic: None,
