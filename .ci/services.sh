@@ -41,3 +41,12 @@ if ! [ -x /usr/sbin/mosquitto ] && ! command -v mosquitto >/dev/null 2>&1; then
     # The tests start their own brokers; Debian's service is not needed.
 fi
 echo "mosquitto: $( (/usr/sbin/mosquitto -h 2>/dev/null || mosquitto -h) | head -1)"
+
+# Node.js runs the TimescaleDB test server (tests/timescaledb/). This kind
+# of machine ships Node.js 20; Debian's own package is older, so a machine
+# without node gets Debian's and the check script says if it is too old.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "installing Node.js"
+    install nodejs npm
+fi
+echo "node: $(node --version)"
