@@ -69,24 +69,63 @@ pub async fn verify(
     clinics.extend(stored.iter().chain(exported).map(|c| c.clinic_id.clone()));
     let mut reports = Vec::with_capacity(clinics.len());
     for clinic in clinics {
-        let head = heads.iter().find(|h| h.clinic_id == clinic);
-        let mut report = walk(store, &clinic).await?;
-        if report.ok() {
-            check_head(&mut report, head.map(|h| (h.position, h.hash)));
-        }
-        let checkpoints = stored
+        let head = heads
+            .iter()
+            .find(|h| h.clinic_id == clinic)
+            .map(|h| (h.position, h.hash));
+        let checkpoints: Vec<&Checkpoint> = stored
             .iter()
             .chain(exported)
-            .filter(|c| c.clinic_id == clinic);
-        for cp in checkpoints {
-            if !report.ok() {
-                break;
-            }
-            check_checkpoint(store, &mut report, cp, trusted).await?;
-        }
-        reports.push(report);
+            .filter(|c| c.clinic_id == clinic)
+            .collect();
+        reports.push(check_chain(store, &clinic, head, &checkpoints, trusted).await?);
     }
     Ok(reports)
+}
+
+/// Verifies one chain (a clinic's, or `*`) as [`verify`] does, without
+/// walking the others; `None` when the chain has neither a head nor a
+/// checkpoint.
+pub async fn verify_chain(
+    store: &dyn Store,
+    clinic: &str,
+    trusted: Option<&[u8; 32]>,
+) -> StoreResult<Option<ChainReport>> {
+    let heads = store.audit_heads().await?;
+    let head = heads
+        .iter()
+        .find(|h| h.clinic_id == clinic)
+        .map(|h| (h.position, h.hash));
+    let stored = store.checkpoints().await?;
+    let checkpoints: Vec<&Checkpoint> = stored.iter().filter(|c| c.clinic_id == clinic).collect();
+    if head.is_none() && checkpoints.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        check_chain(store, clinic, head, &checkpoints, trusted).await?,
+    ))
+}
+
+/// The walk, the head and every checkpoint of one chain, stopping at the
+/// first broken link.
+async fn check_chain(
+    store: &dyn Store,
+    clinic: &str,
+    head: Option<(u64, [u8; 32])>,
+    checkpoints: &[&Checkpoint],
+    trusted: Option<&[u8; 32]>,
+) -> StoreResult<ChainReport> {
+    let mut report = walk(store, clinic).await?;
+    if report.ok() {
+        check_head(&mut report, head);
+    }
+    for cp in checkpoints {
+        if !report.ok() {
+            break;
+        }
+        check_checkpoint(store, &mut report, cp, trusted).await?;
+    }
+    Ok(report)
 }
 
 /// Recomputes a chain from its first event; stops at the first broken link.

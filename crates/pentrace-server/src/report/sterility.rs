@@ -191,14 +191,10 @@ fn flag_lines(flags: Vec<FlagRecord>, actions: Vec<FlagActionRecord>) -> Vec<Fla
         .collect()
 }
 
-/// Runs the audit verifier and keeps the clinic's chain.
-///
-/// The verifier walks every chain (it has no per-chain entry point); that
-/// costs time on a large trail but never memory, and the report states the
-/// same verdict `pentrace audit verify` would for this chain.
+/// Verifies the clinic's chain: the same verdict `pentrace audit verify`
+/// gives for it, without walking other clinics' chains.
 async fn verify_chain(store: &dyn Store, clinic_id: &str) -> ReportResult<AuditLine> {
-    let reports = audit_trail::verify(store, None, &[]).await?;
-    let Some(report) = reports.into_iter().find(|r| r.clinic_id == clinic_id) else {
+    let Some(report) = audit_trail::verify_chain(store, clinic_id, None).await? else {
         return Ok(AuditLine {
             chain: clinic_id.to_owned(),
             status: "OK",
