@@ -144,6 +144,7 @@ impl<'f> Work<'f> {
         self.out.messages.push(message_row(env));
         let facts = self.facts_for(msg, ident, device);
         let judgement = rules::judge(msg, ident, &facts, policy, env.received_at);
+        self.note_unrecalled_lot(&judgement, ident, &facts);
         let cartridge_id = ident
             .and_then(|i| i.cartridge.as_ref())
             .map(|c| c.to_string());
@@ -160,6 +161,26 @@ impl<'f> Work<'f> {
         self.record_session(env, ctx, ident, device, judgement.decided, policy);
         if let (Some(at), Some(cid)) = (judgement.activity_at, cartridge_id) {
             self.record_activity(&ctx.session_id, cid, at);
+        }
+    }
+
+    /// A session judged now against a registered lot that is not recalled:
+    /// the commit re-checks the lot, so a recall that lands meanwhile makes
+    /// the batch be judged again instead of missing its flag.
+    fn note_unrecalled_lot(
+        &mut self,
+        judgement: &rules::Judgement,
+        ident: Option<&Identified>,
+        facts: &Facts,
+    ) {
+        let unrecalled = facts.lot.as_ref().is_some_and(|l| l.recalled_at.is_none());
+        let udi = ident.and_then(Identified::udi);
+        if let (true, true, Some(udi)) = (judgement.decided.is_some(), unrecalled, udi)
+            && let Some(lot) = &udi.lot
+        {
+            self.out
+                .unrecalled_lots
+                .push((udi.gtin.clone(), lot.clone()));
         }
     }
 

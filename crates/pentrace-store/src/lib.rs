@@ -143,6 +143,10 @@ pub struct WriteBatch {
     pub devices: Vec<DeviceWrite>,
     /// Devices whose open seq holes are replaced by the given list.
     pub holes: Vec<(String, Vec<pentrace_domain::rules::SeqHole>)>,
+    /// `(gtin, lot)` of lots the batch judged as not recalled: if one was
+    /// recalled meanwhile, the commit is a conflict and the batch is judged
+    /// again, so no session of a recalled lot escapes its flag.
+    pub unrecalled_lots: Vec<(String, String)>,
 }
 
 /// What a commit did.

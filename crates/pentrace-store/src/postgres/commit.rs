@@ -28,6 +28,9 @@ pub(super) async fn commit(pool: &PgPool, batch: &WriteBatch) -> StoreResult<Com
     if let Some(detail) = insert_claims(&mut tx, &batch.claims).await? {
         return conflict(tx, detail).await;
     }
+    if let Some(detail) = recalled_meanwhile(&mut tx, &batch.unrecalled_lots).await? {
+        return conflict(tx, detail).await;
+    }
     if let Some(detail) = sessions::write(&mut tx, &batch.sessions).await? {
         return conflict(tx, detail).await;
     }
@@ -168,6 +171,36 @@ async fn insert_claims(
         Some(row) => format!("cartridge {} is already bound", row.cartridge_id),
         None => "a cartridge of the batch is already bound".to_owned(),
     }))
+}
+
+/// `Some(detail)` when a lot the batch judged as not recalled is recalled
+/// now. `FOR SHARE` holds a concurrent recall's UPDATE until this commit
+/// ends, so the recall then sees this batch's sessions (and flags them).
+async fn recalled_meanwhile(
+    conn: &mut PgConnection,
+    lots: &[(String, String)],
+) -> StoreResult<Option<String>> {
+    if lots.is_empty() {
+        return Ok(None);
+    }
+    let mut sorted: Vec<&(String, String)> = lots.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT l.gtin, l.lot, l.recalled_at IS NOT NULL FROM lots l \
+         JOIN UNNEST($1::text[], $2::text[]) AS u(gtin, lot) ON l.gtin = u.gtin AND l.lot = u.lot \
+         ORDER BY l.gtin, l.lot FOR SHARE OF l",
+    )
+    .bind(sorted.iter().map(|l| l.0.as_str()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|l| l.1.as_str()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .find(|(_, _, recalled)| *recalled)
+        .map(|(gtin, lot, _)| {
+            format!("lot {lot} of {gtin} was recalled while the batch was judged")
+        }))
 }
 
 /// Moves each cartridge's last activity forward (never back).

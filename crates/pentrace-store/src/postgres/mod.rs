@@ -41,6 +41,16 @@ use crate::{
 /// The migrations of `migrations/postgres`, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
+/// Binary `COPY` of the blocks' rows into `stroke_samples` on `conn`, with
+/// the encoder the ingest batch uses; checks the stored row count. For
+/// `pentrace bench` (the storage baseline and the growth fill), not ingest.
+pub async fn copy_sample_blocks(
+    conn: &mut sqlx::PgConnection,
+    blocks: &[crate::SampleBlock],
+) -> StoreResult<()> {
+    copy::copy_samples(conn, blocks).await
+}
+
 /// pentrace's store on PostgreSQL (with TimescaleDB when present).
 #[derive(Debug, Clone)]
 pub struct PgStore {

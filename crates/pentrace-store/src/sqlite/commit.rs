@@ -34,6 +34,9 @@ pub(super) async fn commit(pool: &SqlitePool, batch: &WriteBatch) -> StoreResult
     if let Some(detail) = insert_claims(&mut tx, &batch.claims).await? {
         return conflict(tx, detail).await;
     }
+    if let Some(detail) = recalled_meanwhile(&mut tx, &batch.unrecalled_lots).await? {
+        return conflict(tx, detail).await;
+    }
     if let Some(detail) = sessions::write(&mut tx, &batch.sessions).await? {
         return conflict(tx, detail).await;
     }
@@ -45,6 +48,30 @@ pub(super) async fn commit(pool: &SqlitePool, batch: &WriteBatch) -> StoreResult
     replace_holes(&mut tx, &batch.holes).await?;
     tx.commit().await?;
     Ok(CommitOutcome::Committed { new_flags })
+}
+
+/// `Some(detail)` when a lot the batch judged as not recalled is recalled
+/// now (the write transaction holds SQLite's one write lock, so no recall
+/// can land between this check and the commit).
+async fn recalled_meanwhile(
+    conn: &mut SqliteConnection,
+    lots: &[(String, String)],
+) -> StoreResult<Option<String>> {
+    for (gtin, lot) in lots {
+        let recalled: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM lots WHERE gtin = ?1 AND lot = ?2 AND recalled_at IS NOT NULL",
+        )
+        .bind(gtin)
+        .bind(lot)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if recalled.is_some() {
+            return Ok(Some(format!(
+                "lot {lot} of {gtin} was recalled while the batch was judged"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 async fn conflict(tx: Transaction<'_, Sqlite>, detail: String) -> StoreResult<CommitOutcome> {

@@ -8,6 +8,7 @@ use crate::fixture::TestStore;
 use crate::helpers::*;
 
 crate::conformance!(
+    a_batch_judged_before_a_recall_conflicts_after_it,
     a_recall_flags_earlier_sessions_once,
     a_session_flagged_recalled_gets_no_exposure_flag,
     upserts_return_what_is_stored_and_name_missing_parents,
@@ -31,6 +32,43 @@ async fn session_of_lot(store: &TestStore, seq: u64, lot: &str, started: i64) ->
     };
     commit_ok(store, &batch).await;
     session
+}
+
+/// A batch judged while its lot was not recalled, committed after the
+/// recall: the commit refuses (the pipeline judges it again), rather than
+/// store a session of a recalled lot without its flag.
+async fn a_batch_judged_before_a_recall_conflicts_after_it(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    let session = new_session();
+    let mut write = session_write(
+        &session,
+        "pen-a",
+        None,
+        CartridgeRelation::Unidentified,
+        t(0),
+    );
+    write.lot = Some(LOT.into());
+    let batch = WriteBatch {
+        messages: vec![message("pen-a", 1, "session_start", Some(&session))],
+        sessions: vec![write],
+        unrecalled_lots: vec![(GTIN.into(), LOT.into())],
+        ..WriteBatch::default()
+    };
+    let actor = pentrace_domain::audit::Actor::System;
+    store
+        .recall_lot(GTIN, LOT, "sterility", t(100), recall_exposure, &actor)
+        .await
+        .expect("recall");
+    let outcome = store.commit(&batch).await.expect("commit");
+    assert!(
+        matches!(&outcome, pentrace_store::CommitOutcome::Conflict { detail } if detail.contains("recalled")),
+        "{outcome:?}"
+    );
+    let other = WriteBatch {
+        unrecalled_lots: vec![(GTIN.into(), "LOT-B".into())],
+        ..batch
+    };
+    commit_ok(&store, &other).await;
 }
 
 async fn a_recall_flags_earlier_sessions_once(store: TestStore) {
