@@ -1,4 +1,8 @@
 //! `pentrace bench`: measurements anyone can rerun.
+//!
+//! Without a subcommand it runs the ingest suite (issue 8): the storage and
+//! broker baselines, gRPC and MQTT end to end through a `pentrace serve`
+//! child process, and history growth; see [`suite`].
 
 use std::time::Instant;
 
@@ -9,6 +13,24 @@ use serde_json::json;
 
 use crate::serve::{ConfigArgs, open_store, runtime};
 
+mod baseline;
+mod e2e;
+mod procs;
+mod scratch;
+mod stats;
+mod suite;
+
+/// `pentrace bench`: the suite's options, or a subcommand.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    suite: suite::SuiteArgs,
+}
+
+/// Load generators that are not part of the suite.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Append N events to one audit chain (to time `pentrace audit verify`
@@ -31,8 +53,15 @@ pub struct AuditChain {
     batch: u64,
 }
 
-pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::AuditChain(args) = cmd;
+/// Runs the suite, or the subcommand.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(BenchCommand::AuditChain(chain)) => audit_chain(chain),
+        None => suite::run(args.suite),
+    }
+}
+
+fn audit_chain(args: AuditChain) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let store = open_store(&args.common).await?;
         let started = Instant::now();

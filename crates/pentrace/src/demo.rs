@@ -113,7 +113,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<bool> {
 }
 
 /// An admin and a token for the simulator's setup and verification.
-async fn admin_token(store: &dyn Store) -> anyhow::Result<String> {
+pub(crate) async fn admin_token(store: &dyn Store) -> anyhow::Result<String> {
     let admin = store
         .create_user("Demo Admin", Role::Admin, &[], &Actor::System)
         .await?;

@@ -52,9 +52,9 @@ enum Command {
     /// lookback (CSV, JSON or printable HTML; each export is audited).
     #[command(subcommand)]
     Report(report::ReportCommand),
-    /// Benchmarks and load generators.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Benchmarks: the ingest suite against its baselines (no subcommand),
+    /// and load generators.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         Command::Token(cmd) => report(people::token(cmd)),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Report(cmd) => report(report::run(cmd)),
-        Command::Bench(cmd) => report(bench::run(cmd)),
+        Command::Bench(args) => report(bench::run(args)),
     }
 }
 

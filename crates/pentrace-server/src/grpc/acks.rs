@@ -51,7 +51,7 @@ impl AckTracker {
         } else {
             d.rejected.insert(seq);
         }
-        d.advance()
+        d.advance(seq, stored)
     }
 
     /// The last ack of a device (0 = none yet), to repeat it to a pen that
@@ -67,27 +67,37 @@ impl AckTracker {
 }
 
 impl DeviceAcks {
-    fn advance(&mut self) -> Option<u64> {
-        // A pending copy of a seq already stored (a duplicate in the same
-        // stream) or already acknowledged does not hold acks back.
+    fn advance(&mut self, seq: u64, stored: bool) -> Option<u64> {
+        // Any received seq not yet stored holds acks back, also one below
+        // the last ack (it arrived late, after a higher seq was acked); a
+        // pending copy of a seq already stored (a duplicate) does not.
         let waiting = self
             .pending
             .keys()
             .copied()
-            .find(|s| *s > self.acked && !self.stored.contains(s));
+            .find(|s| !self.stored.contains(s));
         let barrier = self.rejected.first().copied();
         let limit = [waiting, barrier].into_iter().flatten().min();
         let candidate = match limit {
             Some(l) => self.stored.range(..l).next_back().copied(),
             None => self.stored.last().copied(),
-        }?;
-        if candidate <= self.acked {
-            return None;
+        };
+        match candidate {
+            Some(c) if c > self.acked => {
+                self.acked = c;
+                // Everything at or below the ack is settled; keep the set small.
+                self.stored = self.stored.split_off(&c);
+                Some(c)
+            }
+            // A late seq below the ack (sent after a higher one, reordered)
+            // is stored now: repeat the ack so its sender learns it is
+            // covered, once nothing received below the ack is still open.
+            _ if stored && seq < self.acked && limit.is_none_or(|l| l > self.acked) => {
+                self.stored = self.stored.split_off(&self.acked);
+                Some(self.acked)
+            }
+            _ => None,
         }
-        self.acked = candidate;
-        // Everything at or below the ack is settled; keep the set small.
-        self.stored = self.stored.split_off(&candidate);
-        Some(candidate)
     }
 }
 
@@ -128,6 +138,34 @@ mod tests {
         t.received("p", 1);
         assert_eq!(t.resolved("p", 1, true), Some(2));
         assert_eq!(t.current("p"), 2);
+    }
+
+    #[test]
+    fn a_late_seq_below_the_ack_is_acknowledged_again() {
+        let mut t = AckTracker::default();
+        t.received("p", 662);
+        assert_eq!(t.resolved("p", 662, true), Some(662));
+        t.received("p", 661);
+        assert_eq!(
+            t.resolved("p", 661, true),
+            Some(662),
+            "the sender learns 661 is covered"
+        );
+    }
+
+    #[test]
+    fn a_pending_seq_below_the_ack_holds_later_acks_back() {
+        let mut t = AckTracker::default();
+        t.received("p", 662);
+        assert_eq!(t.resolved("p", 662, true), Some(662));
+        t.received("p", 661);
+        t.received("p", 663);
+        assert_eq!(
+            t.resolved("p", 663, true),
+            None,
+            "661 is received but not stored"
+        );
+        assert_eq!(t.resolved("p", 661, true), Some(663));
     }
 
     #[test]
