@@ -6,6 +6,13 @@
 //! and ack what comes back on their reply channel. The queue is bounded:
 //! when the store is slow, `submit` waits, so transports stop reading rather
 //! than drop.
+//!
+//! Devices are spread over `writers` independent writers (each its own queue
+//! and connection), always the same writer for the same device, so one
+//! device's messages stay in order while one writer's transaction commits
+//! and the other's is judged. What two writers may race on (a cartridge
+//! claimed from two devices, a lot recalled meanwhile) the store detects as
+//! a conflict, and the batch is judged again, as between two processes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,8 +40,10 @@ pub struct IngestConfig {
     pub batch_max_messages: usize,
     /// ...or when its first message has waited this long.
     pub batch_max_age: Duration,
-    /// Messages the queue holds before `submit` waits.
+    /// Messages the queue holds before `submit` waits (over all writers).
     pub queue_capacity: usize,
+    /// Writers committing in parallel, devices spread over them.
+    pub writers: usize,
     /// Register unknown devices to this clinic instead of rejecting them.
     pub auto_register_clinic: Option<String>,
     /// How often open seq holes are checked for `DATA_GAP`.
@@ -50,6 +59,7 @@ impl Default for IngestConfig {
             batch_max_messages: 2000,
             batch_max_age: Duration::from_millis(20),
             queue_capacity: 10_000,
+            writers: 2,
             auto_register_clinic: None,
             gap_check_interval: Duration::from_secs(30),
             policy: Policy::default(),
@@ -140,7 +150,8 @@ pub struct Closed;
 /// How transports talk to the pipeline; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct IngestHandle {
-    tx: mpsc::Sender<Envelope>,
+    /// One queue per writer; a device always goes to the same one.
+    queues: Arc<[mpsc::Sender<Envelope>]>,
     flags: broadcast::Sender<Arc<FlagRecord>>,
     health: Arc<Health>,
     metrics: IngestMetrics,
@@ -150,22 +161,39 @@ impl IngestHandle {
     /// Queues a message; waits while the queue is full (back-pressure).
     pub async fn submit(&self, envelope: Envelope) -> Result<(), Closed> {
         self.metrics.queue_depth.inc();
-        let sent = self.tx.send(envelope).await;
+        let sent = self
+            .queue_of(&envelope.message.device_id)
+            .send(envelope)
+            .await;
         if sent.is_err() {
             self.metrics.queue_depth.dec();
         }
         sent.map_err(|_| Closed)
     }
 
-    /// Waits for room in the queue; the returned slot queues exactly one
-    /// message. Lets a transport wait for room inside a `select!` while it
-    /// keeps acknowledging.
-    pub async fn reserve(&self) -> Result<Slot<'_>, Closed> {
-        let permit = self.tx.reserve().await.map_err(|_| Closed)?;
+    /// Waits for room in the queue of writer `writer` (see
+    /// [`IngestHandle::writer_of`]); the returned slot queues exactly one
+    /// message of a device of that writer. Lets a transport wait for room
+    /// inside a `select!` while it keeps acknowledging.
+    pub async fn reserve(&self, writer: usize) -> Result<Slot<'_>, Closed> {
+        let queue = self.queues.get(writer).ok_or(Closed)?;
+        let permit = queue.reserve().await.map_err(|_| Closed)?;
         Ok(Slot {
             permit,
             metrics: &self.metrics,
         })
+    }
+
+    /// The writer that commits `device_id`'s messages.
+    pub fn writer_of(&self, device_id: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        device_id.hash(&mut h);
+        (h.finish() % self.queues.len() as u64) as usize
+    }
+
+    fn queue_of(&self, device_id: &str) -> &mpsc::Sender<Envelope> {
+        &self.queues[self.writer_of(device_id)]
     }
 
     /// Flags as they are committed (for `WatchFlags` and MQTT publishing).
@@ -206,7 +234,7 @@ impl Slot<'_> {
 /// The running pipeline's tasks.
 #[derive(Debug)]
 pub struct Pipeline {
-    writer: JoinHandle<()>,
+    writers: Vec<JoinHandle<()>>,
     gaps: JoinHandle<()>,
     stop_gaps: CancellationToken,
 }
@@ -219,10 +247,13 @@ impl Pipeline {
         config: IngestConfig,
         shutdown: CancellationToken,
     ) -> (Pipeline, IngestHandle) {
-        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let count = config.writers.max(1);
+        let capacity = (config.queue_capacity / count).max(1);
+        let (queues, receivers): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| mpsc::channel(capacity)).unzip();
         let (flags, _) = broadcast::channel(4096);
         let handle = IngestHandle {
-            tx,
+            queues: queues.into(),
             flags,
             health: Arc::new(Health::default()),
             metrics: IngestMetrics::default(),
@@ -234,16 +265,21 @@ impl Pipeline {
             handle.clone_feed(),
             stop_gaps.clone(),
         ));
-        let writer = tokio::spawn(writer::run(
-            store,
-            config,
-            rx,
-            handle.clone_feed(),
-            shutdown,
-        ));
+        let writers = receivers
+            .into_iter()
+            .map(|rx| {
+                tokio::spawn(writer::run(
+                    store.clone(),
+                    config.clone(),
+                    rx,
+                    handle.clone_feed(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
         (
             Pipeline {
-                writer,
+                writers,
                 gaps,
                 stop_gaps,
             },
@@ -254,8 +290,10 @@ impl Pipeline {
     /// Waits until every queued message is committed (or rejected). Call it
     /// once every [`IngestHandle`] is dropped: the queue closes then.
     pub async fn drained(self) {
-        if let Err(e) = self.writer.await {
-            tracing::error!(error = %e, "ingest writer task failed");
+        for writer in self.writers {
+            if let Err(e) = writer.await {
+                tracing::error!(error = %e, "ingest writer task failed");
+            }
         }
         self.stop_gaps.cancel();
         let _ = self.gaps.await;

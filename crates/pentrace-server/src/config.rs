@@ -60,6 +60,9 @@ pub struct IngestSettings {
     pub batch_max_messages: usize,
     pub batch_max_age_ms: u64,
     pub queue_capacity: usize,
+    /// Writers committing in parallel (PostgreSQL; the SQLite store always
+    /// has one, as SQLite has one writer).
+    pub writers: usize,
     pub gap_check_interval_s: u64,
 }
 
@@ -120,6 +123,7 @@ impl Default for IngestSettings {
             batch_max_messages: d.batch_max_messages,
             batch_max_age_ms: d.batch_max_age.as_millis() as u64,
             queue_capacity: d.queue_capacity,
+            writers: d.writers,
             gap_check_interval_s: d.gap_check_interval.as_secs(),
         }
     }
@@ -275,6 +279,17 @@ impl Config {
         if self.ingest.queue_capacity == 0 {
             return Err(invalid("ingest.queue_capacity", "must be at least 1"));
         }
+        if !(1..=16).contains(&self.ingest.writers) {
+            return Err(invalid("ingest.writers", "must be between 1 and 16"));
+        }
+        if self.database_url.is_some()
+            && (self.database_max_connections as usize) <= self.ingest.writers
+        {
+            return Err(invalid(
+                "database_max_connections",
+                "must exceed ingest.writers (each writer holds a connection while it commits)",
+            ));
+        }
         if self.max_message_bytes < 1024 {
             return Err(invalid("max_message_bytes", "must be at least 1024"));
         }
@@ -319,6 +334,11 @@ impl Config {
             batch_max_messages: self.ingest.batch_max_messages,
             batch_max_age: Duration::from_millis(self.ingest.batch_max_age_ms),
             queue_capacity: self.ingest.queue_capacity,
+            writers: if self.database_url.is_some() {
+                self.ingest.writers
+            } else {
+                1
+            },
             auto_register_clinic: self.auto_register.then(|| self.default_clinic.clone()),
             gap_check_interval: Duration::from_secs(self.ingest.gap_check_interval_s.max(1)),
             policy: Policy {

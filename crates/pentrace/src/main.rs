@@ -77,7 +77,14 @@ fn main() -> ExitCode {
         Command::Token(cmd) => report(people::token(cmd)),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Report(cmd) => report(report::run(cmd)),
-        Command::Bench(args) => report(bench::run(args)),
+        Command::Bench(args) => {
+            // The load generator logs only when asked (RUST_LOG), so the
+            // table stays readable.
+            if std::env::var_os("RUST_LOG").is_some() {
+                pentrace_server::telemetry::init(pentrace_server::config::LogFormat::Text);
+            }
+            report(bench::run(args))
+        }
     }
 }
 

@@ -2,7 +2,6 @@
 //! stream out. A bad message ends the stream with a clear status, but only
 //! after every message before it has been committed and acknowledged.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 
 use chrono::Utc;
@@ -81,12 +80,11 @@ impl IngestStream {
                     }
                 }
                 Some(outcome) = outcomes.recv() => {
-                    let mut moved = HashMap::new();
-                    self.settle(outcome, &mut moved, &mut end);
+                    self.settle(outcome, &mut end);
                     while let Ok(more) = outcomes.try_recv() {
-                        self.settle(more, &mut moved, &mut end);
+                        self.settle(more, &mut end);
                     }
-                    if !self.send_acks(moved).await {
+                    if !self.send_acks().await {
                         reading = false; // the client is gone
                     }
                 }
@@ -144,20 +142,18 @@ impl IngestStream {
         }
     }
 
-    fn settle(&mut self, o: Outcome, moved: &mut HashMap<String, u64>, end: &mut Option<Status>) {
+    fn settle(&mut self, o: Outcome, end: &mut Option<Status>) {
         let stored = o.disposition.is_stored();
         if let Disposition::Rejected(reason) = &o.disposition
             && end.is_none()
         {
             *end = Some(rejection_status(&o, reason));
         }
-        if let Some(ack) = self.acks.resolved(&o.device_id, o.seq, stored) {
-            moved.insert(o.device_id, ack);
-        }
+        self.acks.resolved(&o.device_id, o.seq, stored);
     }
 
-    async fn send_acks(&self, moved: HashMap<String, u64>) -> bool {
-        for (device_id, committed_seq) in moved {
+    async fn send_acks(&mut self) -> bool {
+        for (device_id, committed_seq) in self.acks.take_acks() {
             let ack = pb::IngestAck {
                 device_id,
                 committed_seq,

@@ -95,16 +95,23 @@ impl Intake {
                 break;
             }
             let ingest = self.ingest.clone();
+            let next_writer = self
+                .to_submit
+                .front()
+                .map(|e| ingest.writer_of(&e.message.device_id));
             tokio::select! {
                 biased;
                 Some(outcome) = outcomes.recv() => {
-                    self.settle(outcome).await;
+                    self.settle(outcome);
                     while let Ok(more) = outcomes.try_recv() {
-                        self.settle(more).await;
+                        self.settle(more);
+                    }
+                    for (device_id, seq) in self.acks.take_acks() {
+                        self.publish_ack(&device_id, seq).await;
                     }
                     self.flush().await;
                 }
-                slot = ingest.reserve(), if !self.to_submit.is_empty() => {
+                slot = ingest.reserve(next_writer.unwrap_or_default()), if next_writer.is_some() => {
                     match (slot, self.to_submit.pop_front()) {
                         (Ok(slot), Some(envelope)) => slot.send(envelope),
                         _ => return, // pipeline gone: unacked messages will be redelivered
@@ -128,6 +135,7 @@ impl Intake {
         let validated = self.validate(&publish);
         let state = match validated {
             Ok(message) => {
+                tracing::trace!(device_id = %message.device_id, seq = message.seq, "mqtt message received");
                 let key = (message.device_id.clone(), message.seq);
                 self.waiting.entry(key).or_default().push(id);
                 self.acks.received(&message.device_id, message.seq);
@@ -169,13 +177,16 @@ impl Intake {
         convert::device_message(wire).map_err(|_| "invalid_message")
     }
 
-    async fn settle(&mut self, o: Outcome) {
+    fn settle(&mut self, o: Outcome) {
         let state = match &o.disposition {
             Disposition::Committed | Disposition::Duplicate => State::Ack,
             Disposition::Rejected(RejectReason::ShuttingDown) => State::Hold,
             Disposition::Rejected(_) => State::Ack,
         };
-        let key = (o.device_id.clone(), o.seq);
+        tracing::trace!(device_id = %o.device_id, seq = o.seq, disposition = ?o.disposition, "mqtt message settled");
+        self.acks
+            .resolved(&o.device_id, o.seq, o.disposition.is_stored());
+        let key = (o.device_id, o.seq);
         let Some(ids) = self.waiting.get_mut(&key) else {
             return;
         };
@@ -190,19 +201,6 @@ impl Intake {
         }
         if ids.is_empty() {
             self.waiting.remove(&key);
-        }
-        let stored = o.disposition.is_stored();
-        match self.acks.resolved(&o.device_id, o.seq, stored) {
-            Some(ack) => self.publish_ack(&o.device_id, ack).await,
-            // A pen that resends what was acknowledged (it missed the ack)
-            // hears the current ack again, or it would wait forever.
-            None if o.disposition == Disposition::Duplicate => {
-                let ack = self.acks.current(&o.device_id);
-                if ack >= o.seq {
-                    self.publish_ack(&o.device_id, ack).await;
-                }
-            }
-            None => {}
         }
     }
 
@@ -228,6 +226,7 @@ impl Intake {
     }
 
     async fn publish_ack(&self, device_id: &str, committed_seq: u64) {
+        tracing::trace!(device_id, committed_seq, "mqtt ack published");
         let ack = pb::IngestAck {
             device_id: device_id.to_owned(),
             committed_seq,

@@ -4,8 +4,9 @@
 //! has received is committed". An ack of `n` is sent after message `n`
 //! arrived, so it covers exactly the messages the pen sent on the current
 //! connection before (its first send of) `n` whose seq is at most `n`. A
-//! message sent after `n` with a lower seq (a swapped pair) may not have
-//! arrived yet, so only a later ack covers it.
+//! message sent after `n` with a lower seq (a swapped pair, a resend) may
+//! not have arrived yet, so only a later ack covers it: the server announces
+//! such a seq with an ack of its own once it is stored.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

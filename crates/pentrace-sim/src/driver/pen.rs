@@ -226,6 +226,7 @@ impl<'a> Pen<'a> {
     fn on_event(&mut self, event: Event) -> Result<(), SimError> {
         match event {
             Event::Ready => {
+                tracing::trace!(device_id = %self.plan.device_id, "pen ready");
                 // Not progress: only acks are. A server that never acks must
                 // time the pen out however often it reconnects.
                 self.ready = true;
@@ -269,6 +270,7 @@ impl<'a> Pen<'a> {
             // Waiting for an ack starts now, not at the last progress.
             self.last_progress = now;
         }
+        tracing::trace!(device_id = %self.plan.device_id, seq = message.seq, kind = ?out.kind, "pen sent");
         permit.send(wire::build(self.plan, message, Utc::now()));
         let samples = message.samples();
         self.inflight.sent(message.seq, out.index, samples, now);
@@ -286,6 +288,7 @@ impl<'a> Pen<'a> {
 
     fn on_ack(&mut self, seq: u64) {
         let covered = self.inflight.ack(seq, Instant::now());
+        tracing::trace!(device_id = %self.plan.device_id, seq, covered = covered.messages, "pen ack");
         if covered.messages == 0 {
             return;
         }
@@ -362,6 +365,7 @@ impl<'a> Pen<'a> {
     /// Drops the connection at once (no goodbye), as a pen losing power or
     /// network would; the next step reconnects.
     fn drop_link(&mut self) {
+        tracing::trace!(device_id = %self.plan.device_id, "pen link dropped");
         if self.link.take().is_some() {
             Counters::add(&self.counters().reconnects, 1);
         }

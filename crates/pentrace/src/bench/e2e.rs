@@ -142,6 +142,9 @@ async fn run_in(spec: &Spec, broker: &Mosquitto, store: &ServerStore) -> anyhow:
     let result = drive(spec, broker, &server, &token).await;
     let mut server = server;
     server.process.stop(Duration::from_secs(20));
+    if let Err(e) = broker.forget_session(&server.client_id).await {
+        eprintln!("warning: cannot end the server's MQTT session: {e:#}");
+    }
     let mut run = result.with_context(|| {
         format!(
             "server log kept in {}",

@@ -74,7 +74,8 @@ impl Drop for Owned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !self.keep {
+        // PENTRACE_BENCH_KEEP=1 keeps every server's log for profiling.
+        if !self.keep && std::env::var_os("PENTRACE_BENCH_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -133,6 +134,34 @@ impl Mosquitto {
         Ok(Mosquitto { port, process })
     }
 
+    /// Ends the persistent session of a consumer that is gone for good.
+    /// Mosquitto keeps an offline session in the shared subscription and
+    /// goes on handing it its share of the messages, which then wait for a
+    /// consumer that never returns: a later run's pens would lose them.
+    pub async fn forget_session(&self, client_id: &str) -> anyhow::Result<()> {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", self.port);
+        options.set_clean_session(true);
+        let (client, mut events) = AsyncClient::new(options, 10);
+        let connected = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Event::Incoming(Packet::ConnAck(_)) = events.poll().await? {
+                    return Ok::<(), rumqttc::ConnectionError>(());
+                }
+            }
+        });
+        connected
+            .await
+            .with_context(|| format!("no CONNACK for {client_id}"))??;
+        client.disconnect().await?;
+        // Poll until the DISCONNECT is out and the broker closes the socket.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while events.poll().await.is_ok() {}
+        })
+        .await;
+        Ok(())
+    }
+
     /// `mqtt://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
@@ -150,6 +179,8 @@ pub enum ServerStore {
 #[derive(Debug)]
 pub struct Server {
     pub grpc_port: u16,
+    /// Its MQTT client id (persistent session).
+    pub client_id: String,
     pub process: Owned,
 }
 
@@ -158,6 +189,7 @@ impl Server {
     /// its log goes to `serve.log` in a scratch directory.
     pub fn start(store: &ServerStore, mqtt_url: &str) -> anyhow::Result<Server> {
         let (grpc_port, http_port) = (free_port()?, free_port()?);
+        let client_id = format!("pentrace-bench-{grpc_port}");
         let dir = scratch_dir("serve")?;
         let log = std::fs::File::create(dir.join("serve.log")).context("server log")?;
         let exe = std::env::current_exe().context("cannot find this executable")?;
@@ -171,7 +203,7 @@ impl Server {
             .arg("--mqtt-url")
             .arg(mqtt_url)
             .arg("--mqtt-client-id")
-            .arg(format!("pentrace-bench-{grpc_port}"))
+            .arg(&client_id)
             .env_remove("DATABASE_URL")
             .env_remove("PENTRACE_CONFIG")
             .stdout(Stdio::null())
@@ -191,7 +223,11 @@ impl Server {
             keep: false,
         };
         wait_for_port(&mut process.child, grpc_port, "pentrace serve")?;
-        Ok(Server { grpc_port, process })
+        Ok(Server {
+            grpc_port,
+            client_id,
+            process,
+        })
     }
 
     /// `http://127.0.0.1:PORT` of the gRPC services.
