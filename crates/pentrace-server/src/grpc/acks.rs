@@ -117,7 +117,9 @@ impl DeviceAcks {
         let mut out: Vec<u64> = match limit {
             Some(l) => {
                 let held = self.late.split_off(&l);
-                std::mem::replace(&mut self.late, held).into_iter().collect()
+                std::mem::replace(&mut self.late, held)
+                    .into_iter()
+                    .collect()
             }
             None => std::mem::take(&mut self.late).into_iter().collect(),
         };
@@ -240,7 +242,11 @@ mod tests {
         t.received("p", 1);
         t.received("p", 1);
         assert_eq!(resolve(&mut t, 1, true), vec![1]);
-        assert_eq!(resolve(&mut t, 1, true), vec![1], "the copy is announced too");
+        assert_eq!(
+            resolve(&mut t, 1, true),
+            vec![1],
+            "the copy is announced too"
+        );
         assert_eq!(t.unresolved(), 0);
     }
 

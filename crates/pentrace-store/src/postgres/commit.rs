@@ -69,47 +69,19 @@ async fn insert_messages(
             pair[0].device_id, pair[0].seq
         )));
     }
-    let mut seqs = Vec::with_capacity(rows.len());
-    let mut sessions = Vec::with_capacity(rows.len());
-    for row in &rows {
-        seqs.push(to_i64(row.seq, "seq")?);
-        sessions.push(
-            row.session_id
-                .as_deref()
-                .map(|s| parse_uuid(s, "session id"))
-                .transpose()?,
-        );
+    match copy::copy_messages(conn, &rows).await {
+        Ok(()) => Ok(None),
+        Err(StoreError::Rejected(sqlx::Error::Database(db))) if db.is_unique_violation() => {
+            // PostgreSQL names the key in its detail, e.g.
+            // "Key (device_id, seq)=(pen-1, 7) already exists."
+            let detail = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| pg.detail().map(str::to_owned))
+                .unwrap_or_else(|| "a message of the batch is already stored".to_owned());
+            Ok(Some(detail))
+        }
+        Err(e) => Err(e),
     }
-    let stored: Vec<(String, i64)> = sqlx::query_as(
-        "INSERT INTO device_messages (device_id, seq, kind, session_id, sent_at, received_at) \
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::uuid[], \
-                              $5::timestamptz[], $6::timestamptz[]) \
-         ON CONFLICT DO NOTHING RETURNING device_id, seq",
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.device_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(&seqs)
-    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
-    .bind(sessions)
-    .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await?;
-    if stored.len() == rows.len() {
-        return Ok(None);
-    }
-    let stored: HashSet<(String, i64)> = stored.into_iter().collect();
-    let lost = rows
-        .iter()
-        .zip(&seqs)
-        .find(|(r, s)| !stored.contains(&(r.device_id.clone(), **s)));
-    Ok(Some(match lost {
-        Some((row, _)) => format!("message {}/{} is already stored", row.device_id, row.seq),
-        None => "a message of the batch is already stored".to_owned(),
-    }))
 }
 
 /// Bind-once: `Some(detail)` when a cartridge is already bound. The primary
