@@ -1,6 +1,4 @@
-//! Stroke samples and message keys by binary `COPY` inside the batch
-//! transaction (a multi-row `INSERT` of the keys cost about as much as the
-//! ten times as many samples).
+//! Stroke samples by binary `COPY` inside the batch transaction.
 //!
 //! The PGCOPY binary format is written by hand (it is small): a header, then
 //! per row a field count and, per field, a length and the value in network
@@ -12,12 +10,10 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgCopyIn;
 
 use super::convert::{parse_uuid, to_i32, to_i64};
-use crate::{MessageRow, SampleBlock, SampleRow, StoreError, StoreResult};
+use crate::{SampleBlock, SampleRow, StoreError, StoreResult};
 
 const COPY_SAMPLES: &str = "COPY stroke_samples \
      (time, device_id, session_id, seq, strokes, depth_um, speed_hz) FROM STDIN (FORMAT binary)";
-const COPY_MESSAGES: &str = "COPY device_messages \
-     (device_id, seq, kind, session_id, sent_at, received_at) FROM STDIN (FORMAT binary)";
 
 /// Signature, flags field (no OIDs), header extension length.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -41,47 +37,7 @@ pub(super) async fn copy_samples(
         return Ok(());
     }
     let mut copy = conn.copy_in_raw(COPY_SAMPLES).await?;
-    let sent = send_all(&mut copy, blocks).await;
-    finish(copy, sent, "stroke samples").await
-}
-
-/// Copies the message keys. A key already stored fails the COPY with a
-/// unique violation (the caller treats it as a lost race): the batch was
-/// judged against facts that said it was new.
-pub(super) async fn copy_messages(
-    conn: &mut PgConnection,
-    rows: &[&MessageRow],
-) -> StoreResult<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut copy = conn.copy_in_raw(COPY_MESSAGES).await?;
-    let sent = send_messages(&mut copy, rows).await;
-    finish(copy, sent, "device messages").await
-}
-
-async fn send_messages(
-    copy: &mut PgCopyIn<&mut PgConnection>,
-    rows: &[&MessageRow],
-) -> StoreResult<u64> {
-    let mut buf = Vec::with_capacity(rows.len() * 96 + HEADER.len() + TRAILER.len());
-    buf.extend_from_slice(HEADER);
-    for row in rows {
-        encode_message(&mut buf, row)?;
-    }
-    buf.extend_from_slice(&TRAILER);
-    copy.send(buf.as_slice()).await?;
-    Ok(rows.len() as u64)
-}
-
-/// Ends a COPY whose rows were sent (or failed to encode) and checks that
-/// PostgreSQL stored exactly as many rows as were sent.
-async fn finish(
-    copy: PgCopyIn<&mut PgConnection>,
-    sent: StoreResult<u64>,
-    what: &str,
-) -> StoreResult<()> {
-    let sent = match sent {
+    let sent = match send_all(&mut copy, blocks).await {
         Ok(sent) => sent,
         Err(e) => {
             // Leave the connection usable (the transaction still rolls back);
@@ -95,7 +51,7 @@ async fn finish(
     let stored = copy.finish().await?;
     if stored != sent {
         return Err(StoreError::Other(sqlx::Error::Protocol(format!(
-            "COPY stored {stored} {what}, {sent} were sent"
+            "COPY stored {stored} stroke samples, {sent} were sent"
         ))));
     }
     Ok(())
@@ -149,23 +105,6 @@ fn encode_row(buf: &mut Vec<u8>, fixed: &BlockFields<'_>, row: &SampleRow) -> St
     field(buf, &to_i32(row.strokes, "sample strokes")?.to_be_bytes())?;
     field(buf, &to_i32(row.depth_um, "sample depth")?.to_be_bytes())?;
     field(buf, &to_i32(row.speed_hz, "sample speed")?.to_be_bytes())?;
-    Ok(())
-}
-
-const MESSAGE_FIELDS: i16 = 6;
-
-fn encode_message(buf: &mut Vec<u8>, row: &MessageRow) -> StoreResult<()> {
-    buf.extend_from_slice(&MESSAGE_FIELDS.to_be_bytes());
-    field(buf, row.device_id.as_bytes())?;
-    field(buf, &to_i64(row.seq, "message seq")?.to_be_bytes())?;
-    field(buf, row.kind.as_bytes())?;
-    match &row.session_id {
-        Some(id) => field(buf, parse_uuid(id, "message session id")?.as_bytes())?,
-        // A NULL is a field of length -1 with no bytes.
-        None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
-    }
-    field(buf, &pg_micros(row.sent_at)?.to_be_bytes())?;
-    field(buf, &pg_micros(row.received_at)?.to_be_bytes())?;
     Ok(())
 }
 
