@@ -186,10 +186,7 @@ impl IngestHandle {
 
     /// The writer that commits `device_id`'s messages.
     pub fn writer_of(&self, device_id: &str) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        device_id.hash(&mut h);
-        (h.finish() % self.queues.len() as u64) as usize
+        writer_index(device_id, self.queues.len())
     }
 
     fn queue_of(&self, device_id: &str) -> &mpsc::Sender<Envelope> {
@@ -316,5 +313,34 @@ impl IngestHandle {
             health: self.health.clone(),
             metrics: self.metrics.clone(),
         }
+    }
+}
+
+/// Which of `writers` writers commits `device_id`'s messages: the same one
+/// for as long as the process runs (the hash need not be stable across
+/// builds; the queues are not persisted).
+fn writer_index(device_id: &str, writers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    device_id.hash(&mut h);
+    (h.finish() % writers.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writer_index;
+
+    #[test]
+    fn a_device_always_has_the_same_writer_and_devices_are_spread() {
+        let ids: Vec<String> = (0..100).map(|i| format!("pen-{i:04}")).collect();
+        let first: Vec<usize> = ids.iter().map(|id| writer_index(id, 2)).collect();
+        let again: Vec<usize> = ids.iter().map(|id| writer_index(id, 2)).collect();
+        assert_eq!(first, again);
+        let on_first = first.iter().filter(|&&w| w == 0).count();
+        assert!(
+            (25..=75).contains(&on_first),
+            "{on_first} of 100 on writer 0"
+        );
+        assert!(ids.iter().all(|id| writer_index(id, 1) == 0));
     }
 }

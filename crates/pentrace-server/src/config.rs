@@ -388,6 +388,28 @@ mod tests {
     }
 
     #[test]
+    fn writers_are_bounded_and_sqlite_has_one() {
+        let mut config = Config::load(None, &Overrides::default()).expect("defaults");
+        assert_eq!(config.ingest.writers, 2);
+        assert_eq!(config.ingest_config().writers, 1, "SQLite has one writer");
+        config.database_url = Some(SecretString::from("postgres://db/pentrace"));
+        assert_eq!(config.ingest_config().writers, 2);
+        config.ingest.writers = 0;
+        let err = config.validate().expect_err("no writer");
+        assert!(err.to_string().contains("ingest.writers"), "{err}");
+        config.ingest.writers = 8;
+        let err = config
+            .validate()
+            .expect_err("as many writers as connections");
+        assert!(
+            err.to_string().contains("database_max_connections"),
+            "{err}"
+        );
+        config.database_max_connections = 9;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn only_configuration_keys_are_read_from_the_environment() {
         for other in [
             "TOKEN",
