@@ -3,6 +3,9 @@
 //! before it started; the pen will wait, before sending, until that session
 //! is fully acknowledged, so the first binding is certain.
 
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -12,20 +15,29 @@ use crate::profile::mix;
 /// Replaces every moved placeholder with a real source, or with a fresh
 /// cartridge when no session qualifies (e.g. a single pen, or a first
 /// session that starts before any other ended).
+///
+/// Sources are kept sorted by end time, so the ones that ended early enough
+/// are a prefix; a source is drawn from it at random and redrawn while it is
+/// taken or the pen's own. Scanning every session for every moved one was
+/// cubic and took minutes for a 10-minute load (a profile of `pentrace bench
+/// --duration 600`: 87% of the load generator's CPU).
 pub(super) fn resolve(pens: &mut [PenPlan], seed_of: impl Fn(usize) -> u64) {
-    let mut taken: Vec<(usize, usize)> = Vec::new();
+    let margin = chrono::Duration::seconds(MOVED_MARGIN_S);
+    let pool = source_pool(pens);
+    let mut taken: HashSet<(usize, usize)> = HashSet::new();
     for p in 0..pens.len() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix(seed_of(p), &[0x30_7ED]));
         for k in 0..pens[p].sessions.len() {
             if !matches!(pens[p].sessions[k].cartridge, CartridgeUse::Moved { .. }) {
                 continue;
             }
-            let candidates = sources(pens, p, k, &taken);
-            let choice =
-                (!candidates.is_empty()).then(|| candidates[rng.random_range(0..candidates.len())]);
+            let start = pens[p].sessions[k].started_at;
+            let ended = pool.partition_point(|(end, _)| *end + margin <= start);
+            let usable = |c: &(usize, usize)| c.0 != p && !taken.contains(c);
+            let choice = draw(&pool[..ended], &mut rng, usable);
             match choice {
                 Some((sp, sk)) => {
-                    taken.push((sp, sk));
+                    taken.insert((sp, sk));
                     let label = pens[sp].sessions[sk].label.clone();
                     let form = pens[p].form;
                     let session = &mut pens[p].sessions[k];
@@ -42,13 +54,11 @@ pub(super) fn resolve(pens: &mut [PenPlan], seed_of: impl Fn(usize) -> u64) {
     }
 }
 
-/// Sessions of other pens whose cartridge pen `p`'s session `k` may take:
-/// fresh, owned, not used again by anyone, and ended before it starts.
-fn sources(pens: &[PenPlan], p: usize, k: usize, taken: &[(usize, usize)]) -> Vec<(usize, usize)> {
-    let start = pens[p].sessions[k].started_at;
-    let margin = chrono::Duration::seconds(MOVED_MARGIN_S);
-    let mut out = Vec::new();
-    for (sp, pen) in pens.iter().enumerate().filter(|(sp, _)| *sp != p) {
+/// Sessions whose cartridge another pen may take: fresh, owned, not used
+/// again by their own pen; by end time.
+fn source_pool(pens: &[PenPlan]) -> Vec<(DateTime<Utc>, (usize, usize))> {
+    let mut pool = Vec::new();
+    for (sp, pen) in pens.iter().enumerate() {
         for (sk, s) in pen.sessions.iter().enumerate() {
             let reused_by_next = pen.sessions.get(sk + 1).is_some_and(|n| {
                 matches!(
@@ -56,14 +66,31 @@ fn sources(pens: &[PenPlan], p: usize, k: usize, taken: &[(usize, usize)]) -> Ve
                     CartridgeUse::Reuse { .. } | CartridgeUse::Resume { .. }
                 )
             });
-            if s.cartridge == CartridgeUse::Fresh
-                && !reused_by_next
-                && !taken.contains(&(sp, sk))
-                && s.ended_at + margin <= start
-            {
-                out.push((sp, sk));
+            if s.cartridge == CartridgeUse::Fresh && !reused_by_next {
+                pool.push((s.ended_at, (sp, sk)));
             }
         }
     }
-    out
+    pool.sort();
+    pool
+}
+
+/// A random usable entry: a few random draws, then (when most are not
+/// usable) a uniform pick among all usable ones.
+fn draw(
+    pool: &[(DateTime<Utc>, (usize, usize))],
+    rng: &mut Xoshiro256PlusPlus,
+    usable: impl Fn(&(usize, usize)) -> bool,
+) -> Option<(usize, usize)> {
+    if pool.is_empty() {
+        return None;
+    }
+    for _ in 0..16 {
+        let (_, c) = pool[rng.random_range(0..pool.len())];
+        if usable(&c) {
+            return Some(c);
+        }
+    }
+    let all: Vec<(usize, usize)> = pool.iter().map(|(_, c)| *c).filter(&usable).collect();
+    (!all.is_empty()).then(|| all[rng.random_range(0..all.len())])
 }
