@@ -3,6 +3,14 @@
 //! The lookups run on one pooled connection without a transaction: the
 //! commit, not the read, arbitrates races (a fact that changed meanwhile
 //! shows up there as a conflict on a message key or a binding).
+//!
+//! Every lookup is sent unprepared (`persistent(false)`), so PostgreSQL plans
+//! it for these keys and the tables as they are now. A prepared statement's
+//! cached generic plan, fixed while the tables were small, seq-scans them;
+//! with no ANALYZE to invalidate it (autovacuum off, as on this project's CI
+//! machine) a 10-minute `pentrace bench` run read 2.1 billion
+//! `device_messages` rows in 1,636 scans and slowed from ~113k to ~27k
+//! samples/s. Planning these few statements per batch costs far less.
 
 use std::collections::{HashMap, HashSet};
 
@@ -51,6 +59,7 @@ async fn seen(
          JOIN UNNEST($1::text[], $2::int8[]) AS k(device_id, seq) \
            ON m.device_id = k.device_id AND m.seq = k.seq",
     )
+    .persistent(false)
     .bind(devices)
     .bind(seqs)
     .fetch_all(conn)
@@ -70,6 +79,7 @@ async fn devices(
     let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
         "SELECT id, clinic_id, max_depth_um, max_seq FROM devices WHERE id = ANY($1)",
     )
+    .persistent(false)
     .bind(ids)
     .fetch_all(conn)
     .await?;
@@ -96,6 +106,7 @@ async fn products(
         "SELECT gtin, max_depth_um, rated_strokes, max_active_s FROM products \
          WHERE gtin = ANY($1)",
     )
+    .persistent(false)
     .bind(strs(gtins))
     .fetch_all(conn)
     .await?;
@@ -127,6 +138,7 @@ async fn lots(
          JOIN UNNEST($1::text[], $2::text[]) AS k(gtin, lot) \
            ON l.gtin = k.gtin AND l.lot = k.lot",
     )
+    .persistent(false)
     .bind(gtins)
     .bind(lots)
     .fetch_all(conn)
@@ -157,6 +169,7 @@ async fn bindings(
         "SELECT cartridge_id, session_id, device_id, patient_ref, last_activity_at \
          FROM cartridges WHERE cartridge_id = ANY($1)",
     )
+    .persistent(false)
     .bind(strs(ids))
     .fetch_all(conn)
     .await?;
@@ -196,6 +209,7 @@ async fn sessions(
         "SELECT session_id, device_id, relation, owner_session_id, strokes, active_ms \
          FROM sessions WHERE session_id = ANY($1)",
     )
+    .persistent(false)
     .bind(uuids)
     .fetch_all(conn)
     .await?;
@@ -226,6 +240,7 @@ async fn holes(
         "SELECT device_id, first_seq, last_seq, detected_at FROM seq_holes \
          WHERE device_id = ANY($1) ORDER BY device_id, first_seq",
     )
+    .persistent(false)
     .bind(device_ids)
     .fetch_all(conn)
     .await?;
