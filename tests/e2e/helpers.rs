@@ -393,3 +393,79 @@ pub async fn register(
         .expect("lot");
     }
 }
+
+/// What the server answered on one `Telemetry.Ingest` stream.
+#[derive(Debug)]
+pub struct Downlinks {
+    pub acks: Vec<pb::IngestAck>,
+    pub rejections: Vec<pb::Rejection>,
+    pub commands: Vec<pb::RejectCartridge>,
+    /// How the stream ended: `Ok` when cleanly.
+    pub end: Result<(), tonic::Status>,
+}
+
+impl Downlinks {
+    /// The device's highest watermark announced (0 if none). Also checks
+    /// that watermarks never went back.
+    pub fn watermark(&self, device_id: &str) -> u64 {
+        let mut last = 0;
+        for a in self.acks.iter().filter(|a| a.device_id == device_id) {
+            assert!(a.committed_seq >= last, "a watermark went back: {a:?}");
+            last = a.committed_seq;
+        }
+        last
+    }
+
+    /// Whether an ack covers the seq (the pen's side of the contract).
+    pub fn covers(&self, device_id: &str, seq: u64) -> bool {
+        self.acks
+            .iter()
+            .filter(|a| a.device_id == device_id)
+            .any(|a| {
+                seq <= a.committed_seq || a.stored.iter().any(|r| r.first <= seq && seq <= r.last)
+            })
+    }
+
+    /// The rejection of one seq, if any.
+    pub fn rejection(&self, device_id: &str, seq: u64) -> Option<&pb::Rejection> {
+        self.rejections
+            .iter()
+            .find(|r| r.device_id == device_id && r.seq == seq)
+    }
+}
+
+/// Streams the messages on one stream and collects every downlink until
+/// the server ends the stream.
+pub async fn exchange(
+    client: &mut TelemetryClient<Channel>,
+    messages: Vec<pb::DeviceMessage>,
+) -> Downlinks {
+    use pb::device_downlink::Body;
+    use tokio_stream::StreamExt;
+    let mut out = Downlinks {
+        acks: Vec::new(),
+        rejections: Vec::new(),
+        commands: Vec::new(),
+        end: Ok(()),
+    };
+    let mut inbound = match client.ingest(tokio_stream::iter(messages)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            out.end = Err(status);
+            return out;
+        }
+    };
+    while let Some(item) = inbound.next().await {
+        match item.map(|d| d.body) {
+            Ok(Some(Body::Ack(a))) => out.acks.push(a),
+            Ok(Some(Body::Rejection(r))) => out.rejections.push(r),
+            Ok(Some(Body::RejectCartridge(c))) => out.commands.push(c),
+            Ok(None) => {}
+            Err(status) => {
+                out.end = Err(status);
+                break;
+            }
+        }
+    }
+    out
+}

@@ -10,7 +10,7 @@ use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use tokio_stream::StreamExt;
 
-use crate::helpers::{TestApp, eventually, register, spawn_app, ts};
+use crate::helpers::{Downlinks, TestApp, eventually, exchange, register, spawn_app, ts};
 
 const GTIN: &str = "09506000134352";
 /// A valid GTIN-14 that is not in the catalogue.
@@ -144,19 +144,26 @@ fn yymm00(year: i32, month: u32) -> String {
 /// device.
 async fn stream(app: &TestApp, messages: Vec<pb::DeviceMessage>) -> HashMap<String, u64> {
     let mut client = app.telemetry().await;
-    let response = client
-        .ingest(tokio_stream::iter(messages))
-        .await
-        .expect("ingest");
-    let mut acks = HashMap::new();
-    let mut inbound = response.into_inner();
-    while let Some(ack) = inbound.next().await {
-        let ack = ack.expect("ack stream ended with an error");
-        let last = acks.entry(ack.device_id).or_insert(0);
-        assert!(ack.committed_seq >= *last, "acks never go back");
-        *last = ack.committed_seq;
-    }
-    acks
+    watermarks(exchange(&mut client, messages).await)
+}
+
+/// The last watermark per device of a stream that must end cleanly,
+/// without rejections.
+fn watermarks(down: Downlinks) -> HashMap<String, u64> {
+    assert!(down.end.is_ok(), "the stream ended with {:?}", down.end);
+    assert!(
+        down.rejections.is_empty(),
+        "rejected: {:?}",
+        down.rejections
+    );
+    let devices: BTreeSet<String> = down.acks.iter().map(|a| a.device_id.clone()).collect();
+    devices
+        .into_iter()
+        .map(|d| {
+            let w = down.watermark(&d);
+            (d, w)
+        })
+        .collect()
 }
 
 /// The expected flags as (kind, session id).
@@ -501,17 +508,9 @@ async fn futures_join(
             let mut client = pentrace_proto::v1::telemetry_client::TelemetryClient::connect(grpc)
                 .await
                 .expect("connect");
-            let response = client
-                .ingest(tokio_stream::iter(messages))
-                .await
-                .expect("ingest");
-            let mut acks = HashMap::new();
-            let mut inbound = response.into_inner();
-            while let Some(ack) = inbound.next().await {
-                let ack = ack.unwrap_or_else(|s| panic!("stream {i} ended with {s:?}"));
-                acks.insert(ack.device_id, ack.committed_seq);
-            }
-            acks
+            let down = exchange(&mut client, messages).await;
+            assert!(down.end.is_ok(), "stream {i} ended with {:?}", down.end);
+            watermarks(down)
         });
     }
     let mut out = Vec::new();

@@ -1,13 +1,13 @@
-//! Bad input gets a clear status, never a panic, and never costs the
-//! messages sent before it.
+//! Bad input gets a clear answer, never a panic, and never costs another
+//! message: a message that cannot be stored is rejected with its reason on
+//! the stream, which goes on; only a frame tonic cannot read ends it.
 
 use chrono::Utc;
 use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
-use tokio_stream::StreamExt;
 use tonic::Code;
 
-use crate::helpers::{TestApp, register, spawn_app, ts};
+use crate::helpers::{Downlinks, TestApp, exchange, register, spawn_app, ts};
 
 fn heartbeat(device: &str, seq: u64) -> pb::DeviceMessage {
     pb::DeviceMessage {
@@ -21,91 +21,80 @@ fn heartbeat(device: &str, seq: u64) -> pb::DeviceMessage {
     }
 }
 
-/// Streams the messages; returns the last ack and the status that ended
-/// the stream (`Ok` when it ended cleanly).
-async fn stream(
-    app: &TestApp,
-    messages: Vec<pb::DeviceMessage>,
-) -> (u64, Result<(), tonic::Status>) {
+/// Streams the messages on one stream and returns every downlink.
+async fn stream(app: &TestApp, messages: Vec<pb::DeviceMessage>) -> Downlinks {
     let mut client = app
         .telemetry()
         .await
         .max_encoding_message_size(4 * 1024 * 1024);
-    let mut inbound = client
-        .ingest(tokio_stream::iter(messages))
-        .await
-        .expect("ingest")
-        .into_inner();
-    let mut last = 0;
-    while let Some(item) = inbound.next().await {
-        match item {
-            Ok(ack) => last = ack.committed_seq,
-            Err(status) => return (last, Err(status)),
-        }
-    }
-    (last, Ok(()))
+    exchange(&mut client, messages).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_refused_with_a_clear_status_after_the_good_messages() {
+async fn a_refused_message_is_answered_and_the_stream_goes_on() {
     let app = spawn_app(&[]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
 
-    // An unregistered device.
-    let (acked, end) = stream(
+    // An unregistered device between good messages, and a seq of 0 (no
+    // idempotency key): each answered, nothing else held back.
+    let mut no_key = heartbeat("pen-1", 0);
+    no_key.seq = 0;
+    let down = stream(
         &app,
         vec![
             heartbeat("pen-1", 1),
-            heartbeat("pen-1", 2),
             heartbeat("ghost", 1),
+            heartbeat("pen-1", 2),
+            no_key,
+            heartbeat("pen-1", 3),
         ],
     )
     .await;
-    let status = end.expect_err("unknown device must end the stream");
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
-        status.message().contains("ghost") && status.message().contains("not registered"),
-        "{status:?}"
+        down.end.is_ok(),
+        "a rejection never ends the stream: {:?}",
+        down.end
     );
+    let ghost = down
+        .rejection("ghost", 1)
+        .expect("the unknown device is answered");
     assert_eq!(
-        acked, 2,
-        "messages before the bad one are committed and acked"
+        ghost.code,
+        pb::RejectCode::UnknownDevice as i32,
+        "{ghost:?}"
+    );
+    assert!(!ghost.retry);
+    assert!(ghost.detail.contains("not registered"), "{ghost:?}");
+    let zero = down.rejection("pen-1", 0).expect("seq 0 is answered");
+    assert_eq!(zero.code, pb::RejectCode::Invalid as i32, "{zero:?}");
+    assert!(zero.detail.contains("seq"), "{zero:?}");
+    assert_eq!(down.watermark("pen-1"), 3, "every good message acked");
+    assert!(
+        !down.covers("ghost", 1),
+        "a rejected message is never acked"
     );
 
-    // An invalid message (session id that is not a UUID).
-    let mut bad = heartbeat("pen-1", 4);
-    bad.body = Some(Body::SessionStart(pb::SessionStart {
-        session: Some(pb::SessionContext {
-            session_id: "not-a-uuid".into(),
-            started_at: Some(ts(Utc::now())),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }));
-    let (acked, end) = stream(&app, vec![heartbeat("pen-1", 3), bad]).await;
-    let status = end.expect_err("invalid message must end the stream");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("session_id"), "{status:?}");
-    assert_eq!(acked, 3);
-
-    // A message over 1 MiB.
+    // A message over 1 MiB: a frame tonic refuses to read ends the stream.
     let mut huge = heartbeat("pen-1", 6);
     huge.body = Some(Body::Heartbeat(pb::Heartbeat {
         battery_pct: 1,
         firmware: "x".repeat(2 * 1024 * 1024),
     }));
-    let (acked, end) = stream(&app, vec![heartbeat("pen-1", 5), huge]).await;
-    let status = end.expect_err("oversized message must end the stream");
+    let down = stream(&app, vec![heartbeat("pen-1", 5), huge]).await;
+    let status = down
+        .end
+        .as_ref()
+        .expect_err("an oversized frame ends the stream");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(
-        acked == 5 || acked == 0,
-        "an ack, if any, covers only the good message: {acked}"
+        !down.covers("pen-1", 6),
+        "an ack covers only the good message"
     );
 
     // The server is still serving, and stored exactly the good messages.
-    let (acked, end) = stream(&app, vec![heartbeat("pen-1", 7)]).await;
-    assert!(end.is_ok(), "{end:?}");
-    assert_eq!(acked, 7);
+    let down = stream(&app, vec![heartbeat("pen-1", 4), heartbeat("pen-1", 5)]).await;
+    assert!(down.end.is_ok(), "{:?}", down.end);
+    assert_eq!(down.watermark("pen-1"), 5);
     assert_eq!(
         app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-1'")
             .await,
@@ -130,9 +119,9 @@ async fn bad_input_is_refused_with_a_clear_status_after_the_good_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_register_accepts_unknown_devices_into_the_default_clinic() {
     let app = spawn_app(&["--auto-register"]).await;
-    let (acked, end) = stream(&app, vec![heartbeat("new-pen", 1)]).await;
-    assert!(end.is_ok(), "{end:?}");
-    assert_eq!(acked, 1);
+    let down = stream(&app, vec![heartbeat("new-pen", 1)]).await;
+    assert!(down.end.is_ok(), "{:?}", down.end);
+    assert_eq!(down.watermark("new-pen"), 1);
     assert_eq!(
         app.count("SELECT count(*) FROM devices WHERE id = 'new-pen' AND clinic_id = 'default'")
             .await,
@@ -144,8 +133,8 @@ async fn auto_register_accepts_unknown_devices_into_the_default_clinic() {
 async fn sigterm_drains_and_exits_cleanly() {
     let mut app = spawn_app(&[]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
-    let (acked, _) = stream(&app, (1..=50).map(|s| heartbeat("pen-1", s)).collect()).await;
-    assert_eq!(acked, 50);
+    let down = stream(&app, (1..=50).map(|s| heartbeat("pen-1", s)).collect()).await;
+    assert_eq!(down.watermark("pen-1"), 50);
     let status = app.stop();
     assert!(status.success(), "exit status {status:?}");
 }

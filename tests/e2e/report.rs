@@ -10,7 +10,6 @@ use chrono::{DateTime, Datelike, Duration as Span, NaiveDate, Utc};
 use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use sha2::{Digest, Sha256};
-use tokio_stream::StreamExt;
 
 use crate::helpers::{TestApp, pentrace_cli, register, spawn_app, ts, user_token};
 
@@ -158,16 +157,13 @@ async fn stream_all(app: &TestApp, planned: &[Planned]) {
     }
     for (device, pen) in pens {
         let mut client = app.telemetry().await;
-        let mut acks = client
-            .ingest(tokio_stream::iter(pen.messages))
-            .await
-            .expect("ingest")
-            .into_inner();
-        let mut last = 0;
-        while let Some(ack) = acks.next().await {
-            last = ack.expect("ack").committed_seq;
-        }
-        assert_eq!(last, pen.seq, "every message of {device} committed");
+        let down = crate::helpers::exchange(&mut client, pen.messages).await;
+        assert!(down.end.is_ok(), "{:?}", down.end);
+        assert_eq!(
+            down.watermark(device),
+            pen.seq,
+            "every message of {device} committed"
+        );
     }
 }
 

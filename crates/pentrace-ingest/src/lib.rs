@@ -15,7 +15,7 @@
 //! a conflict, and the batch is judged again, as between two processes.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -68,11 +68,15 @@ impl Default for IngestConfig {
 }
 
 /// A message as a transport received it, with where to report its outcome.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Envelope {
     pub message: DeviceMessage,
     /// Server clock at receipt.
     pub received_at: DateTime<Utc>,
+    /// The protobuf bytes as received (kept for quarantine).
+    pub payload: bytes::Bytes,
+    /// `grpc` or `mqtt`.
+    pub transport: &'static str,
     pub reply: mpsc::UnboundedSender<Outcome>,
 }
 
@@ -82,6 +86,10 @@ pub struct Outcome {
     pub device_id: String,
     pub seq: u64,
     pub disposition: Disposition,
+    /// The device's stored watermark as of this outcome: every seq from 1
+    /// through it is stored (0 when nothing is known, e.g. for an unknown
+    /// device).
+    pub stored_through: u64,
 }
 
 /// Final state of a message.
@@ -91,14 +99,20 @@ pub enum Disposition {
     Committed,
     /// Already stored (a redelivery): safe to ack.
     Duplicate,
+    /// Could not be processed; kept in quarantine with the error. Its key is
+    /// stored, so it is acknowledged like a stored message.
+    Quarantined(String),
     /// Not stored; the transport must tell the sender.
     Rejected(RejectReason),
 }
 
 impl Disposition {
-    /// Whether the message is stored and may be acknowledged.
+    /// Whether the message's key is stored and it may be acknowledged.
     pub fn is_stored(&self) -> bool {
-        matches!(self, Disposition::Committed | Disposition::Duplicate)
+        matches!(
+            self,
+            Disposition::Committed | Disposition::Duplicate | Disposition::Quarantined(_)
+        )
     }
 }
 
@@ -107,7 +121,9 @@ impl Disposition {
 pub enum RejectReason {
     /// The device is not registered (and auto-registration is off).
     UnknownDevice,
-    /// The database refused the message's data.
+    /// Neither storing nor quarantining the message worked (the database
+    /// refuses even the quarantine row): not stored, resending it will fail
+    /// the same way.
     StoreRejected(String),
     /// The server is stopping and the store is unreachable: not stored, the
     /// sender must retry.
@@ -123,23 +139,79 @@ impl RejectReason {
             RejectReason::ShuttingDown => "shutting_down",
         }
     }
+
+    /// Whether the same message may be stored if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RejectReason::ShuttingDown)
+    }
 }
 
 /// Whether the pipeline can currently commit (for `/readyz`).
 #[derive(Debug, Default)]
 pub struct Health {
     store_down: AtomicBool,
+    /// Writers not running (panicked, waiting to be restarted).
+    writers_down: AtomicUsize,
+    /// Per writer: when its current batch was taken (ms since the epoch),
+    /// 0 while it waits for messages.
+    busy_since_ms: std::sync::Mutex<Vec<u64>>,
 }
 
+/// A writer busy with one batch for longer than this is stalled: a batch
+/// commits in milliseconds, and a store outage is reported on its own.
+pub const STALL_LIMIT: Duration = Duration::from_secs(60);
+
 impl Health {
-    /// True while the last commit attempt succeeded.
+    /// True while commits succeed, every writer runs and none is stalled.
     pub fn is_ready(&self) -> bool {
-        !self.store_down.load(Ordering::Relaxed)
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the pipeline is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.store_down.load(Ordering::Relaxed) {
+            return Some("the store is unavailable".into());
+        }
+        let down = self.writers_down.load(Ordering::Relaxed);
+        if down > 0 {
+            return Some(format!("{down} ingest writer(s) are being restarted"));
+        }
+        let now = now_ms();
+        let busy = self
+            .busy_since_ms
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        let limit = STALL_LIMIT.as_millis() as u64;
+        busy.iter()
+            .position(|&since| since != 0 && now.saturating_sub(since) > limit)
+            .map(|w| {
+                format!(
+                    "ingest writer {w} has been on one batch for over {} s",
+                    limit / 1000
+                )
+            })
     }
 
     fn set_store_down(&self, down: bool) {
         self.store_down.store(down, Ordering::Relaxed);
     }
+
+    fn set_busy(&self, writer: usize, busy: bool) {
+        if let Ok(mut b) = self.busy_since_ms.lock() {
+            if b.len() <= writer {
+                b.resize(writer + 1, 0);
+            }
+            b[writer] = if busy { now_ms().max(1) } else { 0 };
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The pipeline is gone (server stopping).
@@ -264,8 +336,10 @@ impl Pipeline {
         ));
         let writers = receivers
             .into_iter()
-            .map(|rx| {
-                tokio::spawn(writer::run(
+            .enumerate()
+            .map(|(index, rx)| {
+                tokio::spawn(writer::supervise(
+                    index,
                     store.clone(),
                     config.clone(),
                     rx,

@@ -25,7 +25,10 @@ fn invalid(what: impl Into<String>) -> InvalidMessage {
 }
 
 /// A wire message as the domain sees it, or what is wrong with it.
-pub fn device_message(m: pb::DeviceMessage) -> Result<DeviceMessage, InvalidMessage> {
+pub fn device_message(
+    m: pb::DeviceMessage,
+    _received_at: DateTime<Utc>,
+) -> Result<DeviceMessage, InvalidMessage> {
     let device_id = text("device_id", m.device_id)?;
     if device_id.is_empty() {
         return Err(invalid("device_id is empty"));

@@ -48,7 +48,7 @@ pub struct SimReport {
     pub elapsed: Duration,
     /// Per acknowledged message, microseconds from first send to ack.
     pub ack_latencies_us: Vec<u32>,
-    /// `RejectCartridge` commands the pens received (MQTT).
+    /// `RejectCartridge` commands the pens received.
     pub rejects: Vec<Reject>,
     /// Every injected fault.
     pub truth: Vec<TruthRecord>,

@@ -152,12 +152,19 @@ pub struct WriteBatch {
 /// What a commit did.
 #[derive(Debug, Clone)]
 pub enum CommitOutcome {
-    /// Everything was written; the flags that were new (not deduped).
-    Committed { new_flags: Vec<FlagRecord> },
+    /// Everything was written; the flags that were new (not deduped), and
+    /// the stored watermark of every device of the batch after the commit.
+    Committed {
+        new_flags: Vec<FlagRecord>,
+        watermarks: Watermarks,
+    },
     /// Another writer got there first (a message key or a cartridge binding):
     /// nothing was written; reload the facts and judge again.
     Conflict { detail: String },
 }
+
+/// Per device: every seq from 1 through the value is stored.
+pub type Watermarks = HashMap<String, u64>;
 
 /// The storage behind pentrace.
 #[async_trait]
@@ -175,6 +182,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn commit(&self, batch: &WriteBatch) -> StoreResult<CommitOutcome>;
     /// Registers an unknown device to the default clinic (`--auto-register`).
     async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()>;
+    /// Puts messages that could not be processed into quarantine, in one
+    /// transaction: their keys (a key already stored is left alone), the
+    /// rows, and a `message.quarantined` audit event each. Returns the
+    /// watermarks of their devices afterwards.
+    async fn quarantine(&self, rows: &[QuarantineRow]) -> StoreResult<Watermarks>;
+    /// Quarantined messages, newest first.
+    async fn list_quarantine(&self, limit: u32) -> StoreResult<Vec<QuarantineRecord>>;
+    /// One quarantined message.
+    async fn quarantined(&self, id: uuid::Uuid) -> StoreResult<Option<QuarantineRecord>>;
 
     // -- registry ----------------------------------------------------------
     // Registry changes are audited (old and new values, `actor`) in the

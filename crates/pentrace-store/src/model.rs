@@ -55,6 +55,8 @@ pub struct DeviceState {
     pub max_depth_um: u32,
     /// Highest seq stored for the device (0 = none yet).
     pub max_seq: u64,
+    /// Every seq from 1 through this one is stored: the device's watermark.
+    pub stored_through: u64,
 }
 
 /// What the pipeline needs of a stored session.
@@ -418,4 +420,58 @@ pub struct FlagActionRecord {
     pub at: DateTime<Utc>,
     /// The flag's audit hash the signature is bound to (hex).
     pub bound_hash: String,
+}
+
+/// A message of a registered device that could not be processed, on its
+/// way into quarantine: its key is stored (so it is acknowledged and never
+/// loops), its raw bytes and the error kept for an admin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineRow {
+    pub id: uuid::Uuid,
+    /// The device's clinic: the audit chain the quarantine is recorded in.
+    pub clinic_id: String,
+    /// The message key as `device_messages` stores it.
+    pub message: MessageRow,
+    /// `grpc` or `mqtt`.
+    pub transport: &'static str,
+    pub error: String,
+    /// The protobuf `DeviceMessage` as received.
+    pub payload: Vec<u8>,
+}
+
+/// A quarantined message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineRecord {
+    pub id: uuid::Uuid,
+    pub device_id: String,
+    pub seq: u64,
+    pub transport: String,
+    pub received_at: DateTime<Utc>,
+    pub quarantined_at: DateTime<Utc>,
+    pub error: String,
+    pub payload: Vec<u8>,
+}
+
+impl QuarantineRow {
+    /// The `message.quarantined` audit event (by the system: the message
+    /// is the device's, the decision to set it aside is the server's).
+    pub fn audit_draft(&self) -> AuditDraft {
+        AuditDraft {
+            clinic_id: self.clinic_id.clone(),
+            actor: pentrace_domain::audit::Actor::System,
+            action: "message.quarantined".into(),
+            subject_type: "message".into(),
+            subject_id: format!("{}/{}", self.message.device_id, self.message.seq),
+            old_value: None,
+            new_value: Some(serde_json::json!({
+                "quarantine_id": self.id.to_string(),
+                "device_id": self.message.device_id,
+                "seq": self.message.seq,
+                "kind": self.message.kind,
+                "transport": self.transport,
+                "payload_bytes": self.payload.len(),
+            })),
+            reason: Some(self.error.clone()),
+        }
+    }
 }

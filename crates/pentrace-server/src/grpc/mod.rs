@@ -3,7 +3,6 @@
 use pentrace_store::StoreError;
 use tonic::Status;
 
-pub mod acks;
 pub mod compliance;
 pub mod fleet;
 pub mod registry;

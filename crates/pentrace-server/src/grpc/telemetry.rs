@@ -1,21 +1,30 @@
-//! `Telemetry.Ingest`: pens stream messages in, acks of committed seqs
-//! stream out. A bad message ends the stream with a clear status, but only
-//! after every message before it has been committed and acknowledged.
+//! `Telemetry.Ingest`: pens (or a gateway for many pens) stream messages
+//! in; the device downlink streams out — acks of stored seqs, a rejection
+//! for each message that is not stored, and `RejectCartridge` for the
+//! sessions of the devices on the stream. A bad message is answered and
+//! the stream goes on; it ends only on a transport error (an undecodable
+//! or oversized frame is one: tonic cannot read past it) or at shutdown.
 
+use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use chrono::Utc;
-use pentrace_ingest::{Disposition, Envelope, IngestHandle, Outcome, RejectReason};
+use pentrace_ingest::{Envelope, IngestHandle, Outcome};
 use pentrace_proto::v1 as pb;
+use pentrace_proto::v1::device_downlink::Body;
 use pentrace_proto::v1::telemetry_server::Telemetry;
-use tokio::sync::mpsc;
+use pentrace_store::FlagRecord;
+use prost::Message;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::acks::AckTracker;
 use crate::convert;
+use crate::downlink::{self, AckRound, downlink};
 
 /// The Telemetry service.
 #[derive(Debug, Clone)]
@@ -30,22 +39,26 @@ impl TelemetryService {
     }
 }
 
-type AckStream = Pin<Box<dyn Stream<Item = Result<pb::IngestAck, Status>> + Send>>;
+type DownlinkStream = Pin<Box<dyn Stream<Item = Result<pb::DeviceDownlink, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Telemetry for TelemetryService {
-    type IngestStream = AckStream;
+    type IngestStream = DownlinkStream;
 
     async fn ingest(
         &self,
         request: Request<Streaming<pb::DeviceMessage>>,
-    ) -> Result<Response<AckStream>, Status> {
+    ) -> Result<Response<DownlinkStream>, Status> {
         let (tx, rx) = mpsc::channel(256);
         let stream = IngestStream {
             inbound: request.into_inner(),
+            flags: self.ingest.subscribe_flags(),
+            flags_open: true,
             ingest: self.ingest.clone(),
             out: tx,
-            acks: AckTracker::default(),
+            round: AckRound::default(),
+            devices: HashSet::new(),
+            unresolved: 0,
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(stream.run());
@@ -56,11 +69,20 @@ impl Telemetry for TelemetryService {
 /// One client stream.
 struct IngestStream {
     inbound: Streaming<pb::DeviceMessage>,
+    flags: broadcast::Receiver<Arc<FlagRecord>>,
+    flags_open: bool,
     ingest: IngestHandle,
-    out: mpsc::Sender<Result<pb::IngestAck, Status>>,
-    acks: AckTracker,
+    out: mpsc::Sender<Result<pb::DeviceDownlink, Status>>,
+    round: AckRound,
+    /// Devices that sent on this stream: their cartridge rejections go here.
+    devices: HashSet<String>,
+    /// Messages submitted whose outcome has not arrived.
+    unresolved: usize,
     shutdown: CancellationToken,
 }
+
+/// The client went away: stop.
+struct Gone;
 
 impl IngestStream {
     async fn run(mut self) {
@@ -68,29 +90,42 @@ impl IngestStream {
         let mut end: Option<Status> = None;
         let mut reading = true;
         loop {
-            if (!reading || end.is_some()) && self.acks.unresolved() == 0 {
+            if !reading && self.unresolved == 0 {
                 break;
             }
-            tokio::select! {
-                next = self.inbound.message(), if reading && end.is_none() => {
-                    match next {
-                        Ok(Some(m)) => end = self.submit(m, &reply).await,
-                        Ok(None) => reading = false,
-                        Err(status) => end = Some(self.inbound_error(status)),
+            let step = tokio::select! {
+                next = self.inbound.message(), if reading => match next {
+                    Ok(Some(m)) => self.submit(m, &reply).await,
+                    Ok(None) => { reading = false; Ok(()) }
+                    Err(status) => {
+                        end = Some(self.inbound_error(status));
+                        reading = false;
+                        Ok(())
                     }
-                }
+                },
                 Some(outcome) = outcomes.recv() => {
-                    self.settle(outcome, &mut end);
-                    while let Ok(more) = outcomes.try_recv() {
-                        self.settle(more, &mut end);
-                    }
-                    if !self.send_acks().await {
-                        reading = false; // the client is gone
-                    }
+                    self.settle(outcome).await.and({
+                        let mut more = Ok(());
+                        while let Ok(o) = outcomes.try_recv() {
+                            more = more.and(self.settle(o).await);
+                        }
+                        more
+                    })
+                    .and(self.send_acks().await)
                 }
-                _ = self.shutdown.cancelled(), if reading && end.is_none() => {
-                    end = Some(Status::unavailable("server is shutting down; reconnect and resend unacknowledged messages"));
+                flag = self.flags.recv(), if self.flags_open => self.on_flag(flag).await,
+                _ = self.shutdown.cancelled(), if reading => {
+                    end = Some(Status::unavailable(
+                        "server is shutting down; reconnect and resend what is not acknowledged",
+                    ));
+                    reading = false;
+                    Ok(())
                 }
+            };
+            if step.is_err() {
+                // The client is gone; what it sent is stored or not, and
+                // what is not acknowledged it resends.
+                return;
             }
         }
         if let Some(status) = end {
@@ -98,30 +133,47 @@ impl IngestStream {
         }
     }
 
-    /// Validates and queues one message; a status ends the stream.
+    /// Validates and queues one message; a message that cannot be keyed is
+    /// answered with a rejection.
     async fn submit(
         &mut self,
         m: pb::DeviceMessage,
         reply: &mpsc::UnboundedSender<Outcome>,
-    ) -> Option<Status> {
+    ) -> Result<(), Gone> {
         let received_at = Utc::now();
-        let message = match convert::device_message(m) {
+        let (device_id, seq) = (m.device_id.clone(), m.seq);
+        let payload = bytes::Bytes::from(m.encode_to_vec());
+        let message = match convert::device_message(m, received_at) {
             Ok(message) => message,
             Err(e) => {
                 self.ingest.metrics().reject("invalid_message");
-                return Some(Status::invalid_argument(e.to_string()));
+                let r = downlink::refusal(&device_id, seq, pb::RejectCode::Invalid, e.to_string());
+                return self.send(Body::Rejection(r)).await;
             }
         };
-        self.acks.received(&message.device_id, message.seq);
+        self.devices.insert(message.device_id.clone());
         let envelope = Envelope {
             message,
             received_at,
+            payload,
+            transport: "grpc",
             reply: reply.clone(),
         };
         match self.ingest.submit(envelope).await {
-            Ok(()) => None,
-            Err(_) => Some(Status::unavailable("server is shutting down")),
+            Ok(()) => self.unresolved += 1,
+            Err(_) => {
+                // The pipeline is gone: the server is stopping.
+                let r = pb::Rejection {
+                    device_id,
+                    seq,
+                    code: pb::RejectCode::Unavailable as i32,
+                    detail: "not stored: the server is stopping; resend it".into(),
+                    retry: true,
+                };
+                return self.send(Body::Rejection(r)).await;
+            }
         }
+        Ok(())
     }
 
     /// Maps a transport-level error of the inbound stream to what the client
@@ -142,43 +194,45 @@ impl IngestStream {
         }
     }
 
-    fn settle(&mut self, o: Outcome, end: &mut Option<Status>) {
-        let stored = o.disposition.is_stored();
-        if let Disposition::Rejected(reason) = &o.disposition
-            && end.is_none()
-        {
-            *end = Some(rejection_status(&o, reason));
+    async fn settle(&mut self, o: Outcome) -> Result<(), Gone> {
+        self.unresolved = self.unresolved.saturating_sub(1);
+        match self.round.add(&o) {
+            Some(rejection) => self.send(Body::Rejection(rejection)).await,
+            None => Ok(()),
         }
-        self.acks.resolved(&o.device_id, o.seq, stored);
     }
 
-    async fn send_acks(&mut self) -> bool {
-        for (device_id, committed_seq) in self.acks.take_acks() {
-            let ack = pb::IngestAck {
-                device_id,
-                committed_seq,
-            };
-            if self.out.send(Ok(ack)).await.is_err() {
-                return false;
+    async fn send_acks(&mut self) -> Result<(), Gone> {
+        for ack in self.round.take() {
+            self.send(Body::Ack(ack)).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells a device on this stream to stop using a cartridge.
+    async fn on_flag(&mut self, flag: Result<Arc<FlagRecord>, RecvError>) -> Result<(), Gone> {
+        let flag = match flag {
+            Ok(flag) => flag,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "a telemetry stream fell behind the flag feed");
+                return Ok(());
             }
+            // The pipeline is gone; nothing more will come.
+            Err(RecvError::Closed) => {
+                self.flags_open = false;
+                return Ok(());
+            }
+        };
+        if !self.devices.contains(&flag.device_id) {
+            return Ok(());
         }
-        true
+        match downlink::reject_cartridge(&flag) {
+            Some(command) => self.send(Body::RejectCartridge(command)).await,
+            None => Ok(()),
+        }
     }
-}
 
-fn rejection_status(o: &Outcome, reason: &RejectReason) -> Status {
-    match reason {
-        RejectReason::UnknownDevice => Status::failed_precondition(format!(
-            "device {:?} is not registered (register it with Registry.RegisterDevice, \
-             or run the server with --auto-register)",
-            o.device_id
-        )),
-        RejectReason::StoreRejected(why) => Status::invalid_argument(format!(
-            "message seq {} of device {:?} was refused by the store: {why}",
-            o.seq, o.device_id
-        )),
-        RejectReason::ShuttingDown => Status::unavailable(
-            "server is shutting down; reconnect and resend unacknowledged messages",
-        ),
+    async fn send(&self, body: Body) -> Result<(), Gone> {
+        self.out.send(Ok(downlink(body))).await.map_err(|_| Gone)
     }
 }

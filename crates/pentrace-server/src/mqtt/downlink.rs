@@ -48,22 +48,10 @@ async fn publish(client: &AsyncClient, flag: &FlagRecord) {
     {
         tracing::warn!(error = %e, "cannot publish a flag");
     }
-    let Some(session_id) = flag
-        .session_id
-        .clone()
-        .filter(|_| flag.kind.rejects_cartridge())
-    else {
+    let Some(command) = crate::downlink::reject_cartridge(flag) else {
         return;
     };
-    let reject = pb::RejectCartridge {
-        session_id,
-        cartridge_id: flag.cartridge_id.clone().unwrap_or_default(),
-        reason: flag.kind.as_str().to_owned(),
-        detail: flag.detail.clone(),
-    };
-    let down = pb::DeviceDownlink {
-        body: Some(pb::device_downlink::Body::RejectCartridge(reject)),
-    };
+    let down = crate::downlink::downlink(pb::device_downlink::Body::RejectCartridge(command));
     let topic = down_topic(&flag.device_id);
     if let Err(e) = client
         .publish(topic, QoS::AtLeastOnce, false, down.encode_to_vec())

@@ -1,6 +1,10 @@
 //! From broker to pipeline and back: validates each publish, queues it for
 //! ingest, and PUBACKs in arrival order once its outcome is final — a later
-//! message's PUBACK waits for every earlier one.
+//! message's PUBACK waits for every earlier one. The device hears of each
+//! outcome on its `down` topic: acks of stored seqs (see
+//! [`crate::downlink`]) and a rejection, with its reason, for every message
+//! that is not stored. A message the server may store later (it is
+//! stopping) is not acknowledged to the broker, which delivers it again.
 //!
 //! After a reconnect the broker redelivers whatever was not acknowledged,
 //! under the same packet ids; entries from an earlier connection are then
@@ -10,8 +14,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use chrono::Utc;
-use pentrace_ingest::{Disposition, Envelope, IngestHandle, Outcome, RejectReason};
+use pentrace_ingest::{Disposition, Envelope, IngestHandle, Outcome};
 use pentrace_proto::v1 as pb;
+use pentrace_proto::v1::device_downlink::Body;
 use prost::Message;
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
@@ -19,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{device_of_topic, down_topic};
 use crate::convert;
-use crate::grpc::acks::AckTracker;
+use crate::downlink::{self, AckRound, downlink};
 
 /// What the poll loop hands over, in arrival order.
 #[derive(Debug)]
@@ -64,7 +69,36 @@ pub struct Intake {
     /// Entry ids waiting for the outcome of `(device_id, seq)`.
     waiting: HashMap<(String, u64), Vec<u64>>,
     to_submit: VecDeque<Envelope>,
-    acks: AckTracker,
+    round: AckRound,
+}
+
+/// A publish refused before the pipeline: counted under `label`, answered
+/// on the topic's device's `down` topic when there is one.
+struct Refused {
+    label: &'static str,
+    answer: Option<pb::Rejection>,
+}
+
+impl Refused {
+    fn silent(label: &'static str) -> Refused {
+        Refused {
+            label,
+            answer: None,
+        }
+    }
+
+    fn answered(
+        label: &'static str,
+        device_id: &str,
+        seq: u64,
+        code: pb::RejectCode,
+        detail: String,
+    ) -> Refused {
+        Refused {
+            label,
+            answer: Some(downlink::refusal(device_id, seq, code, detail)),
+        }
+    }
 }
 
 impl Intake {
@@ -78,7 +112,7 @@ impl Intake {
             first_id: 0,
             waiting: HashMap::new(),
             to_submit: VecDeque::new(),
-            acks: AckTracker::default(),
+            round: AckRound::default(),
         }
     }
 
@@ -102,12 +136,13 @@ impl Intake {
             tokio::select! {
                 biased;
                 Some(outcome) = outcomes.recv() => {
-                    self.settle(outcome);
+                    self.settle(outcome).await;
                     while let Ok(more) = outcomes.try_recv() {
-                        self.settle(more);
+                        self.settle(more).await;
                     }
-                    for (device_id, seq) in self.acks.take_acks() {
-                        self.publish_ack(&device_id, seq).await;
+                    for ack in self.round.take() {
+                        let device_id = ack.device_id.clone();
+                        self.publish_down(&device_id, Body::Ack(ack)).await;
                     }
                     self.flush().await;
                 }
@@ -118,7 +153,7 @@ impl Intake {
                     }
                 }
                 event = events.recv(), if accepting && self.to_submit.len() < MAX_WAITING => match event {
-                    Some(Inbound::Publish(p)) => { self.receive(p, &reply); self.flush().await; }
+                    Some(Inbound::Publish(p)) => { self.receive(p, &reply).await; self.flush().await; }
                     Some(Inbound::Connected) => self.connection += 1,
                     None => accepting = false,
                 },
@@ -128,28 +163,33 @@ impl Intake {
         self.flush().await;
     }
 
-    /// Validates one publish; a refused one is counted and acknowledged so
-    /// it is not redelivered forever.
-    fn receive(&mut self, publish: Publish, reply: &mpsc::UnboundedSender<Outcome>) {
+    /// Validates one publish; a refused one is counted, answered and
+    /// acknowledged so it is not redelivered forever.
+    async fn receive(&mut self, publish: Publish, reply: &mpsc::UnboundedSender<Outcome>) {
         let id = self.first_id + self.entries.len() as u64;
-        let validated = self.validate(&publish);
-        let state = match validated {
+        let received_at = Utc::now();
+        let state = match self.validate(&publish, received_at) {
             Ok(message) => {
                 tracing::trace!(device_id = %message.device_id, seq = message.seq, "mqtt message received");
                 let key = (message.device_id.clone(), message.seq);
                 self.waiting.entry(key).or_default().push(id);
-                self.acks.received(&message.device_id, message.seq);
                 let envelope = Envelope {
                     message,
-                    received_at: Utc::now(),
+                    received_at,
+                    payload: publish.payload.clone(),
+                    transport: "mqtt",
                     reply: reply.clone(),
                 };
                 self.to_submit.push_back(envelope);
                 State::Waiting
             }
-            Err(reason) => {
-                self.ingest.metrics().reject(reason);
-                tracing::debug!(topic = %publish.topic, reason, "mqtt message refused");
+            Err(refused) => {
+                self.ingest.metrics().reject(refused.label);
+                tracing::debug!(topic = %publish.topic, reason = refused.label, "mqtt message refused");
+                if let Some(answer) = refused.answer {
+                    let device_id = answer.device_id.clone();
+                    self.publish_down(&device_id, Body::Rejection(answer)).await;
+                }
                 State::Ack
             }
         };
@@ -163,29 +203,65 @@ impl Intake {
     fn validate(
         &self,
         p: &Publish,
-    ) -> Result<pentrace_domain::message::DeviceMessage, &'static str> {
-        let topic_device = device_of_topic(&p.topic).ok_or("bad_topic")?;
+        received_at: chrono::DateTime<Utc>,
+    ) -> Result<pentrace_domain::message::DeviceMessage, Refused> {
+        use pb::RejectCode as C;
+        let topic_device = device_of_topic(&p.topic).ok_or(Refused::silent("bad_topic"))?;
         if p.payload.len() > self.max_message_bytes {
-            return Err("oversized");
+            let detail = format!(
+                "message of {} bytes; at most {}",
+                p.payload.len(),
+                self.max_message_bytes
+            );
+            return Err(Refused::answered(
+                "oversized",
+                topic_device,
+                0,
+                C::Oversized,
+                detail,
+            ));
         }
-        let wire = pb::DeviceMessage::decode(p.payload.as_ref()).map_err(|_| "undecodable")?;
+        let wire = pb::DeviceMessage::decode(p.payload.as_ref()).map_err(|e| {
+            let detail = format!("not a DeviceMessage: {e}");
+            Refused::answered("undecodable", topic_device, 0, C::Undecodable, detail)
+        })?;
         // The topic is what the broker authenticated (ACL); a payload naming
-        // another device is spoofing.
+        // another device is spoofing. Answered to the topic's device only.
         if wire.device_id != topic_device {
-            return Err("device_mismatch");
+            let detail = format!(
+                "the payload names device {:?}, the topic device {topic_device:?}",
+                wire.device_id
+            );
+            return Err(Refused::answered(
+                "device_mismatch",
+                topic_device,
+                wire.seq,
+                C::DeviceMismatch,
+                detail,
+            ));
         }
-        convert::device_message(wire).map_err(|_| "invalid_message")
+        let seq = wire.seq;
+        convert::device_message(wire, received_at).map_err(|e| {
+            Refused::answered(
+                "invalid_message",
+                topic_device,
+                seq,
+                C::Invalid,
+                e.to_string(),
+            )
+        })
     }
 
-    fn settle(&mut self, o: Outcome) {
+    async fn settle(&mut self, o: Outcome) {
         let state = match &o.disposition {
-            Disposition::Committed | Disposition::Duplicate => State::Ack,
-            Disposition::Rejected(RejectReason::ShuttingDown) => State::Hold,
-            Disposition::Rejected(_) => State::Ack,
+            Disposition::Rejected(reason) if reason.is_retryable() => State::Hold,
+            _ => State::Ack,
         };
         tracing::trace!(device_id = %o.device_id, seq = o.seq, disposition = ?o.disposition, "mqtt message settled");
-        self.acks
-            .resolved(&o.device_id, o.seq, o.disposition.is_stored());
+        if let Some(rejection) = self.round.add(&o) {
+            self.publish_down(&o.device_id, Body::Rejection(rejection))
+                .await;
+        }
         let key = (o.device_id, o.seq);
         let Some(ids) = self.waiting.get_mut(&key) else {
             return;
@@ -225,22 +301,15 @@ impl Intake {
         }
     }
 
-    async fn publish_ack(&self, device_id: &str, committed_seq: u64) {
-        tracing::trace!(device_id, committed_seq, "mqtt ack published");
-        let ack = pb::IngestAck {
-            device_id: device_id.to_owned(),
-            committed_seq,
-        };
-        let down = pb::DeviceDownlink {
-            body: Some(pb::device_downlink::Body::Ack(ack)),
-        };
-        let payload = down.encode_to_vec();
+    async fn publish_down(&self, device_id: &str, body: Body) {
+        tracing::trace!(device_id, ?body, "mqtt downlink published");
+        let payload = downlink(body).encode_to_vec();
         if let Err(e) = self
             .client
             .publish(down_topic(device_id), QoS::AtLeastOnce, false, payload)
             .await
         {
-            tracing::warn!(error = %e, device_id, "cannot publish an ack downlink");
+            tracing::warn!(error = %e, device_id, "cannot publish a downlink");
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::telemetry_client::TelemetryClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -55,8 +56,10 @@ pub async fn connect(url: &str, device_id: &str) -> Result<Link, String> {
     let reader = tokio::spawn(async move {
         loop {
             let event = match inbound.message().await {
-                Ok(Some(ack)) if ack.device_id == device => Event::Ack(ack.committed_seq),
-                Ok(Some(_)) => continue,
+                Ok(Some(down)) => match downlink_event(down, &device) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 Ok(None) => Event::Closed {
                     reason: "the server ended the stream".into(),
                     fatal: false,
@@ -77,6 +80,22 @@ pub async fn connect(url: &str, device_id: &str) -> Result<Link, String> {
         events,
         tasks: vec![Task(reader)],
     })
+}
+
+/// What a downlink means for the pen `device` (`None`: not for it).
+fn downlink_event(down: pb::DeviceDownlink, device: &str) -> Option<Event> {
+    use pb::device_downlink::Body;
+    match down.body? {
+        Body::Ack(ack) if ack.device_id == device => Some(Event::Ack(ack)),
+        Body::Rejection(r) if r.device_id == device => Some(Event::Rejected(r)),
+        Body::RejectCartridge(r) if r.device_id == device || r.device_id.is_empty() => {
+            Some(Event::Reject {
+                session_id: r.session_id,
+                reason: r.reason,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Statuses that say the pen's messages are refused, not that the server

@@ -1,28 +1,43 @@
-//! Which of a pen's messages are acknowledged.
-//!
-//! The server acks "the highest seq such that every seq up to it that it
-//! has received is committed". An ack of `n` is sent after message `n`
-//! arrived, so it covers exactly the messages the pen sent on the current
-//! connection before (its first send of) `n` whose seq is at most `n`. A
-//! message sent after `n` with a lower seq (a swapped pair, a resend) may
-//! not have arrived yet, so only a later ack covers it: the server announces
-//! such a seq with an ack of its own once it is stored.
+//! Which of a pen's messages are acknowledged, by the delivery contract of
+//! `proto/pentrace/v1/device.proto`: an ack covers the seqs up to its
+//! `committed_seq` and those in its `stored` ranges, and nothing else. What
+//! is not covered is sent again: everything after a reconnect, and on the
+//! same connection any message that has gone uncovered for [`RESEND_AFTER`]
+//! (doubling per resend up to [`RESEND_MAX`]) — so a message lost on the
+//! way (a broker restart, a consumer gone) costs a resend, never data.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use pentrace_proto::v1 as pb;
 use tokio::time::Instant;
+
+/// How long a sent message may go uncovered before it is sent again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(5);
+/// The longest wait between resends of one message.
+pub const RESEND_MAX: Duration = Duration::from_secs(60);
 
 /// A sent message waiting for its ack.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    /// Send position on the current connection; `None` once the connection
-    /// is gone and until the message is resent.
-    pos: Option<u64>,
     first_sent: Instant,
+    /// When it was last handed to a connection; `None` while it waits in
+    /// the outbox to be sent (again).
+    last_sent: Option<Instant>,
+    /// Times it was sent again on the same connection.
+    resends: u32,
     /// Index of the message in the pen's plan.
     index: usize,
     samples: u64,
+}
+
+impl Entry {
+    fn resend_at(&self) -> Option<Instant> {
+        let wait = RESEND_AFTER
+            .saturating_mul(1u32 << self.resends.min(6))
+            .min(RESEND_MAX);
+        self.last_sent.map(|t| t + wait)
+    }
 }
 
 /// Messages newly acknowledged by one ack.
@@ -38,8 +53,7 @@ pub struct Covered {
 #[derive(Debug)]
 pub struct Inflight {
     entries: BTreeMap<u64, Entry>,
-    next_pos: u64,
-    /// Acked seqs above the watermark (a swapped pair can leave a hole).
+    /// Acked seqs above the watermark (a hole can leave them there).
     acked: BTreeSet<u64>,
     watermark: u64,
 }
@@ -49,7 +63,6 @@ impl Inflight {
     pub fn new(base: u64) -> Inflight {
         Inflight {
             entries: BTreeMap::new(),
-            next_pos: 0,
             acked: BTreeSet::new(),
             watermark: base,
         }
@@ -80,37 +93,34 @@ impl Inflight {
         seq <= self.watermark || self.acked.contains(&seq)
     }
 
-    /// Records that message `seq` (plan index `index`) went out on the
-    /// current connection. Its first send there fixes its position.
+    /// Records that message `seq` (plan index `index`) went out.
     pub fn sent(&mut self, seq: u64, index: usize, samples: u64, now: Instant) {
         if self.is_acked(seq) {
             return;
         }
-        let pos = self.next_pos;
         let entry = self.entries.entry(seq).or_insert(Entry {
-            pos: None,
             first_sent: now,
+            last_sent: None,
+            resends: 0,
             index,
             samples,
         });
-        if entry.pos.is_none() {
-            entry.pos = Some(pos);
-            self.next_pos += 1;
-        }
+        entry.last_sent = Some(now);
     }
 
-    /// Applies an ack of `n` (see the module doc).
-    pub fn ack(&mut self, n: u64, now: Instant) -> Covered {
+    /// Applies an ack: removes every entry it covers.
+    pub fn ack(&mut self, ack: &pb::IngestAck, now: Instant) -> Covered {
         let mut covered = Covered::default();
-        let Some(limit) = self.entries.get(&n).and_then(|e| e.pos) else {
-            return covered;
-        };
-        let seqs: Vec<u64> = self
+        let mut seqs: Vec<u64> = self
             .entries
-            .range(..=n)
-            .filter(|(_, e)| e.pos.is_some_and(|p| p <= limit))
+            .range(..=ack.committed_seq)
             .map(|(s, _)| *s)
             .collect();
+        for r in &ack.stored {
+            if r.first <= r.last {
+                seqs.extend(self.entries.range(r.first..=r.last).map(|(s, _)| *s));
+            }
+        }
         for seq in seqs {
             if let Some(e) = self.entries.remove(&seq) {
                 covered.messages += 1;
@@ -118,17 +128,30 @@ impl Inflight {
                 covered
                     .latencies
                     .push(now.saturating_duration_since(e.first_sent));
-                self.acked.insert(seq);
             }
         }
-        self.advance();
-        covered
-    }
-
-    fn advance(&mut self) {
+        // The pen's own watermark moves only over what it was told: the
+        // server's watermark, and each seq it reported stored.
+        if ack.committed_seq > self.watermark {
+            self.watermark = ack.committed_seq;
+            self.acked = self.acked.split_off(&(ack.committed_seq + 1));
+        }
+        for r in &ack.stored {
+            // Bounded: only seqs this pen has in flight or just had.
+            let top = r.last.min(r.first.saturating_add(100_000));
+            self.acked
+                .extend((r.first..=top).filter(|s| *s > self.watermark));
+        }
         while self.acked.remove(&(self.watermark + 1)) {
             self.watermark += 1;
         }
+        covered
+    }
+
+    /// The server will never store `seq` as sent: stop tracking it.
+    /// Returns whether it was tracked.
+    pub fn forget(&mut self, seq: u64) -> bool {
+        self.entries.remove(&seq).is_some()
     }
 
     /// The connection is gone: every unacknowledged message must be sent
@@ -137,7 +160,26 @@ impl Inflight {
         self.entries
             .values_mut()
             .map(|e| {
-                e.pos = None;
+                e.last_sent = None;
+                e.index
+            })
+            .collect()
+    }
+
+    /// When the next uncovered message is due for a resend.
+    pub fn next_resend(&self) -> Option<Instant> {
+        self.entries.values().filter_map(Entry::resend_at).min()
+    }
+
+    /// Messages due for a resend at `now`, in seq order; each is counted as
+    /// resent and waits in the outbox until sent.
+    pub fn due(&mut self, now: Instant) -> Vec<usize> {
+        self.entries
+            .values_mut()
+            .filter(|e| e.resend_at().is_some_and(|t| t <= now))
+            .map(|e| {
+                e.last_sent = None;
+                e.resends += 1;
                 e.index
             })
             .collect()
@@ -154,64 +196,79 @@ mod tests {
         }
     }
 
+    fn ack(committed_seq: u64, stored: &[(u64, u64)]) -> pb::IngestAck {
+        pb::IngestAck {
+            device_id: "p".into(),
+            committed_seq,
+            stored: stored
+                .iter()
+                .map(|&(first, last)| pb::SeqRange { first, last })
+                .collect(),
+        }
+    }
+
     #[test]
-    fn an_ack_covers_everything_sent_before_it() {
+    fn an_ack_covers_its_watermark_and_its_ranges_only() {
         let now = Instant::now();
         let mut f = Inflight::new(0);
-        sent(&mut f, &[1, 2, 3], now);
-        let c = f.ack(2, now);
-        assert_eq!((c.messages, c.samples), (2, 20));
+        sent(&mut f, &[1, 2, 3, 4, 5], now);
+        // 3 was lost on the way: the server stored 1, 2, 4, 5.
+        let c = f.ack(&ack(2, &[(4, 5)]), now);
+        assert_eq!((c.messages, c.samples), (4, 40));
+        assert_eq!(f.lowest(), Some(3), "3 is not covered");
         assert_eq!(f.watermark(), 2);
-        assert_eq!(f.lowest(), Some(3));
-        assert_eq!(f.ack(3, now).messages, 1);
+        sent(&mut f, &[3], now);
+        assert_eq!(f.ack(&ack(5, &[]), now).messages, 1);
         assert!(f.is_empty());
+        assert_eq!(f.watermark(), 5);
     }
 
     #[test]
-    fn a_swapped_message_needs_a_later_ack() {
-        let now = Instant::now();
-        let mut f = Inflight::new(4);
-        // 6 goes out before 5: an ack of 6 may precede 5's arrival.
-        sent(&mut f, &[6, 5], now);
-        assert_eq!(f.ack(6, now).messages, 1);
-        assert_eq!(f.watermark(), 4, "5 is not proven yet");
-        sent(&mut f, &[7], now);
-        assert_eq!(f.ack(7, now).messages, 2);
-        assert_eq!(f.watermark(), 7);
-    }
-
-    #[test]
-    fn a_duplicate_keeps_its_first_position_and_is_not_tracked_once_acked() {
-        let now = Instant::now();
+    fn an_uncovered_message_is_resent_after_a_while_with_backoff() {
+        let start = Instant::now();
         let mut f = Inflight::new(0);
-        sent(&mut f, &[1, 2, 1], now);
-        assert_eq!(f.ack(2, now).messages, 2);
-        sent(&mut f, &[2], now);
-        assert!(f.is_empty());
+        sent(&mut f, &[1, 2], start);
+        f.ack(&ack(0, &[(2, 2)]), start);
+        assert!(f.due(start + Duration::from_secs(1)).is_empty());
+        assert_eq!(f.next_resend(), Some(start + RESEND_AFTER));
+        assert_eq!(f.due(start + RESEND_AFTER), vec![1]);
+        assert_eq!(f.next_resend(), None, "queued, not yet sent");
+        let again = start + RESEND_AFTER;
+        sent(&mut f, &[1], again);
+        assert_eq!(f.next_resend(), Some(again + RESEND_AFTER * 2));
     }
 
     #[test]
-    fn after_a_reconnect_only_resent_messages_are_covered() {
+    fn after_a_reconnect_everything_uncovered_goes_out_again() {
         let now = Instant::now();
         let mut f = Inflight::new(0);
         sent(&mut f, &[1, 2, 3], now);
         assert_eq!(f.requeue(), vec![1, 2, 3]);
-        // A late ack from the old connection proves nothing.
-        assert_eq!(f.ack(3, now).messages, 0);
-        sent(&mut f, &[1, 2], now);
-        assert_eq!(f.ack(2, now).messages, 2);
+        assert_eq!(f.next_resend(), None);
+        // An ack still covers what is stored, whichever connection sent it.
+        assert_eq!(f.ack(&ack(2, &[]), now).messages, 2);
         assert_eq!(f.len(), 1);
-        sent(&mut f, &[3], now);
-        assert_eq!(f.ack(3, now).messages, 1);
-        assert_eq!(f.watermark(), 3);
     }
 
     #[test]
-    fn unknown_acks_are_ignored() {
+    fn an_acked_seq_is_not_tracked_again_and_unknown_acks_change_nothing() {
         let now = Instant::now();
         let mut f = Inflight::new(0);
         sent(&mut f, &[1], now);
-        assert_eq!(f.ack(9, now), Covered::default());
+        assert_eq!(f.ack(&ack(0, &[(9, 9)]), now).messages, 0);
         assert_eq!(f.len(), 1);
+        assert_eq!(f.ack(&ack(1, &[]), now).messages, 1);
+        sent(&mut f, &[1], now);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_refused_message_is_forgotten() {
+        let now = Instant::now();
+        let mut f = Inflight::new(0);
+        sent(&mut f, &[1, 2], now);
+        assert!(f.forget(1));
+        assert!(!f.forget(1));
+        assert_eq!(f.lowest(), Some(2));
     }
 }

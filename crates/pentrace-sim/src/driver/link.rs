@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// What a connection reports to its pen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Connected (and, for MQTT, subscribed to the downlink): the pen may
     /// send, starting with everything unacknowledged.
@@ -18,8 +18,10 @@ pub enum Event {
     /// The connection is gone for good; `fatal` when reconnecting cannot
     /// help (the server refuses the pen's messages).
     Closed { reason: String, fatal: bool },
-    /// The server committed every message up to this seq that it received.
-    Ack(u64),
+    /// Which of the pen's seqs are stored (see `inflight`).
+    Ack(pb::IngestAck),
+    /// The server did not store one message.
+    Rejected(pb::Rejection),
     /// The server told the pen to stop using a cartridge.
     Reject { session_id: String, reason: String },
 }

@@ -32,8 +32,11 @@ pub struct Counters {
     pub messages: AtomicU64,
     /// Extra copies sent by the dup fault.
     pub duplicates: AtomicU64,
-    /// Messages sent again after a reconnect.
+    /// Messages sent again: after a reconnect, or when an ack did not
+    /// cover them in time.
     pub resends: AtomicU64,
+    /// Rejections received (a message the server did not store).
+    pub rejections: AtomicU64,
     /// Connections dropped (by a fault, an error or a stall) and remade.
     pub reconnects: AtomicU64,
     /// Distinct samples sent.

@@ -190,7 +190,8 @@ fn connection_error(e: ConnectionError) -> Event {
 fn downlink(payload: &[u8]) -> Option<Event> {
     let body = pb::DeviceDownlink::decode(payload).ok()?.body?;
     Some(match body {
-        pb::device_downlink::Body::Ack(ack) => Event::Ack(ack.committed_seq),
+        pb::device_downlink::Body::Ack(ack) => Event::Ack(ack),
+        pb::device_downlink::Body::Rejection(r) => Event::Rejected(r),
         pb::device_downlink::Body::RejectCartridge(r) => Event::Reject {
             session_id: r.session_id,
             reason: r.reason,
@@ -215,13 +216,18 @@ mod tests {
 
     #[test]
     fn downlinks_decode() {
-        let ack = pb::DeviceDownlink {
-            body: Some(pb::device_downlink::Body::Ack(pb::IngestAck {
-                device_id: "p".into(),
-                committed_seq: 42,
-            })),
+        let ack = pb::IngestAck {
+            device_id: "p".into(),
+            committed_seq: 42,
+            stored: vec![pb::SeqRange {
+                first: 44,
+                last: 45,
+            }],
         };
-        assert_eq!(downlink(&ack.encode_to_vec()), Some(Event::Ack(42)));
+        let down = pb::DeviceDownlink {
+            body: Some(pb::device_downlink::Body::Ack(ack.clone())),
+        };
+        assert_eq!(downlink(&down.encode_to_vec()), Some(Event::Ack(ack)));
         assert_eq!(downlink(b"\xff\xff"), None);
     }
 }

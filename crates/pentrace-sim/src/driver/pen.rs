@@ -79,6 +79,8 @@ enum Step {
     Event(Option<Event>),
     Permit(Option<OwnedPermit<pb::DeviceMessage>>),
     Timer,
+    /// An uncovered message is due to be sent again.
+    Resend,
     Stall,
 }
 
@@ -199,6 +201,7 @@ impl<'a> Pen<'a> {
             _ => None,
         };
         let has_peer = peer.is_some();
+        let resend = self.inflight.next_resend().filter(|_| self.ready);
         let Some(link) = self.link.as_mut() else {
             return Step::Timer;
         };
@@ -208,6 +211,7 @@ impl<'a> Pen<'a> {
             permit = tx.reserve_owned(), if can_send => Step::Permit(permit.ok()),
             _ = sleep_until(until.unwrap_or(stall)), if until.is_some() => Step::Timer,
             _ = changed(peer), if has_peer => Step::Timer,
+            _ = sleep_until(resend.unwrap_or(stall)), if resend.is_some() => Step::Resend,
             _ = sleep_until(stall) => Step::Stall,
         }
     }
@@ -218,6 +222,7 @@ impl<'a> Pen<'a> {
             Step::Event(None) | Step::Permit(None) => self.drop_link(),
             Step::Permit(Some(permit)) => self.transmit(permit),
             Step::Timer => {}
+            Step::Resend => self.resend_due(),
             Step::Stall => self.on_stall()?,
         }
         Ok(())
@@ -247,7 +252,8 @@ impl<'a> Pen<'a> {
                 }
                 self.drop_link();
             }
-            Event::Ack(seq) => self.on_ack(seq),
+            Event::Ack(ack) => self.on_ack(&ack),
+            Event::Rejected(r) => self.on_rejected(r)?,
             Event::Reject { session_id, reason } => self.outcome.rejects.push(Reject {
                 device_id: self.plan.device_id.clone(),
                 session_id,
@@ -286,9 +292,15 @@ impl<'a> Pen<'a> {
         }
     }
 
-    fn on_ack(&mut self, seq: u64) {
-        let covered = self.inflight.ack(seq, Instant::now());
-        tracing::trace!(device_id = %self.plan.device_id, seq, covered = covered.messages, "pen ack");
+    fn on_ack(&mut self, ack: &pb::IngestAck) {
+        let covered = self.inflight.ack(ack, Instant::now());
+        tracing::trace!(
+            device_id = %self.plan.device_id,
+            committed_seq = ack.committed_seq,
+            stored = ?ack.stored,
+            covered = covered.messages,
+            "pen ack"
+        );
         if covered.messages == 0 {
             return;
         }
@@ -305,6 +317,46 @@ impl<'a> Pen<'a> {
         if let Some(w) = self.shared.watermarks.get(self.plan.index) {
             w.send_replace(self.inflight.watermark());
         }
+    }
+
+    /// A message the server did not store: resent later when it may be
+    /// stored then; otherwise the server refuses this pen's data, which the
+    /// reference pen treats as the end of its run.
+    fn on_rejected(&mut self, r: pb::Rejection) -> Result<(), SimError> {
+        tracing::debug!(device_id = %self.plan.device_id, seq = r.seq, code = r.code, retry = r.retry, detail = %r.detail, "pen message rejected");
+        Counters::add(&self.counters().rejections, 1);
+        if r.retry {
+            // The resend timer sends it again.
+            return Ok(());
+        }
+        self.inflight.forget(r.seq);
+        Err(SimError::Refused {
+            device_id: self.plan.device_id.clone(),
+            reason: format!("seq {}: {}", r.seq, r.detail),
+        })
+    }
+
+    /// Queues every message that has gone uncovered for too long, on the
+    /// same connection: a message lost between pen and server (a broker
+    /// restart, a consumer gone) is sent again.
+    fn resend_due(&mut self) {
+        let indexes = self.inflight.due(Instant::now());
+        if indexes.is_empty() {
+            return;
+        }
+        tracing::debug!(device_id = %self.plan.device_id, messages = indexes.len(), "pen resends uncovered messages");
+        Counters::add(&self.counters().resends, indexes.len() as u64);
+        let queued: HashSet<usize> = self.outbox.iter().map(|o| o.index).collect();
+        let mut outbox: VecDeque<Outgoing> = indexes
+            .into_iter()
+            .filter(|i| !queued.contains(i))
+            .map(|index| Outgoing {
+                index,
+                kind: Kind::Resend,
+            })
+            .collect();
+        outbox.extend(self.outbox.drain(..));
+        self.outbox = outbox;
     }
 
     fn progress(&mut self) {

@@ -13,10 +13,11 @@ use chrono::{DateTime, Utc};
 use pentrace_domain::rules::SeqHole;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use super::convert::{parse_uuid, to_i32, to_i64};
+use super::convert::{from_i64, parse_uuid, to_i32, to_i64};
 use super::{audit, copy, flags, sessions};
 use crate::{
-    ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, WriteBatch,
+    ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, Watermarks,
+    WriteBatch,
 };
 
 /// Writes the batch, or nothing if another writer got there first.
@@ -39,9 +40,13 @@ pub(super) async fn commit(pool: &PgPool, batch: &WriteBatch) -> StoreResult<Com
     audit::append(&mut tx, &audit::commit_drafts(batch, &new_flags)).await?;
     update_activity(&mut tx, &batch.activity).await?;
     update_devices(&mut tx, &batch.devices).await?;
+    let watermarks = advance_watermarks(&mut tx, &batch_devices(&batch.messages)).await?;
     replace_holes(&mut tx, &batch.holes).await?;
     tx.commit().await?;
-    Ok(CommitOutcome::Committed { new_flags })
+    Ok(CommitOutcome::Committed {
+        new_flags,
+        watermarks,
+    })
 }
 
 async fn conflict(tx: Transaction<'_, Postgres>, detail: String) -> StoreResult<CommitOutcome> {
@@ -274,6 +279,72 @@ async fn update_devices(conn: &mut PgConnection, writes: &[DeviceWrite]) -> Stor
     )
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// The devices of a batch's messages, sorted (the lock order).
+pub(crate) fn batch_devices(messages: &[MessageRow]) -> Vec<&str> {
+    let mut ids: Vec<&str> = messages.iter().map(|m| m.device_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Moves each device's stored watermark to the end of its run of stored
+/// seqs, and returns the watermarks.
+///
+/// Exact across processes: it runs after `update_devices`, whose UPDATE
+/// holds these device rows until commit (waiting first for any other
+/// transaction holding them), and in READ COMMITTED this statement's
+/// snapshot is taken after that wait, so it sees every message committed
+/// for these devices before. A transaction that commits later sees ours.
+/// The CASE runs the run-end search only where the seq right above the
+/// watermark is stored: behind a permanent hole it costs one probe.
+pub(super) async fn advance_watermarks(
+    conn: &mut PgConnection,
+    devices: &[&str],
+) -> StoreResult<Watermarks> {
+    if devices.is_empty() {
+        return Ok(Watermarks::new());
+    }
+    lock_devices(conn, devices).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "WITH cur AS (SELECT id, stored_through AS w FROM devices WHERE id = ANY($1)), \
+         adv AS (SELECT cur.id, cur.w, \
+             CASE WHEN EXISTS (SELECT 1 FROM device_messages m \
+                               WHERE m.device_id = cur.id AND m.seq = cur.w + 1) \
+             THEN (SELECT m.seq FROM device_messages m \
+                   WHERE m.device_id = cur.id AND m.seq > cur.w \
+                     AND NOT EXISTS (SELECT 1 FROM device_messages n \
+                                     WHERE n.device_id = cur.id AND n.seq = m.seq + 1) \
+                   ORDER BY m.seq LIMIT 1) \
+             ELSE cur.w END AS through \
+           FROM cur), \
+         moved AS (UPDATE devices d SET stored_through = adv.through FROM adv \
+                   WHERE d.id = adv.id AND adv.through > adv.w) \
+         SELECT id, through FROM adv",
+    )
+    .persistent(false)
+    .bind(devices)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(id, w)| Ok((id, from_i64(w, "device stored watermark")?)))
+        .collect()
+}
+
+/// Takes the device rows' locks in id order (a no-op where this
+/// transaction holds them already), so the next statement sees every
+/// commit that held them before. `NO KEY UPDATE`, the lock an UPDATE of
+/// the row takes: `FOR UPDATE` would also wait for the key-share locks
+/// that other batches' message inserts hold through the foreign key, and
+/// deadlock with them.
+async fn lock_devices(conn: &mut PgConnection, devices: &[&str]) -> StoreResult<()> {
+    sqlx::query("SELECT 1 FROM devices WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .persistent(false)
+        .bind(devices)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

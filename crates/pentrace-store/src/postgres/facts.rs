@@ -76,19 +76,21 @@ async fn devices(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
-        "SELECT id, clinic_id, max_depth_um, max_seq FROM devices WHERE id = ANY($1)",
+    let rows: Vec<(String, String, i32, i64, i64)> = sqlx::query_as(
+        "SELECT id, clinic_id, max_depth_um, max_seq, stored_through FROM devices \
+         WHERE id = ANY($1)",
     )
     .persistent(false)
     .bind(ids)
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(id, clinic_id, depth, max_seq)| {
+        .map(|(id, clinic_id, depth, max_seq, through)| {
             let state = DeviceState {
                 clinic_id,
                 max_depth_um: from_i32(depth, "device max depth")?,
                 max_seq: from_i64(max_seq, "device max seq")?,
+                stored_through: from_i64(through, "device stored watermark")?,
             };
             Ok((id, state))
         })

@@ -14,6 +14,7 @@ mod copy;
 mod facts;
 mod flags;
 pub(crate) mod people;
+mod quarantine;
 mod queries;
 pub(crate) mod registry;
 mod reports;
@@ -34,8 +35,8 @@ use registry::Change;
 use crate::{
     AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceStatus,
     ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord, GLOBAL_CHAIN,
-    Lot, NewFlag, Product, Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult,
-    StoredAuditEvent, StoredFacts, User, WriteBatch,
+    Lot, NewFlag, Product, QuarantineRecord, QuarantineRow, Role, SessionQuery, SessionRecord,
+    Store, StoreError, StoreResult, StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
 };
 
 /// The migrations of `migrations/postgres`, embedded at build time.
@@ -201,6 +202,18 @@ impl Store for PgStore {
 
     async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()> {
         registry::auto_register_device(&self.pool, device_id, clinic_id).await
+    }
+
+    async fn quarantine(&self, rows: &[QuarantineRow]) -> StoreResult<Watermarks> {
+        quarantine::put(&self.pool, rows).await
+    }
+
+    async fn list_quarantine(&self, limit: u32) -> StoreResult<Vec<QuarantineRecord>> {
+        quarantine::list(&self.pool, limit).await
+    }
+
+    async fn quarantined(&self, id: uuid::Uuid) -> StoreResult<Option<QuarantineRecord>> {
+        quarantine::one(&self.pool, id).await
     }
 
     async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {

@@ -332,7 +332,7 @@ pub(super) async fn snapshot(
         .map(|(i, (c, _))| format!("{c} = ${}", i + 1))
         .collect();
     let sql = format!(
-        "SELECT to_jsonb(t) - 'created_at' - 'last_seen' - 'max_seq' - 'battery_pct' - 'firmware' \
+        "SELECT to_jsonb(t) - 'created_at' - 'last_seen' - 'max_seq' - 'stored_through' - 'battery_pct' - 'firmware' \
          FROM {table} t WHERE {}",
         filter.join(" AND ")
     );

@@ -17,12 +17,13 @@ use pentrace_domain::rules::SeqHole;
 use serde_json::json;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use super::convert::{micros, opt_uuid_text, to_int4, to_int8, uuid_text};
+use super::convert::{micros, opt_uuid_text, to_int4, to_int8, to_u64, uuid_text};
 use super::{audit, begin, flags, samples, sessions};
 use crate::postgres::audit::commit_drafts;
-use crate::postgres::commit::merge_devices;
+use crate::postgres::commit::{batch_devices, merge_devices};
 use crate::{
-    ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, WriteBatch,
+    ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, Watermarks,
+    WriteBatch,
 };
 
 /// Writes the batch, or nothing if another writer got there first.
@@ -45,9 +46,13 @@ pub(super) async fn commit(pool: &SqlitePool, batch: &WriteBatch) -> StoreResult
     audit::append(&mut tx, &commit_drafts(batch, &new_flags)).await?;
     update_activity(&mut tx, &batch.activity).await?;
     update_devices(&mut tx, &batch.devices).await?;
+    let watermarks = advance_watermarks(&mut tx, &batch_devices(&batch.messages)).await?;
     replace_holes(&mut tx, &batch.holes).await?;
     tx.commit().await?;
-    Ok(CommitOutcome::Committed { new_flags })
+    Ok(CommitOutcome::Committed {
+        new_flags,
+        watermarks,
+    })
 }
 
 /// `Some(detail)` when a lot the batch judged as not recalled is recalled
@@ -254,6 +259,40 @@ async fn update_devices(conn: &mut SqliteConnection, writes: &[DeviceWrite]) -> 
         .await?;
     }
     Ok(())
+}
+
+/// Moves each device's stored watermark to the end of its run of stored
+/// seqs, and returns the watermarks (PostgreSQL's statement, one device at
+/// a time: SQLite's one writer needs no lock, and has no UPDATE in a CTE).
+pub(super) async fn advance_watermarks(
+    conn: &mut SqliteConnection,
+    devices: &[&str],
+) -> StoreResult<Watermarks> {
+    let mut watermarks = Watermarks::new();
+    for &id in devices {
+        let through: Option<i64> = sqlx::query_scalar(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM device_messages m \
+                                      WHERE m.device_id = d.id AND m.seq = d.stored_through + 1) \
+                    THEN (SELECT m.seq FROM device_messages m \
+                          WHERE m.device_id = d.id AND m.seq > d.stored_through \
+                            AND NOT EXISTS (SELECT 1 FROM device_messages n \
+                                            WHERE n.device_id = d.id AND n.seq = m.seq + 1) \
+                          ORDER BY m.seq LIMIT 1) \
+                    ELSE d.stored_through END \
+             FROM devices d WHERE d.id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(through) = through else { continue };
+        sqlx::query("UPDATE devices SET stored_through = ?2 WHERE id = ?1 AND stored_through < ?2")
+            .bind(id)
+            .bind(through)
+            .execute(&mut *conn)
+            .await?;
+        watermarks.insert(id.to_owned(), to_u64(through, "device stored watermark")?);
+    }
+    Ok(watermarks)
 }
 
 /// Replaces the open holes of each listed device with the given list.

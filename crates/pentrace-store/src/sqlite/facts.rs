@@ -66,19 +66,20 @@ async fn devices(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT id, clinic_id, max_depth_um, max_seq FROM devices \
+    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT id, clinic_id, max_depth_um, max_seq, stored_through FROM devices \
          WHERE id IN (SELECT value FROM json_each(?1))",
     )
     .bind(json_list(ids))
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(id, clinic_id, depth, max_seq)| {
+        .map(|(id, clinic_id, depth, max_seq, through)| {
             let state = DeviceState {
                 clinic_id,
                 max_depth_um: to_u32(depth, "device max depth")?,
                 max_seq: to_u64(max_seq, "device max seq")?,
+                stored_through: to_u64(through, "device stored watermark")?,
             };
             Ok((id, state))
         })

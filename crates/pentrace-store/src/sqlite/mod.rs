@@ -32,6 +32,7 @@ mod error;
 mod facts;
 mod flags;
 mod people;
+mod quarantine;
 mod queries;
 mod registry;
 mod reports;
@@ -57,8 +58,8 @@ use registry::{Change, Subject};
 use crate::{
     AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceStatus,
     ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord, GLOBAL_CHAIN,
-    Lot, NewFlag, Product, Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult,
-    StoredAuditEvent, StoredFacts, User, WriteBatch,
+    Lot, NewFlag, Product, QuarantineRecord, QuarantineRow, Role, SessionQuery, SessionRecord,
+    Store, StoreError, StoreResult, StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
 };
 
 /// The migrations of `migrations/sqlite`, embedded at build time.
@@ -188,6 +189,18 @@ impl Store for SqliteStore {
 
     async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()> {
         registry::auto_register_device(&self.writer, device_id, clinic_id).await
+    }
+
+    async fn quarantine(&self, rows: &[QuarantineRow]) -> StoreResult<Watermarks> {
+        quarantine::put(&self.writer, rows).await
+    }
+
+    async fn list_quarantine(&self, limit: u32) -> StoreResult<Vec<QuarantineRecord>> {
+        quarantine::list(&self.reader, limit).await
+    }
+
+    async fn quarantined(&self, id: uuid::Uuid) -> StoreResult<Option<QuarantineRecord>> {
+        quarantine::one(&self.reader, id).await
     }
 
     async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {

@@ -201,7 +201,25 @@ pub fn start_batch(device: &str, seq: u64, session: &str, cartridge: &str) -> Wr
 
 pub async fn commit_ok(store: &TestStore, batch: &WriteBatch) -> Vec<FlagRecord> {
     match store.commit(batch).await.expect("commit") {
-        CommitOutcome::Committed { new_flags } => new_flags,
+        CommitOutcome::Committed { new_flags, .. } => new_flags,
+        CommitOutcome::Conflict { detail } => panic!("unexpected conflict: {detail}"),
+    }
+}
+
+/// Commits a batch of heartbeats of one device and returns its watermark.
+pub async fn commit_seqs(store: &TestStore, device: &str, seqs: &[u64]) -> u64 {
+    let batch = WriteBatch {
+        messages: seqs
+            .iter()
+            .map(|&s| message(device, s, "heartbeat", None))
+            .collect(),
+        devices: seqs.iter().map(|&s| device_write(device, s)).collect(),
+        ..WriteBatch::default()
+    };
+    match store.commit(&batch).await.expect("commit") {
+        CommitOutcome::Committed { watermarks, .. } => *watermarks
+            .get(device)
+            .expect("the batch's device has a watermark"),
         CommitOutcome::Conflict { detail } => panic!("unexpected conflict: {detail}"),
     }
 }

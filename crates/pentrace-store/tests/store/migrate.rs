@@ -22,6 +22,7 @@ const TABLES: [&str; 17] = [
     "flags",
     "lots",
     "products",
+    "quarantine",
     "seq_holes",
     "sessions",
     "stroke_samples",
