@@ -89,11 +89,29 @@ impl MqttPen {
                 .unwrap_or_else(|_| panic!("no ack of seq {seq} for {}", self.id))
                 .expect("downlink channel");
             match &d.body {
-                Some(pb::device_downlink::Body::Ack(a)) if a.committed_seq >= seq => return others,
+                Some(pb::device_downlink::Body::Ack(a)) if covers(a, seq) => return others,
                 _ => others.push(d),
             }
         }
     }
+}
+
+/// Whether an ack covers the seq (the pen's side of the contract).
+pub(crate) fn covers(ack: &pb::IngestAck, seq: u64) -> bool {
+    seq <= ack.committed_seq || ack.stored.iter().any(|r| r.first <= seq && seq <= r.last)
+}
+
+/// The reject codes among downlinks.
+pub(crate) fn rejection_codes(downlinks: &[pb::DeviceDownlink]) -> Vec<pb::RejectCode> {
+    downlinks
+        .iter()
+        .filter_map(|d| match &d.body {
+            Some(pb::device_downlink::Body::Rejection(r)) => {
+                Some(pb::RejectCode::try_from(r.code).unwrap_or_default())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 pub(crate) fn heartbeat(device: &str, seq: u64) -> pb::DeviceMessage {
@@ -181,9 +199,24 @@ async fn mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads() {
     }));
     a.send(&big).await;
     a.publish_raw("pen-a", vec![0xff, 0x00, 0x13, 0x37]).await;
-    // The consumer goes on: the next good message is committed and acked.
+    // The consumer goes on: the next good message is committed and acked;
+    // the ack does not cover the refused seq 4, and each refusal is
+    // answered with its reason.
     a.send(&heartbeat("pen-a", 5)).await;
-    a.wait_ack(5).await;
+    let seen = a.wait_ack(5).await;
+    let codes = rejection_codes(&seen);
+    for code in [
+        pb::RejectCode::DeviceMismatch,
+        pb::RejectCode::Oversized,
+        pb::RejectCode::Undecodable,
+    ] {
+        assert!(codes.contains(&code), "{code:?} not answered: {seen:?}");
+    }
+    assert!(
+        seen.iter()
+            .all(|d| !matches!(&d.body, Some(pb::device_downlink::Body::Ack(a)) if covers(a, 4))),
+        "the refused seq 4 was acknowledged: {seen:?}"
+    );
     assert_eq!(
         app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-a'")
             .await,

@@ -9,7 +9,7 @@ crate::conformance!(
 );
 
 /// Every table of pentrace's schema, on either store.
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "api_tokens",
     "audit_checkpoints",
     "audit_events",
