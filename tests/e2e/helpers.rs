@@ -95,8 +95,25 @@ impl Drop for Server {
 impl Server {
     /// Starts the real binary on free ports against `db`.
     pub async fn start(db: &TestDb, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        Server::launch(&db.name, &["--database-url", &db.url], args, envs).await
+    }
+
+    /// Starts the real binary on free ports on the embedded SQLite store in
+    /// `data_dir`.
+    pub async fn start_sqlite(
+        data_dir: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
+        let dir = data_dir.to_string_lossy().into_owned();
+        let mut envs = envs.to_vec();
+        envs.push(("PENTRACE_DATA_DIR", dir.as_str()));
+        Server::launch("pentrace_sqlite", &[], args, &envs).await
+    }
+
+    async fn launch(name: &str, store: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Server {
         let log =
-            std::env::temp_dir().join(format!("{}-{}.log", db.name, uuid::Uuid::new_v4().simple()));
+            std::env::temp_dir().join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
         let log_file = std::fs::File::create(&log).expect("log file");
         // The embedded broker's default port (1883) is taken on a machine
         // running Mosquitto, and by the tests running in parallel.
@@ -116,13 +133,9 @@ impl Server {
             &["--grpc-addr", "127.0.0.1:0"]
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_pentrace"))
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--database-url",
-                &db.url,
-            ])
+            .env_remove("DATABASE_URL")
+            .args(["serve", "--http-addr", "127.0.0.1:0"])
+            .args(store)
             .args(any_grpc_port)
             .args(free_mqtt_port)
             .args(args)

@@ -6,7 +6,9 @@
 mod access;
 mod audit;
 mod broker;
+mod delivery;
 mod embedded;
+mod fuzz;
 mod helpers;
 mod ingest;
 mod mqtt;

@@ -29,16 +29,23 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// A probe must answer quickly, whatever the database does.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if !s.health.is_ready() {
+    if let Some(why) = s.health.not_ready_reason() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the store is unavailable\n".to_owned(),
+            format!("not ready: {why}\n"),
         );
     }
-    match s.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    match tokio::time::timeout(PING_TIMEOUT, s.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store did not answer within 2 s\n".to_owned(),
+        ),
     }
 }
 

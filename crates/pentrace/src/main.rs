@@ -8,6 +8,7 @@ mod audit;
 mod bench;
 mod demo;
 mod people;
+mod quarantine;
 mod report;
 mod serve;
 mod sim;
@@ -52,6 +53,9 @@ enum Command {
     /// lookback (CSV, JSON or printable HTML; each export is audited).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Messages the pipeline could not process, kept with their raw bytes.
+    #[command(subcommand)]
+    Quarantine(quarantine::QuarantineCommand),
     /// Benchmarks: the ingest suite against its baselines (no subcommand),
     /// and load generators.
     Bench(bench::BenchArgs),
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Token(cmd) => report(people::token(cmd)),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Report(cmd) => report(report::run(cmd)),
+        Command::Quarantine(cmd) => report(quarantine::run(cmd)),
         Command::Bench(args) => {
             // The load generator logs only when asked (RUST_LOG), so the
             // table stays readable.
