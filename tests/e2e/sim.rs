@@ -153,46 +153,58 @@ async fn duplicates_seen(app: &TestApp) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_mqtt_ingest_loses_nothing_and_doubles_nothing() {
+/// SIGKILLs the server this many times while the pens stream.
+const KILLS: usize = 10;
+
+/// Kills the server `KILLS` times while 20 pens stream over `transport`,
+/// restarting it each time on the same database and addresses; the
+/// simulator's verification then finds every sample stored exactly once
+/// and every flag as injected.
+async fn sigkill_run(transport: &str) {
     let broker = Broker::start();
-    // A fixed gRPC address: the simulator verifies against the server that
-    // runs after the last crash.
+    // A fixed gRPC address: pens reconnect to it, and the simulator
+    // verifies against the server that runs after the last crash.
     let grpc = format!("127.0.0.1:{}", crate::broker::free_port());
+    let client_id = format!("pentrace-crash-{transport}");
     let args = [
         "--mqtt-url",
         broker.url.as_str(),
         "--mqtt-client-id",
-        "pentrace-crash-test",
+        client_id.as_str(),
         "--grpc-addr",
         grpc.as_str(),
     ];
     let mut app = spawn_app_with(&args, &[]).await;
     let truth = truth_file();
-    // Paced so the run lasts long enough for three crashes.
+    // Paced so the run outlasts the kills (about 1 s apart).
     let extra = [
         "--devices",
         "20",
         "--sessions",
         "4",
         "--batches",
-        "25",
+        "80",
         "--compression",
         "100",
         "--ack-timeout-s",
         "60",
     ];
-    let sim: Child = sim_command(&app, "mqtt", Some(&broker), &truth, &extra)
+    let mut sim: Child = sim_command(&app, transport, Some(&broker), &truth, &extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sim");
     let mut duplicates = 0;
-    for pause_ms in [1500u64, 1900, 1300] {
+    let mut kills = 0;
+    for pause_ms in [900u64, 1300, 700, 1100, 1500, 800, 1200, 1000, 600, 1400] {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        if sim.try_wait().expect("sim status").is_some() {
+            break;
+        }
         duplicates += duplicates_seen(&app).await;
         let status = app.server.signal("KILL");
         assert!(!status.success(), "SIGKILL ends the server abruptly");
+        kills += 1;
         app.restart(&args, &[]).await;
     }
     let out = tokio::task::spawn_blocking(move || sim.wait_with_output())
@@ -203,7 +215,11 @@ async fn sigkill_during_mqtt_ingest_loses_nothing_and_doubles_nothing() {
     let report = text(&out);
     assert!(
         out.status.success(),
-        "after three SIGKILLs the simulator's verification failed:\n{report}"
+        "after {kills} SIGKILLs the simulator's verification over {transport} failed:\n{report}"
+    );
+    assert_eq!(
+        kills, KILLS,
+        "the run ended before {KILLS} kills: make it longer"
     );
     let stored = app.count("SELECT count(*) FROM device_messages").await;
     let doubled = app
@@ -212,8 +228,19 @@ async fn sigkill_during_mqtt_ingest_loses_nothing_and_doubles_nothing() {
     assert_eq!(doubled, 0);
     // The counts for the closing note (visible with --no-capture).
     println!(
-        "crash test: stored {stored} messages, {duplicates} redeliveries recognised as duplicates (at least), 0 stored twice"
+        "crash test over {transport}: {kills} SIGKILLs, stored {stored} messages, \
+         {duplicates} redeliveries recognised as duplicates (at least), 0 stored twice"
     );
     println!("{report}");
     let _ = std::fs::remove_file(&truth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkills_during_mqtt_ingest_lose_nothing_and_double_nothing() {
+    sigkill_run("mqtt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sigkills_during_grpc_ingest_lose_nothing_and_double_nothing() {
+    sigkill_run("grpc").await;
 }
