@@ -105,7 +105,7 @@ impl IngestStream {
         reply: &mpsc::UnboundedSender<Outcome>,
     ) -> Option<Status> {
         let received_at = Utc::now();
-        let message = match convert::device_message(m) {
+        let message = match convert::device_message(m, received_at) {
             Ok(message) => message,
             Err(e) => {
                 self.ingest.metrics().reject("invalid_message");

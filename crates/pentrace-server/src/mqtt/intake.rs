@@ -174,7 +174,7 @@ impl Intake {
         if wire.device_id != topic_device {
             return Err("device_mismatch");
         }
-        convert::device_message(wire).map_err(|_| "invalid_message")
+        convert::device_message(wire, Utc::now()).map_err(|_| "invalid_message")
     }
 
     fn settle(&mut self, o: Outcome) {
