@@ -116,6 +116,85 @@ async fn a_refused_message_is_answered_and_the_stream_goes_on() {
     }
 }
 
+/// Issue 12: hostile content that used to refuse (or panic on) a message is
+/// stored, with its samples, and flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_content_is_stored_and_flagged_not_refused() {
+    let app = spawn_app(&[]).await;
+    register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
+    let far = prost_types::Timestamp {
+        seconds: -8_330_000_000_000,
+        nanos: 0,
+    };
+    let context = pb::SessionContext {
+        session_id: "session\u{0}seven".into(),
+        cartridge: Some(pb::Cartridge {
+            udi: "(01)09506000134352(21)SN\u{0}1".into(),
+            chip_uid: String::new(),
+        }),
+        area: 17,
+        skin: 9,
+        patient_ref: "p\u{7}1".into(),
+        started_at: Some(far),
+    };
+    let sample = pb::StrokeSample {
+        offset_ms: u32::MAX,
+        strokes: u32::MAX,
+        depth_um: u32::MAX,
+        speed_hz: u32::MAX,
+    };
+    let mut start = heartbeat("pen-1", 1);
+    start.sent_at = Some(far);
+    start.body = Some(Body::SessionStart(pb::SessionStart {
+        session: Some(context.clone()),
+        operator_ref: "op\u{0}".into(),
+        firmware: "1\u{1b}[0m".into(),
+    }));
+    let mut batch = heartbeat("pen-1", 2);
+    batch.body = Some(Body::StrokeBatch(pb::StrokeBatch {
+        session: Some(context),
+        started_at: Some(prost_types::Timestamp {
+            seconds: i64::MAX,
+            nanos: -1,
+        }),
+        samples: vec![sample; 10],
+    }));
+    let down = stream(&app, vec![start, batch]).await;
+    assert!(down.end.is_ok(), "{:?}", down.end);
+    assert!(down.rejections.is_empty(), "{:?}", down.rejections);
+    assert_eq!(down.watermark("pen-1"), 2);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM sessions WHERE device_id = 'pen-1' AND area = 'unknown(17)'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM stroke_samples WHERE depth_um = 2147483647")
+            .await,
+        10
+    );
+    for kind in ["CLOCK_SKEW", "UDI_INVALID", "DEPTH_EXCEEDED"] {
+        assert_eq!(
+            app.count(&format!(
+                "SELECT count(*) FROM flags WHERE device_id = 'pen-1' AND kind = '{kind}'"
+            ))
+            .await,
+            1,
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM flags WHERE kind = 'UDI_INVALID' \
+             AND evidence->>'raw_session_id' = 'session\u{fffd}seven'"
+        )
+        .await,
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_register_accepts_unknown_devices_into_the_default_clinic() {
     let app = spawn_app(&["--auto-register"]).await;

@@ -295,7 +295,7 @@ impl ChainVerifier {
         stored_prev: &ChainHash,
         stored_hash: &ChainHash,
     ) -> Result<(), BrokenLink> {
-        if event.position != self.position + 1 {
+        if Some(event.position) != self.position.checked_add(1) {
             return Err(BrokenLink::Position {
                 expected_previous: self.position,
                 found: event.position,

@@ -17,11 +17,13 @@ pub fn track_seq(
     now: DateTime<Utc>,
 ) {
     if seq > *max_seq {
-        if seq > *max_seq + 1 {
+        // `*max_seq < seq`, so neither step can wrap; saturating all the same.
+        let next = max_seq.saturating_add(1);
+        if seq > next {
             holes.push(SeqHole {
                 device_id: device_id.to_owned(),
-                first: *max_seq + 1,
-                last: seq - 1,
+                first: next,
+                last: seq.saturating_sub(1),
                 detected_at: now,
             });
         }
@@ -40,13 +42,13 @@ fn fill(holes: &mut Vec<SeqHole>, seq: u64) {
     let hole = holes.swap_remove(i);
     if hole.first < seq {
         holes.push(SeqHole {
-            last: seq - 1,
+            last: seq.saturating_sub(1),
             ..hole.clone()
         });
     }
     if seq < hole.last {
         holes.push(SeqHole {
-            first: seq + 1,
+            first: seq.saturating_add(1),
             ..hole
         });
     }

@@ -10,6 +10,9 @@ pub mod gaps;
 pub mod message;
 pub mod policy;
 pub mod rules;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod time;
 pub mod udi;
 
 pub use cartridge::CartridgeId;

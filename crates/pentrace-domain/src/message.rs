@@ -1,16 +1,94 @@
 //! Device messages as the domain sees them (decoded from the wire by the
 //! transport, which is the only place that knows protobuf).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 
 /// One message from a device; `(device_id, seq)` is its idempotency key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceMessage {
     pub device_id: String,
     pub seq: u64,
-    /// Device clock when sent.
+    /// Device clock when sent (the receive time when the pen's was unusable:
+    /// see `time_faults`).
     pub sent_at: DateTime<Utc>,
     pub body: Body,
+    /// Device times the pen sent that were missing or out of range, and what
+    /// replaced them; a non-empty list raises `CLOCK_SKEW`.
+    pub time_faults: Vec<TimeFault>,
+}
+
+/// A device time that could not be used as sent, and what replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeFault {
+    pub field: TimeField,
+    /// The value on the wire; `None` when the field was missing.
+    pub raw: Option<WireTime>,
+    /// The time judged and stored instead.
+    pub used: DateTime<Utc>,
+}
+
+/// A wire timestamp as sent (`google.protobuf.Timestamp`), kept as evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireTime {
+    pub seconds: i64,
+    pub nanos: i32,
+}
+
+/// The device-time fields of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeField {
+    /// `DeviceMessage.sent_at`; replaced by the server's receive time.
+    SentAt,
+    /// `SessionContext.started_at`; replaced by the message's `sent_at`.
+    SessionStartedAt,
+    /// `StrokeBatch.started_at`; replaced by the message's `sent_at`.
+    BatchStartedAt,
+    /// `SessionEnd.ended_at`; replaced by the message's `sent_at`.
+    SessionEndedAt,
+}
+
+impl TimeField {
+    /// The field's name in the wire protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeField::SentAt => "sent_at",
+            TimeField::SessionStartedAt => "session.started_at",
+            TimeField::BatchStartedAt => "stroke_batch.started_at",
+            TimeField::SessionEndedAt => "session_end.ended_at",
+        }
+    }
+
+    /// What a missing or out-of-range value of the field is replaced by.
+    pub fn replacement(self) -> &'static str {
+        match self {
+            TimeField::SentAt => "receive time",
+            _ => "the message's sent_at",
+        }
+    }
+}
+
+impl TimeFault {
+    /// What was wrong with the value, e.g. `missing` or
+    /// `out of range (seconds -8330000000000, nanos 0)`.
+    pub fn problem(&self) -> String {
+        match self.raw {
+            None => "missing".to_owned(),
+            Some(w) => format!("out of range (seconds {}, nanos {})", w.seconds, w.nanos),
+        }
+    }
+
+    /// One clause for a flag's detail, e.g. `sent_at missing; judged at receive time`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}; judged at {}",
+            self.field.as_str(),
+            self.problem(),
+            self.field.replacement()
+        )
+    }
 }
 
 /// What a device message carries.
@@ -23,6 +101,17 @@ pub enum Body {
 }
 
 impl DeviceMessage {
+    /// A message whose device times were all usable.
+    pub fn new(device_id: String, seq: u64, sent_at: DateTime<Utc>, body: Body) -> Self {
+        DeviceMessage {
+            device_id,
+            seq,
+            sent_at,
+            body,
+            time_faults: Vec::new(),
+        }
+    }
+
     /// The session context, for the three session messages.
     pub fn session(&self) -> Option<&SessionContext> {
         match &self.body {
@@ -64,6 +153,9 @@ pub enum TreatmentArea {
     Scars,
     StretchMarks,
     Scalp,
+    /// A wire value this server does not know, kept as sent; judged without
+    /// area guidance (the depth limit still applies).
+    Unknown(i32),
 }
 
 impl TreatmentArea {
@@ -79,9 +171,10 @@ impl TreatmentArea {
         TreatmentArea::Scalp,
     ];
 
-    /// Stable lower-case name for storage and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
+    /// Stable lower-case name for storage and reports; an unknown wire
+    /// value is `unknown(N)`.
+    pub fn name(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             TreatmentArea::Unspecified => "unspecified",
             TreatmentArea::Forehead => "forehead",
             TreatmentArea::Nose => "nose",
@@ -91,14 +184,23 @@ impl TreatmentArea {
             TreatmentArea::Scars => "scars",
             TreatmentArea::StretchMarks => "stretch_marks",
             TreatmentArea::Scalp => "scalp",
-        }
+            TreatmentArea::Unknown(n) => return Cow::Owned(format!("unknown({n})")),
+        })
     }
 
-    /// Parses the stable name; unknown names are `Unspecified`.
+    /// Parses the stable name (including `unknown(N)`); any other name is
+    /// `Unspecified`.
     pub fn parse(name: &str) -> TreatmentArea {
+        if let Some(n) = name
+            .strip_prefix("unknown(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .and_then(|n| n.parse().ok())
+        {
+            return TreatmentArea::Unknown(n);
+        }
         TreatmentArea::ALL
             .into_iter()
-            .find(|a| a.as_str() == name)
+            .find(|a| a.name() == name)
             .unwrap_or_default()
     }
 }
@@ -110,13 +212,19 @@ pub enum SkinThickness {
     #[default]
     Thin,
     Thick,
+    /// A wire value this server does not know, kept as sent; judged as thin.
+    Unknown(i32),
 }
 
 /// The session a message belongs to; repeated in every session message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionContext {
-    /// Session id chosen by the pen (UUID text).
+    /// Session id chosen by the pen (canonical UUID text); derived from the
+    /// device id and `raw_session_id` when the pen's is not a UUID.
     pub session_id: String,
+    /// The pen's session id as sent, when it was not a UUID (or the session
+    /// context was missing: then empty); `None` when `session_id` is the pen's.
+    pub raw_session_id: Option<String>,
     pub cartridge: CartridgeRef,
     pub area: TreatmentArea,
     pub skin: SkinThickness,
@@ -157,9 +265,11 @@ pub struct StrokeBatch {
 }
 
 impl StrokeBatch {
-    /// Total strokes in the batch.
+    /// Total strokes in the batch (saturating).
     pub fn strokes(&self) -> u64 {
-        self.samples.iter().map(|s| u64::from(s.strokes)).sum()
+        self.samples
+            .iter()
+            .fold(0u64, |sum, s| sum.saturating_add(u64::from(s.strokes)))
     }
 
     /// Milliseconds during which the needle was stroking. Each sample lasts
@@ -175,7 +285,7 @@ impl StrokeBatch {
             };
             last_interval = interval;
             if sample.strokes > 0 {
-                total += u64::from(interval);
+                total = total.saturating_add(u64::from(interval));
             }
         }
         total
@@ -196,6 +306,8 @@ pub enum EndReason {
     Aborted,
     CartridgeRejected,
     LowBattery,
+    /// A wire value this server does not know, kept as sent.
+    Unknown(i32),
 }
 
 /// A session ends.
@@ -212,4 +324,23 @@ pub struct SessionEnd {
 pub struct Heartbeat {
     pub battery_pct: u32,
     pub firmware: String,
+}
+
+/// The session id of a session whose pen-chosen id is not a UUID (or is
+/// missing): a UUID derived from the device id and the raw id, so every
+/// message of that session lands in the same session, and the same raw id on
+/// two devices makes two sessions. Version 8 (custom, SHA-256 based), so it
+/// never collides with the pens' own v4 ids.
+pub fn derived_session_id(device_id: &str, raw_session_id: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"pentrace/session-id/v1\0");
+    hash.update((device_id.len() as u64).to_be_bytes());
+    hash.update(device_id.as_bytes());
+    hash.update(raw_session_id.as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }

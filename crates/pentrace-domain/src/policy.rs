@@ -37,27 +37,24 @@ impl Default for Policy {
 }
 
 /// Upper bound of the depth guidance for an area and skin, micrometres;
-/// `None` when the area is unspecified. Values are DESIGN §1's table (the
-/// upper end of each range; stretch marks and scalp have one range).
+/// `None` when the area is unspecified or unknown. Values are DESIGN §1's
+/// table (the upper end of each range; stretch marks and scalp have one
+/// range). An unknown skin thickness is judged as thin (the lower bound).
 pub fn area_guidance_um(area: TreatmentArea, skin: SkinThickness) -> Option<u32> {
-    use SkinThickness::{Thick, Thin};
     use TreatmentArea::*;
-    let um = match (area, skin) {
-        (Unspecified, _) => return None,
-        (Forehead, Thin) => 500,
-        (Forehead, Thick) => 750,
-        (Nose, Thin) => 250,
-        (Nose, Thick) => 500,
-        (Periorbital, Thin) => 250,
-        (Periorbital, Thick) => 500,
-        (Cheeks, Thin) => 1000,
-        (Cheeks, Thick) => 2000,
-        (UpperLip, Thin) => 250,
-        (UpperLip, Thick) => 750,
-        (Scars, Thin) => 1250,
-        (Scars, Thick) => 2000,
-        (StretchMarks, _) => 2000,
-        (Scalp, _) => 1500,
+    let (thin, thick) = match area {
+        Unspecified | Unknown(_) => return None,
+        Forehead => (500, 750),
+        Nose => (250, 500),
+        Periorbital => (250, 500),
+        Cheeks => (1000, 2000),
+        UpperLip => (250, 750),
+        Scars => (1250, 2000),
+        StretchMarks => (2000, 2000),
+        Scalp => (1500, 1500),
     };
-    Some(um)
+    Some(match skin {
+        SkinThickness::Thick => thick,
+        SkinThickness::Thin | SkinThickness::Unknown(_) => thin,
+    })
 }

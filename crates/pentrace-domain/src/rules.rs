@@ -16,8 +16,9 @@ use serde_json::json;
 
 use crate::cartridge::CartridgeId;
 use crate::flag::{FlagKind, Verdict};
-use crate::message::{Body, CartridgeRef, DeviceMessage, SessionContext, StrokeBatch};
+use crate::message::{Body, CartridgeRef, DeviceMessage, SessionContext, StrokeBatch, TimeFault};
 use crate::policy::{Policy, area_guidance_um};
+use crate::time;
 use crate::udi::{Udi, UdiError};
 
 /// The session that owns a cartridge (bind-once) and its latest activity.
@@ -132,12 +133,14 @@ pub struct Judgement {
 
 /// `received_at − sent_at`: positive when the pen's clock is behind.
 pub fn measured_skew(sent_at: DateTime<Utc>, received_at: DateTime<Utc>) -> Duration {
-    received_at - sent_at
+    time::since(received_at, sent_at)
 }
 
 /// A device time corrected by the message's measured skew when that skew is
 /// larger than the window: a wrong clock cannot move a session in time, while
 /// a backfilled message (old samples, honest clock) keeps its own times.
+/// Saturates at chrono's limits (unreachable for times inside the device
+/// range of [`crate::time`]).
 pub fn corrected(
     device_time: DateTime<Utc>,
     sent_at: DateTime<Utc>,
@@ -146,7 +149,7 @@ pub fn corrected(
 ) -> DateTime<Utc> {
     let skew = measured_skew(sent_at, received_at);
     if skew.abs() > policy.skew_window {
-        device_time + skew
+        time::shift(device_time, skew)
     } else {
         device_time
     }
@@ -186,12 +189,20 @@ pub fn judge(
     if let Body::StrokeBatch(batch) = &msg.body {
         out.verdicts.extend(batch_verdicts(batch, facts, policy));
     }
+    if let Some(raw) = &ctx.raw_session_id {
+        for v in &mut out.verdicts {
+            if let Some(evidence) = v.evidence.as_object_mut() {
+                evidence.insert("raw_session_id".to_owned(), json!(raw));
+            }
+        }
+    }
     out
 }
 
-fn batch_end(b: &StrokeBatch) -> DateTime<Utc> {
+/// Device time of the batch's last sample.
+pub fn batch_end(b: &StrokeBatch) -> DateTime<Utc> {
     let last = b.samples.iter().map(|s| s.offset_ms).max().unwrap_or(0);
-    b.started_at + Duration::milliseconds(i64::from(last))
+    time::add_ms(b.started_at, last)
 }
 
 /// Decides reuse vs resume vs ownership (DESIGN §4, bind-once).
@@ -217,7 +228,7 @@ fn relation_of(
         (Some(a), Some(b)) => a == b,
         _ => true,
     };
-    let idle = started - binding.last_activity_at;
+    let idle = time::since(started, binding.last_activity_at);
     if binding.device_id == msg.device_id && same_patient && idle <= policy.resume_window {
         CartridgeRelation::Resumed { owner_session_id }
     } else {
@@ -417,9 +428,9 @@ fn batch_verdicts(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Vec<Ve
             session_key(ctx, kind),
             format!(
                 "needle depth {deepest} µm is above the {} guidance of {guidance} µm",
-                ctx.area.as_str()
+                ctx.area.name()
             ),
-            json!({ "depth_um": deepest, "guidance_um": guidance, "area": ctx.area.as_str() }),
+            json!({ "depth_um": deepest, "guidance_um": guidance, "area": ctx.area.name() }),
         ));
     }
     out.extend(overuse_verdict(batch, facts, policy));
@@ -428,8 +439,11 @@ fn batch_verdicts(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Vec<Ve
 
 fn overuse_verdict(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Option<Verdict> {
     let product = facts.product.as_ref()?;
-    let strokes = facts.session.strokes + batch.strokes();
-    let active_ms = facts.session.active_ms + batch.active_ms(policy.sample_interval_ms);
+    let strokes = facts.session.strokes.saturating_add(batch.strokes());
+    let active_ms = facts
+        .session
+        .active_ms
+        .saturating_add(batch.active_ms(policy.sample_interval_ms));
     let over_strokes = product.rated_strokes > 0 && strokes > product.rated_strokes;
     let over_time = product.max_active_ms > 0 && active_ms > product.max_active_ms;
     if !over_strokes && !over_time {
@@ -450,12 +464,15 @@ fn overuse_verdict(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Optio
     ))
 }
 
-/// `CLOCK_SKEW` when `sent_at` is further than the window from receive time.
-/// One flag per session (or per device and day for heartbeats), so a pen with
-/// a wrong clock is flagged without flooding.
+/// `CLOCK_SKEW` when `sent_at` is further than the window from receive time,
+/// or when a device time of the message was missing or out of range and was
+/// replaced (the message's `time_faults`). One flag per session (or per
+/// device and day for heartbeats), so a pen with a wrong clock is flagged
+/// without flooding; both reasons share it.
 fn judge_skew(msg: &DeviceMessage, policy: &Policy, received_at: DateTime<Utc>) -> Option<Verdict> {
     let skew = measured_skew(msg.sent_at, received_at);
-    if skew.abs() <= policy.skew_window {
+    let skewed = skew.abs() > policy.skew_window;
+    if !skewed && msg.time_faults.is_empty() {
         return None;
     }
     let kind = FlagKind::ClockSkew;
@@ -463,19 +480,40 @@ fn judge_skew(msg: &DeviceMessage, policy: &Policy, received_at: DateTime<Utc>) 
         Some(ctx) => format!("session:{}", ctx.session_id),
         None => format!("day:{}", received_at.date_naive()),
     };
+    let mut reasons: Vec<String> = msg.time_faults.iter().map(|f| f.describe()).collect();
+    if skewed {
+        reasons.push(format!(
+            "device clock differs from server time by {} s",
+            skew.num_seconds()
+        ));
+    }
+    let mut evidence = json!({
+        "seq": msg.seq, "sent_at": msg.sent_at.to_rfc3339(),
+        "received_at": received_at.to_rfc3339(), "skew_s": skew.num_seconds(),
+    });
+    if !msg.time_faults.is_empty()
+        && let Some(object) = evidence.as_object_mut()
+    {
+        let faults = msg.time_faults.iter().map(time_fault_evidence).collect();
+        object.insert("time_faults".to_owned(), serde_json::Value::Array(faults));
+    }
     Some(Verdict::new(
         kind,
         format!("device:{}:{scope}:{}", msg.device_id, kind.as_str()),
-        format!(
-            "device clock differs from server time by {} s (message seq {})",
-            skew.num_seconds(),
-            msg.seq
-        ),
-        json!({
-            "seq": msg.seq, "sent_at": msg.sent_at.to_rfc3339(),
-            "received_at": received_at.to_rfc3339(), "skew_s": skew.num_seconds(),
-        }),
+        format!("{} (message seq {})", reasons.join("; "), msg.seq),
+        evidence,
     ))
+}
+
+fn time_fault_evidence(f: &TimeFault) -> serde_json::Value {
+    json!({
+        "field": f.field.as_str(),
+        "problem": f.problem(),
+        "seconds": f.raw.map(|w| w.seconds),
+        "nanos": f.raw.map(|w| w.nanos),
+        "judged_at": f.used.to_rfc3339(),
+        "reason": f.describe(),
+    })
 }
 
 /// A hole `first..=last` in a device's seq, first seen missing at `detected_at`.
@@ -489,11 +527,11 @@ pub struct SeqHole {
 
 /// `DATA_GAP` once a hole has stayed unfilled for the gap window.
 pub fn judge_gap(hole: &SeqHole, now: DateTime<Utc>, policy: &Policy) -> Option<Verdict> {
-    if now - hole.detected_at < policy.gap_window {
+    if time::since(now, hole.detected_at) < policy.gap_window {
         return None;
     }
     let kind = FlagKind::DataGap;
-    let missing = hole.last - hole.first + 1;
+    let missing = hole.last.saturating_sub(hole.first).saturating_add(1);
     Some(Verdict::new(
         kind,
         format!(
@@ -516,3 +554,7 @@ pub fn judge_gap(hole: &SeqHole, now: DateTime<Utc>, policy: &Policy) -> Option<
 #[cfg(test)]
 #[path = "rules_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "rules_props.rs"]
+mod props;

@@ -6,7 +6,8 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 
 use super::*;
 use crate::message::{
-    Heartbeat, SessionEnd, SessionStart, SkinThickness, StrokeSample, TreatmentArea,
+    Heartbeat, SessionEnd, SessionStart, SkinThickness, StrokeSample, TimeFault, TimeField,
+    TreatmentArea, WireTime,
 };
 
 const GTIN: &str = "09506000134352";
@@ -30,11 +31,13 @@ fn ctx(session: &str, udi: &str, started_at: DateTime<Utc>) -> SessionContext {
         skin: SkinThickness::Thick,
         patient_ref: Some("p1".into()),
         started_at,
+        raw_session_id: None,
     }
 }
 
 fn start(device: &str, ctx: SessionContext, sent_at: DateTime<Utc>) -> DeviceMessage {
     DeviceMessage {
+        time_faults: Vec::new(),
         device_id: device.into(),
         seq: 1,
         sent_at,
@@ -59,6 +62,7 @@ fn batch(ctx: SessionContext, depths: &[u32], strokes: u32) -> DeviceMessage {
         })
         .collect();
     DeviceMessage {
+        time_faults: Vec::new(),
         device_id: "pen-1".into(),
         seq: 2,
         sent_at: started_at,
@@ -295,6 +299,7 @@ fn skew_inside_the_window_does_not_correct_times() {
 fn clock_skew_boundary() {
     let window = Policy::default().skew_window;
     let hb = |sent_at| DeviceMessage {
+        time_faults: Vec::new(),
         device_id: "pen-1".into(),
         seq: 9,
         sent_at,
@@ -557,6 +562,7 @@ fn session_end_and_batch_report_activity_time() {
     let c = ctx("s1", &udi("A", "301231"), t0());
     let end_at = t0() + Duration::minutes(20);
     let msg = DeviceMessage {
+        time_faults: Vec::new(),
         device_id: "pen-1".into(),
         seq: 3,
         sent_at: end_at,
@@ -581,4 +587,195 @@ fn every_kind_has_a_verdict_key_scoped_to_its_subject() {
     let b = recall_exposure("s2", GTIN, "L", t0());
     assert_ne!(a.dedupe_key, b.dedupe_key);
     assert_eq!(a.severity, crate::flag::Severity::Critical);
+}
+
+// ------------------------------------------------- hostile input (issue 12)
+
+#[test]
+fn extreme_device_times_never_panic() {
+    // The fuzz finding of issue 12: a sent_at near chrono's minimum (seconds
+    // -8.33e12) made `corrected` overflow; a batch start near the maximum made
+    // `batch_end` and the sample times overflow.
+    let far_past = DateTime::from_timestamp(-8_330_000_000_000, 0).unwrap();
+    let far_future = DateTime::<Utc>::MAX_UTC;
+    let c = ctx("s1", &udi("A", "301231"), far_past);
+    let mut msg = batch(c, &[500; 3], 10);
+    msg.sent_at = far_past;
+    if let Body::StrokeBatch(b) = &mut msg.body {
+        b.started_at = far_future;
+        b.samples[2].offset_ms = u32::MAX;
+    }
+    let j = run(&msg, &known_facts(), t0());
+    assert!(kinds(&j).contains(&FlagKind::ClockSkew));
+    assert_eq!(j.activity_at, Some(DateTime::<Utc>::MAX_UTC));
+    let at = corrected(far_future, far_past, t0(), &Policy::default());
+    assert_eq!(at, DateTime::<Utc>::MAX_UTC);
+    let at = corrected(far_past, far_future, t0(), &Policy::default());
+    assert_eq!(at, DateTime::<Utc>::MIN_UTC);
+}
+
+fn fault(field: TimeField, raw: Option<WireTime>, used: DateTime<Utc>) -> TimeFault {
+    TimeFault { field, raw, used }
+}
+
+#[test]
+fn a_replaced_device_time_raises_clock_skew_with_the_reason() {
+    let mut msg = start("pen-1", ctx("s1", &udi("A", "301231"), t0()), t0());
+    msg.time_faults = vec![
+        fault(TimeField::SentAt, None, t0()),
+        fault(
+            TimeField::SessionStartedAt,
+            Some(WireTime {
+                seconds: -8_330_000_000_000,
+                nanos: -1,
+            }),
+            t0(),
+        ),
+    ];
+    let j = run(&msg, &known_facts(), t0());
+    assert_eq!(kinds(&j), vec![FlagKind::ClockSkew]);
+    let v = &j.verdicts[0];
+    assert_eq!(v.severity, crate::flag::Severity::Warning);
+    // The same key as a measured skew of the session: one flag per session.
+    assert_eq!(v.dedupe_key, "device:pen-1:session:s1:CLOCK_SKEW");
+    assert_eq!(
+        v.detail,
+        "sent_at missing; judged at receive time; session.started_at out of range \
+         (seconds -8330000000000, nanos -1); judged at the message's sent_at (message seq 1)"
+    );
+    let faults = v.evidence["time_faults"].as_array().unwrap();
+    assert_eq!(faults[0]["field"], "sent_at");
+    assert_eq!(faults[0]["problem"], "missing");
+    assert_eq!(
+        faults[0]["reason"],
+        "sent_at missing; judged at receive time"
+    );
+    assert_eq!(faults[0]["seconds"], serde_json::Value::Null);
+    assert_eq!(faults[1]["field"], "session.started_at");
+    assert_eq!(faults[1]["seconds"], -8_330_000_000_000i64);
+    assert_eq!(faults[1]["nanos"], -1);
+    assert_eq!(faults[1]["judged_at"], t0().to_rfc3339());
+}
+
+#[test]
+fn a_replaced_time_and_a_measured_skew_share_one_verdict() {
+    let late = t0() + Duration::hours(1);
+    let mut msg = batch(ctx("s1", &udi("A", "301231"), t0()), &[500], 1);
+    msg.time_faults = vec![fault(TimeField::BatchStartedAt, None, t0())];
+    let j = run(&msg, &known_facts(), late);
+    let skews: Vec<_> = j
+        .verdicts
+        .iter()
+        .filter(|v| v.kind == FlagKind::ClockSkew)
+        .collect();
+    assert_eq!(skews.len(), 1);
+    assert!(
+        skews[0]
+            .detail
+            .starts_with("stroke_batch.started_at missing; judged at the message's sent_at; device clock differs from server time by 3600 s"),
+        "{}",
+        skews[0].detail
+    );
+    assert_eq!(skews[0].evidence["skew_s"], 3600);
+}
+
+#[test]
+fn a_heartbeat_with_a_replaced_sent_at_is_flagged_per_device_and_day() {
+    let mut msg = DeviceMessage::new(
+        "pen-1".into(),
+        4,
+        t0(),
+        Body::Heartbeat(Heartbeat {
+            battery_pct: 50,
+            firmware: String::new(),
+        }),
+    );
+    msg.time_faults = vec![fault(TimeField::SentAt, None, t0())];
+    let j = run(&msg, &known_facts(), t0());
+    assert_eq!(kinds(&j), vec![FlagKind::ClockSkew]);
+    assert_eq!(
+        j.verdicts[0].dedupe_key,
+        "device:pen-1:day:2026-11-25:CLOCK_SKEW"
+    );
+}
+
+#[test]
+fn a_derived_session_id_shows_the_raw_one_in_every_verdict() {
+    let mut c = ctx("", "", t0());
+    c.session_id = crate::message::derived_session_id("pen-1", "not a uuid");
+    c.raw_session_id = Some("not a uuid".into());
+    let j = run(&start("pen-1", c, t0()), &known_facts(), t0());
+    assert_eq!(kinds(&j), vec![FlagKind::UdiInvalid]);
+    assert_eq!(j.verdicts[0].evidence["raw_session_id"], "not a uuid");
+}
+
+#[test]
+fn depths_and_counts_at_u32_max_are_judged_on_their_true_values() {
+    let mut facts = known_facts();
+    facts.product = Some(ProductFacts {
+        max_depth_um: 0,
+        rated_strokes: 1,
+        max_active_ms: 0,
+    });
+    facts.session.relation = Some(CartridgeRelation::Owner);
+    facts.session.strokes = u64::MAX - 1;
+    facts.session.active_ms = u64::MAX;
+    let j = run(
+        &batch(
+            ctx("s1", &udi("A", "301231"), t0()),
+            &[u32::MAX; 2],
+            u32::MAX,
+        ),
+        &facts,
+        t0(),
+    );
+    let deep = j
+        .verdicts
+        .iter()
+        .find(|v| v.kind == FlagKind::DepthExceeded)
+        .unwrap();
+    assert_eq!(deep.evidence["depth_um"], u64::from(u32::MAX));
+    let over = j
+        .verdicts
+        .iter()
+        .find(|v| v.kind == FlagKind::CartridgeOverused)
+        .unwrap();
+    assert_eq!(over.evidence["strokes"], u64::MAX);
+}
+
+#[test]
+fn an_unknown_area_is_judged_without_guidance_and_keeps_its_number() {
+    let mut c = ctx("s1", &udi("A", "301231"), t0());
+    c.area = TreatmentArea::Unknown(17);
+    let j = run(&batch(c, &[1999], 1), &known_facts(), t0());
+    assert_eq!(kinds(&j), vec![]);
+    assert_eq!(TreatmentArea::Unknown(17).name(), "unknown(17)");
+    assert_eq!(
+        TreatmentArea::parse("unknown(17)"),
+        TreatmentArea::Unknown(17)
+    );
+    assert_eq!(
+        TreatmentArea::parse("unknown(-3)"),
+        TreatmentArea::Unknown(-3)
+    );
+    for a in TreatmentArea::ALL {
+        assert_eq!(TreatmentArea::parse(&a.name()), a);
+    }
+    assert_eq!(TreatmentArea::parse("nonsense"), TreatmentArea::Unspecified);
+}
+
+#[test]
+fn derived_session_ids_are_stable_uuids_per_device_and_raw_id() {
+    use crate::message::derived_session_id;
+    let a = derived_session_id("pen-1", "abc");
+    assert_eq!(a, derived_session_id("pen-1", "abc"));
+    assert_ne!(a, derived_session_id("pen-2", "abc"));
+    assert_ne!(a, derived_session_id("pen-1", "abd"));
+    assert_ne!(
+        derived_session_id("pen-1", "1abc"),
+        derived_session_id("pen-11", "abc")
+    );
+    let parsed = uuid::Uuid::parse_str(&a).unwrap();
+    assert_eq!(parsed.to_string(), a);
+    assert_eq!(parsed.get_version_num(), 8);
 }

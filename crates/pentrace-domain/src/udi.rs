@@ -254,7 +254,17 @@ impl Udi {
         } else {
             parse_raw(&text, &mut builder)?;
         }
-        builder.finish(text.base)
+        let udi = builder.finish(text.base)?;
+        // Element values are checked against character set 82 as they are
+        // parsed; what a form does not look into (a Digital Link's host,
+        // path prefix or fragment) must still be printable ASCII, so a UDI
+        // with a control character (the transport replaces those with
+        // U+FFFD) or non-ASCII anywhere is invalid, never silently accepted.
+        if let Some(i) = text.find(0, text.len(), |c| !(c.is_ascii_graphic() || c == GS)) {
+            let c = text.chars.get(i).copied().unwrap_or_default();
+            return Err(UdiError::at(None, text.pos(i), UdiProblem::BadCharacter(c)));
+        }
+        Ok(udi)
     }
 
     /// The bracketed human-readable form, AIs in the order 01, 11, 17, 10, 21.
@@ -1390,6 +1400,25 @@ mod tests {
     }
 
     #[test]
+    fn a_digital_link_with_a_stray_character_outside_its_elements_is_invalid() {
+        let today = date(2026, 1, 1);
+        let link = format!("https://id.example/01/{G}/21/SN1");
+        assert!(Udi::parse(&link, today).is_ok());
+        for bad in [
+            format!("https://id.\u{fffd}example/01/{G}/21/SN1"),
+            format!("https://id.example/a\u{0}b/01/{G}/21/SN1"),
+            format!("https://id.example/01/{G}/21/SN1#x\u{7f}"),
+            format!("https://id.ex ample/01/{G}/21/SN1"),
+        ] {
+            let e = Udi::parse(&bad, today).unwrap_err();
+            assert!(
+                matches!(e.problem, UdiProblem::BadCharacter(_)),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn check_digit_helper() {
         assert_eq!(gtin_check_digit("0950600013435"), Some(2));
         assert_eq!(gtin_check_digit("0000009638507"), Some(4));
@@ -1565,6 +1594,26 @@ mod tests {
                 prop_assert_eq!(e.ai.as_deref(), Some("01"));
                 prop_assert_eq!(e.problem, UdiProblem::CheckDigit { expected, found });
             }
+        }
+
+        #[test]
+        fn a_stray_character_anywhere_makes_any_form_invalid(
+            (udi, today) in any_udi(CSET82),
+            form in 0usize..3,
+            at in any::<prop::sample::Index>(),
+            stray in any::<char>().prop_filter("not printable ASCII, GS or trimmed", |c| {
+                !(c.is_ascii_graphic() || *c == GS || c.is_ascii_whitespace())
+            }),
+        ) {
+            let text = match form {
+                0 => udi.to_raw(),
+                1 => udi.to_bracketed(),
+                _ => udi.to_digital_link("https://id.example"),
+            };
+            let mut chars: Vec<char> = text.chars().collect();
+            chars.insert(at.index(chars.len() + 1), stray);
+            let input: String = chars.into_iter().collect();
+            prop_assert!(Udi::parse(&input, today).is_err(), "{input:?} parsed");
         }
 
         #[test]

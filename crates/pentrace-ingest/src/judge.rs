@@ -1,5 +1,10 @@
 //! Turns a batch of messages and the stored facts into one [`WriteBatch`]:
 //! the domain judges, this module only gathers facts and records verdicts.
+//!
+//! The rules judge the values a pen sent, however large; only the rows built
+//! here for storage are held to what the columns take (PostgreSQL has no
+//! unsigned integers: `integer` and `bigint`), so an absurd reading is stored
+//! (clamped) and flagged instead of failing the whole batch.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +15,7 @@ use pentrace_domain::policy::Policy;
 use pentrace_domain::rules::{
     self, Binding, CartridgeRelation, Facts, Identified, SeqHole, SessionFacts,
 };
+use pentrace_domain::time;
 use pentrace_domain::{Udi, Verdict};
 use pentrace_store::{
     ClaimRow, DeviceState, DeviceWrite, FactsQuery, MessageRow, NewFlag, SampleBlock, SampleRow,
@@ -56,6 +62,18 @@ pub(crate) fn facts_query(envs: &[Envelope], idents: &[Option<Identified>]) -> F
         }
     }
     q
+}
+
+/// The largest value an `integer` column holds.
+const MAX_INTEGER: u32 = i32::MAX as u32;
+/// The largest value a `bigint` column holds.
+const MAX_BIGINT: u64 = i64::MAX as u64;
+
+/// What adding `delta` to a running total that stood at `before` adds to its
+/// stored copy, which holds at most `bigint`'s maximum.
+fn storable_delta(before: u64, delta: u64) -> u64 {
+    let after = before.saturating_add(delta);
+    after.min(MAX_BIGINT).saturating_sub(before.min(MAX_BIGINT))
 }
 
 /// What a batch writes and what to report for each message once committed.
@@ -283,8 +301,12 @@ impl<'f> Work<'f> {
                 strokes: 0,
                 active_ms: 0,
             });
-        state.strokes += strokes;
-        state.active_ms += active_ms;
+        // The running totals keep the true values (the rules judge on them);
+        // the session write adds only what its `bigint` columns can hold.
+        let stored_strokes = storable_delta(state.strokes, strokes);
+        let stored_active_ms = storable_delta(state.active_ms, active_ms);
+        state.strokes = state.strokes.saturating_add(strokes);
+        state.active_ms = state.active_ms.saturating_add(active_ms);
         if let Body::StrokeBatch(b) = &msg.body {
             self.out.samples.push(sample_block(env, b, policy));
         }
@@ -303,10 +325,10 @@ impl<'f> Work<'f> {
         if decided.is_some() {
             write.relation = decided;
         }
-        write.add_strokes += strokes;
-        write.add_active_ms += active_ms;
-        write.add_samples += samples;
-        write.max_depth_um = write.max_depth_um.max(depth);
+        write.add_strokes = write.add_strokes.saturating_add(stored_strokes);
+        write.add_active_ms = write.add_active_ms.saturating_add(stored_active_ms);
+        write.add_samples = write.add_samples.saturating_add(samples).min(MAX_BIGINT);
+        write.max_depth_um = write.max_depth_um.max(depth.min(MAX_INTEGER));
         merge_body(write, env, policy);
     }
 
@@ -401,7 +423,10 @@ fn new_flag(
 }
 
 /// Samples carry skew-corrected device time, so a pen with a wrong clock
-/// does not scatter its samples across the calendar.
+/// does not scatter its samples across the calendar. Values above what an
+/// `integer` column holds are stored as its maximum (the rules have judged
+/// the true values: a depth of `u32::MAX` is `DEPTH_EXCEEDED` with it in
+/// evidence).
 fn sample_block(
     env: &Envelope,
     batch: &pentrace_domain::message::StrokeBatch,
@@ -416,11 +441,11 @@ fn sample_block(
             .samples
             .iter()
             .map(|s| SampleRow {
-                time: start + chrono::Duration::milliseconds(i64::from(s.offset_ms)),
+                time: time::add_ms(start, s.offset_ms),
                 seq: msg.seq,
-                strokes: s.strokes,
-                depth_um: s.depth_um,
-                speed_hz: s.speed_hz,
+                strokes: s.strokes.min(MAX_INTEGER),
+                depth_um: s.depth_um.min(MAX_INTEGER),
+                speed_hz: s.speed_hz.min(MAX_INTEGER),
             })
             .collect(),
     }
@@ -451,7 +476,7 @@ fn session_write(
         gtin: udi.map(|u| u.gtin.clone()),
         lot: udi.and_then(|u| u.lot.clone()),
         expiry: udi.and_then(|u| u.expiry),
-        area: ctx.area.as_str(),
+        area: ctx.area.name().into_owned(),
         patient_ref: ctx.patient_ref.clone(),
         operator_ref: String::new(),
         firmware: String::new(),
@@ -480,5 +505,227 @@ fn merge_body(write: &mut SessionWrite, env: &Envelope, policy: &Policy) {
             write.ended_at = Some(ended);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use chrono::TimeZone;
+    use pentrace_domain::FlagKind;
+    use pentrace_domain::message::{
+        CartridgeRef, StrokeBatch, StrokeSample, TreatmentArea, derived_session_id,
+    };
+    use pentrace_domain::testing::{any_binding, any_message, any_time, any_u32, any_u64};
+    use proptest::prelude::*;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    fn envelope(message: DeviceMessage, received_at: DateTime<Utc>) -> Envelope {
+        Envelope {
+            message,
+            received_at,
+            payload: bytes::Bytes::new(),
+            transport: "grpc",
+            reply: mpsc::unbounded_channel().0,
+        }
+    }
+
+    fn device(max_seq: u64, max_depth_um: u32) -> DeviceState {
+        DeviceState {
+            clinic_id: "c1".into(),
+            max_depth_um,
+            max_seq,
+            stored_through: 0,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()
+    }
+
+    fn huge_batch(session_id: String) -> DeviceMessage {
+        let sample = StrokeSample {
+            offset_ms: u32::MAX,
+            strokes: u32::MAX,
+            depth_um: u32::MAX,
+            speed_hz: u32::MAX,
+        };
+        DeviceMessage::new(
+            "pen-1".into(),
+            1,
+            now(),
+            Body::StrokeBatch(StrokeBatch {
+                session: SessionContext {
+                    session_id,
+                    raw_session_id: Some("raw".into()),
+                    cartridge: CartridgeRef::default(),
+                    area: TreatmentArea::Unknown(17),
+                    skin: Default::default(),
+                    patient_ref: None,
+                    started_at: now(),
+                },
+                started_at: now(),
+                samples: vec![sample; 3],
+            }),
+        )
+    }
+
+    #[test]
+    fn values_beyond_the_columns_are_judged_true_and_stored_clamped() {
+        let session_id = derived_session_id("pen-1", "raw");
+        let envs = [envelope(huge_batch(session_id.clone()), now())];
+        let mut facts = StoredFacts::default();
+        facts.devices.insert("pen-1".into(), device(0, 0));
+        facts.sessions.insert(
+            session_id,
+            SessionState {
+                device_id: "pen-1".into(),
+                relation: CartridgeRelation::Unidentified,
+                strokes: MAX_BIGINT - 5,
+                active_ms: 0,
+            },
+        );
+        let idents = identify_all(&envs);
+        let plan = plan(&envs, &idents, &facts, &Policy::default());
+        assert_eq!(plan.committed, vec![0]);
+        let deep = plan
+            .write
+            .flags
+            .iter()
+            .find(|f| f.kind == FlagKind::DepthExceeded)
+            .unwrap();
+        assert_eq!(deep.evidence["depth_um"], u64::from(u32::MAX));
+        assert_eq!(deep.evidence["raw_session_id"], "raw");
+        let rows = &plan.write.samples[0].rows;
+        assert!(rows.iter().all(|r| r.strokes == MAX_INTEGER
+            && r.depth_um == MAX_INTEGER
+            && r.speed_hz == MAX_INTEGER));
+        assert_eq!(
+            rows[0].time,
+            now() + chrono::Duration::milliseconds(i64::from(u32::MAX))
+        );
+        let w = &plan.write.sessions[0];
+        // The stored total stops at bigint's maximum.
+        assert_eq!(w.add_strokes, 5);
+        assert_eq!(w.max_depth_um, MAX_INTEGER);
+        assert_eq!(w.area, "unknown(17)");
+    }
+
+    #[test]
+    fn storable_deltas_never_take_a_total_past_bigint() {
+        assert_eq!(storable_delta(0, 10), 10);
+        assert_eq!(storable_delta(MAX_BIGINT - 1, 10), 1);
+        assert_eq!(storable_delta(MAX_BIGINT, 10), 0);
+        assert_eq!(storable_delta(u64::MAX, u64::MAX), 0);
+        assert_eq!(storable_delta(0, u64::MAX), MAX_BIGINT);
+    }
+
+    /// What the store holds about one message's device, session and cartridge.
+    #[derive(Debug, Clone)]
+    struct Stored {
+        registered: bool,
+        seen: bool,
+        max_seq: u64,
+        max_depth_um: u32,
+        session: Option<(u64, u64)>,
+        binding: Option<Binding>,
+    }
+
+    fn any_stored() -> impl Strategy<Value = Stored> {
+        (
+            prop::bool::weighted(0.9),
+            prop::bool::weighted(0.1),
+            any_u64(),
+            any_u32(),
+            prop::option::of((any_u64(), any_u64())),
+            prop::option::of(any_binding()),
+        )
+            .prop_map(
+                |(registered, seen, max_seq, max_depth_um, session, binding)| Stored {
+                    registered,
+                    seen,
+                    max_seq,
+                    max_depth_um,
+                    session,
+                    binding,
+                },
+            )
+            .boxed()
+    }
+
+    fn stored_facts(
+        envs: &[Envelope],
+        idents: &[Option<Identified>],
+        stored: &[Stored],
+    ) -> StoredFacts {
+        let mut facts = StoredFacts::default();
+        for ((env, ident), s) in envs.iter().zip(idents).zip(stored) {
+            let msg = &env.message;
+            if s.registered {
+                facts
+                    .devices
+                    .insert(msg.device_id.clone(), device(s.max_seq, s.max_depth_um));
+            }
+            if s.seen {
+                facts.seen.insert((msg.device_id.clone(), msg.seq));
+            }
+            if let (Some(ctx), Some((strokes, active_ms))) = (msg.session(), s.session) {
+                facts.sessions.insert(
+                    ctx.session_id.clone(),
+                    SessionState {
+                        device_id: msg.device_id.clone(),
+                        relation: CartridgeRelation::Owner,
+                        strokes,
+                        active_ms,
+                    },
+                );
+            }
+            let cartridge = ident.as_ref().and_then(|i| i.cartridge.as_ref());
+            if let (Some(id), Some(b)) = (cartridge, &s.binding) {
+                facts.bindings.insert(id.to_string(), b.clone());
+            }
+        }
+        facts
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn any_batch_is_planned_without_panicking_into_storable_rows(
+            batch in prop::collection::vec((any_message(), any_time(), any_stored()), 0..6),
+        ) {
+            let (messages, stored): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|(m, at, s)| (envelope(m, at), s))
+                .unzip();
+            let envs = messages;
+            let idents = identify_all(&envs);
+            let facts = stored_facts(&envs, &idents, &stored);
+            let _ = facts_query(&envs, &idents);
+            let plan = plan(&envs, &idents, &facts, &Policy::default());
+            prop_assert_eq!(
+                plan.committed.len() + plan.duplicates.len() + plan.rejected.len(),
+                envs.len()
+            );
+            prop_assert_eq!(plan.write.messages.len(), plan.committed.len());
+            for row in plan.write.samples.iter().flat_map(|b| &b.rows) {
+                prop_assert!(row.strokes <= MAX_INTEGER);
+                prop_assert!(row.depth_um <= MAX_INTEGER);
+                prop_assert!(row.speed_hz <= MAX_INTEGER);
+            }
+            for w in &plan.write.sessions {
+                prop_assert!(w.add_strokes <= MAX_BIGINT);
+                prop_assert!(w.add_active_ms <= MAX_BIGINT);
+                prop_assert!(w.add_samples <= MAX_BIGINT);
+                prop_assert!(w.max_depth_um <= MAX_INTEGER);
+            }
+            for d in &plan.write.devices {
+                prop_assert!(d.battery_pct.is_none_or(|b| b <= 100));
+            }
+        }
     }
 }

@@ -1,19 +1,55 @@
-//! Between the wire (protobuf) and the domain. Device input is validated
+//! Between the wire (protobuf) and the domain. Device input is checked
 //! here, so everything past this point can trust its shape.
+//!
+//! Only what cannot be attributed to a device is refused (DESIGN §6): a
+//! device id that is empty, too long or unusable in an MQTT topic, a seq
+//! that cannot be an idempotency key, a message without a body. Everything
+//! else is made storable and kept: bad content is stored and flagged by the
+//! rules, never a reason to lose a session and its samples.
+//!
+//! What is substituted (the list the docs carry):
+//! - a missing or out-of-range device time (outside
+//!   [`pentrace_domain::time::DEVICE_TIME_MIN`]`..=`[`DEVICE_TIME_MAX`], or
+//!   nanos outside `0..1e9`): `sent_at` becomes the receive time, a session's
+//!   `started_at`, a batch's `started_at` and a session end's `ended_at`
+//!   become the (substituted) `sent_at`; each recorded in
+//!   `DeviceMessage::time_faults`, which raises `CLOCK_SKEW`;
+//! - control characters in text (NUL, which PostgreSQL cannot store, among
+//!   them) become U+FFFD, except GS inside a UDI; a UDI so changed fails to
+//!   parse and is flagged `UDI_INVALID`;
+//! - text over [`MAX_TEXT`] bytes is cut at a character boundary and ends in
+//!   U+FFFD;
+//! - a session id that is not a UUID (or a missing session context) becomes
+//!   a UUID derived from device id and raw id, the raw id kept in
+//!   `SessionContext::raw_session_id` (and in the session's flag evidence);
+//! - a missing session context becomes an empty one (no cartridge: flagged
+//!   `UDI_INVALID`);
+//! - an unknown enum value is kept as `Unknown(n)`;
+//! - a battery level above 100 becomes 100.
+//!
+//! [`DEVICE_TIME_MAX`]: pentrace_domain::time::DEVICE_TIME_MAX
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pentrace_domain::message::{
     Body, CartridgeRef, DeviceMessage, EndReason, Heartbeat, SessionContext, SessionEnd,
-    SessionStart, SkinThickness, StrokeBatch, StrokeSample, TreatmentArea,
+    SessionStart, SkinThickness, StrokeBatch, StrokeSample, TimeFault, TimeField, TreatmentArea,
+    WireTime, derived_session_id,
 };
+use pentrace_domain::time;
 use pentrace_proto::v1 as pb;
 use pentrace_store as store;
 use prost_types::Timestamp;
 
-/// Longest device id, session id or free-text field accepted.
-const MAX_TEXT: usize = 256;
-/// Most samples one batch may carry.
-const MAX_SAMPLES: usize = 10_000;
+/// Longest device id accepted, in bytes (DESIGN §3: 1-64 characters).
+pub const MAX_DEVICE_ID: usize = 64;
+/// Longest free-text field (or raw session id) stored, in bytes; longer
+/// text is cut.
+pub const MAX_TEXT: usize = 256;
+
+/// GS (ASCII 29), the separator of raw GS1 element strings.
+const GS: char = '\u{1d}';
+/// What a control character (or a cut) is replaced with.
+const REPLACEMENT: char = '\u{fffd}';
 
 /// Why a device message was refused before ingest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,37 +60,50 @@ fn invalid(what: impl Into<String>) -> InvalidMessage {
     InvalidMessage(what.into())
 }
 
-/// A wire message as the domain sees it, or what is wrong with it.
+/// A wire message as the domain sees it, received at `received_at` (server
+/// clock), or why it cannot be attributed to a device and is refused.
 pub fn device_message(
     m: pb::DeviceMessage,
-    _received_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
 ) -> Result<DeviceMessage, InvalidMessage> {
-    let device_id = text("device_id", m.device_id)?;
-    if device_id.is_empty() {
-        return Err(invalid("device_id is empty"));
-    }
+    check_device_id(&m.device_id)?;
+    let device_id = m.device_id;
     if m.seq == 0 {
         return Err(invalid(format!(
             "seq of device {device_id} is 0; seqs start at 1"
         )));
     }
-    let sent_at = time("sent_at", m.sent_at)?;
-    let body = match m.body.ok_or_else(|| invalid("message has no body"))? {
+    if i64::try_from(m.seq).is_err() {
+        return Err(invalid(format!(
+            "seq {} of device {device_id} is above {}: it cannot be stored as an idempotency key",
+            m.seq,
+            i64::MAX
+        )));
+    }
+    let body = m.body.ok_or_else(|| invalid("message has no body"))?;
+    let mut times = Times::default();
+    let sent_at = times.device(TimeField::SentAt, m.sent_at, received_at);
+    let context = |c, times: &mut Times| session_context(&device_id, c, sent_at, times);
+    let body = match body {
         pb::device_message::Body::SessionStart(s) => Body::SessionStart(SessionStart {
-            session: context(s.session)?,
-            operator_ref: text("operator_ref", s.operator_ref)?,
-            firmware: text("firmware", s.firmware)?,
+            session: context(s.session, &mut times),
+            operator_ref: text(s.operator_ref),
+            firmware: text(s.firmware),
         }),
-        pb::device_message::Body::StrokeBatch(b) => Body::StrokeBatch(stroke_batch(b)?),
+        pb::device_message::Body::StrokeBatch(b) => Body::StrokeBatch(StrokeBatch {
+            session: context(b.session, &mut times),
+            started_at: times.device(TimeField::BatchStartedAt, b.started_at, sent_at),
+            samples: b.samples.iter().map(sample).collect(),
+        }),
         pb::device_message::Body::SessionEnd(e) => Body::SessionEnd(SessionEnd {
-            session: context(e.session)?,
-            ended_at: time("ended_at", e.ended_at)?,
+            session: context(e.session, &mut times),
+            ended_at: times.device(TimeField::SessionEndedAt, e.ended_at, sent_at),
             total_strokes: e.total_strokes,
             reason: end_reason(e.reason),
         }),
         pb::device_message::Body::Heartbeat(h) => Body::Heartbeat(Heartbeat {
             battery_pct: h.battery_pct.min(100),
-            firmware: text("firmware", h.firmware)?,
+            firmware: text(h.firmware),
         }),
     };
     Ok(DeviceMessage {
@@ -62,81 +111,137 @@ pub fn device_message(
         seq: m.seq,
         sent_at,
         body,
+        time_faults: times.faults,
     })
 }
 
-fn stroke_batch(b: pb::StrokeBatch) -> Result<StrokeBatch, InvalidMessage> {
-    if b.samples.len() > MAX_SAMPLES {
+/// The device id names the device in MQTT topics, metrics and every row: it
+/// must be usable as one topic level and as a key.
+fn check_device_id(id: &str) -> Result<(), InvalidMessage> {
+    if id.is_empty() {
+        return Err(invalid("device_id is empty"));
+    }
+    if id.len() > MAX_DEVICE_ID {
         return Err(invalid(format!(
-            "{} samples in one batch; at most {MAX_SAMPLES}",
-            b.samples.len()
+            "device_id is {} bytes; at most {MAX_DEVICE_ID}",
+            id.len()
         )));
     }
-    let samples = b
-        .samples
-        .iter()
-        .map(|s| StrokeSample {
-            offset_ms: s.offset_ms,
-            strokes: s.strokes,
-            depth_um: s.depth_um,
-            speed_hz: s.speed_hz,
-        })
-        .collect();
-    Ok(StrokeBatch {
-        session: context(b.session)?,
-        started_at: time("started_at", b.started_at)?,
-        samples,
-    })
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(invalid(format!(
+            "device_id contains control character U+{:04X}",
+            u32::from(c)
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| matches!(c, '/' | '+' | '#')) {
+        return Err(invalid(format!(
+            "device_id contains {c:?}, which MQTT topics reserve (/ + #)"
+        )));
+    }
+    Ok(())
 }
 
-fn context(c: Option<pb::SessionContext>) -> Result<SessionContext, InvalidMessage> {
-    let c = c.ok_or_else(|| invalid("session message without its session context"))?;
-    let session_id = uuid::Uuid::parse_str(&c.session_id)
-        .map_err(|_| invalid(format!("session_id {:?} is not a UUID", c.session_id)))?
-        .to_string();
+/// The device times of one message, and those that had to be replaced.
+#[derive(Default)]
+struct Times {
+    faults: Vec<TimeFault>,
+}
+
+impl Times {
+    /// The wire time when it is present and in the accepted device range;
+    /// otherwise `fallback`, recorded as a fault.
+    fn device(
+        &mut self,
+        field: TimeField,
+        t: Option<Timestamp>,
+        fallback: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let raw = t.map(|t| WireTime {
+            seconds: t.seconds,
+            nanos: t.nanos,
+        });
+        if let Some(at) = raw.and_then(|w| time::device_time(w.seconds, w.nanos)) {
+            return at;
+        }
+        self.faults.push(TimeFault {
+            field,
+            raw,
+            used: fallback,
+        });
+        fallback
+    }
+}
+
+fn sample(s: &pb::StrokeSample) -> StrokeSample {
+    StrokeSample {
+        offset_ms: s.offset_ms,
+        strokes: s.strokes,
+        depth_um: s.depth_um,
+        speed_hz: s.speed_hz,
+    }
+}
+
+/// The session context; a missing one is empty (its cartridge is then
+/// flagged as unidentifiable), its times default to `sent_at`.
+fn session_context(
+    device_id: &str,
+    c: Option<pb::SessionContext>,
+    sent_at: DateTime<Utc>,
+    times: &mut Times,
+) -> SessionContext {
+    let c = c.unwrap_or_default();
+    let (session_id, raw_session_id) = match uuid::Uuid::parse_str(&c.session_id) {
+        Ok(id) => (id.to_string(), None),
+        Err(_) => (
+            derived_session_id(device_id, &c.session_id),
+            Some(text(c.session_id)),
+        ),
+    };
     let cartridge = c.cartridge.unwrap_or_default();
-    let patient_ref = text("patient_ref", c.patient_ref)?;
-    Ok(SessionContext {
+    let patient_ref = text(c.patient_ref);
+    SessionContext {
         session_id,
+        raw_session_id,
         cartridge: CartridgeRef {
-            udi: text("cartridge.udi", cartridge.udi)?,
-            chip_uid: text("cartridge.chip_uid", cartridge.chip_uid)?,
+            udi: clean(cartridge.udi, true),
+            chip_uid: text(cartridge.chip_uid),
         },
         area: area(c.area),
-        skin: match pb::SkinThickness::try_from(c.skin) {
-            Ok(pb::SkinThickness::Thick) => SkinThickness::Thick,
-            _ => SkinThickness::Thin,
-        },
+        skin: skin(c.skin),
         patient_ref: Some(patient_ref).filter(|p| !p.is_empty()),
-        started_at: time("session.started_at", c.started_at)?,
-    })
+        started_at: times.device(TimeField::SessionStartedAt, c.started_at, sent_at),
+    }
 }
 
-/// Free text from a device: bounded, and free of NUL (which PostgreSQL
-/// cannot store) and other control characters.
-fn text(field: &str, s: String) -> Result<String, InvalidMessage> {
+/// Free text from a device, as stored: see [`clean`].
+fn text(s: String) -> String {
+    clean(s, false)
+}
+
+/// Control characters (NUL, which PostgreSQL cannot store, among them)
+/// replaced with U+FFFD, except GS when `keep_gs` (it separates a raw UDI's
+/// elements); then cut to at most [`MAX_TEXT`] bytes at a character
+/// boundary, the cut marked with U+FFFD (so a cut UDI never parses as a
+/// different, valid one).
+fn clean(s: String, keep_gs: bool) -> String {
+    let bad = |c: char| c.is_control() && !(keep_gs && c == GS);
+    let mut s = if s.chars().any(bad) {
+        s.chars()
+            .map(|c| if bad(c) { REPLACEMENT } else { c })
+            .collect()
+    } else {
+        s
+    };
     if s.len() > MAX_TEXT {
-        return Err(invalid(format!(
-            "{field} is {} bytes; at most {MAX_TEXT}",
-            s.len()
-        )));
+        let limit = MAX_TEXT - REPLACEMENT.len_utf8();
+        let end = (0..=limit)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(end);
+        s.push(REPLACEMENT);
     }
-    // GS (ASCII 29) is legitimate inside raw UDIs.
-    if let Some(c) = s.chars().find(|c| c.is_control() && *c != '\u{1d}') {
-        return Err(invalid(format!(
-            "{field} contains control character U+{:04X}",
-            c as u32
-        )));
-    }
-    Ok(s)
-}
-
-fn time(field: &str, t: Option<Timestamp>) -> Result<DateTime<Utc>, InvalidMessage> {
-    let t = t.ok_or_else(|| invalid(format!("{field} is missing")))?;
-    let nanos =
-        u32::try_from(t.nanos).map_err(|_| invalid(format!("{field} has negative nanos")))?;
-    DateTime::from_timestamp(t.seconds, nanos)
-        .ok_or_else(|| invalid(format!("{field} is out of range")))
+    s
 }
 
 /// A domain time on the wire.
@@ -156,6 +261,7 @@ pub fn optional_time(t: Option<Timestamp>) -> Option<DateTime<Utc>> {
 fn area(a: i32) -> TreatmentArea {
     use pb::TreatmentArea as P;
     match P::try_from(a) {
+        Ok(P::Unspecified) => TreatmentArea::Unspecified,
         Ok(P::Forehead) => TreatmentArea::Forehead,
         Ok(P::Nose) => TreatmentArea::Nose,
         Ok(P::Periorbital) => TreatmentArea::Periorbital,
@@ -164,10 +270,11 @@ fn area(a: i32) -> TreatmentArea {
         Ok(P::Scars) => TreatmentArea::Scars,
         Ok(P::StretchMarks) => TreatmentArea::StretchMarks,
         Ok(P::Scalp) => TreatmentArea::Scalp,
-        _ => TreatmentArea::Unspecified,
+        Err(_) => TreatmentArea::Unknown(a),
     }
 }
 
+/// A stored area name on the wire; an unknown area keeps its number.
 fn area_to_wire(a: &str) -> i32 {
     use pb::TreatmentArea as P;
     let p = match TreatmentArea::parse(a) {
@@ -180,17 +287,28 @@ fn area_to_wire(a: &str) -> i32 {
         TreatmentArea::Scars => P::Scars,
         TreatmentArea::StretchMarks => P::StretchMarks,
         TreatmentArea::Scalp => P::Scalp,
+        TreatmentArea::Unknown(n) => return n,
     };
     p as i32
 }
 
+/// UNSPECIFIED is judged as thin (the conservative bound), as the protocol says.
+fn skin(s: i32) -> SkinThickness {
+    match pb::SkinThickness::try_from(s) {
+        Ok(pb::SkinThickness::Unspecified | pb::SkinThickness::Thin) => SkinThickness::Thin,
+        Ok(pb::SkinThickness::Thick) => SkinThickness::Thick,
+        Err(_) => SkinThickness::Unknown(s),
+    }
+}
+
 fn end_reason(r: i32) -> EndReason {
     match pb::EndReason::try_from(r) {
+        Ok(pb::EndReason::Unspecified) => EndReason::Unspecified,
         Ok(pb::EndReason::Completed) => EndReason::Completed,
         Ok(pb::EndReason::Aborted) => EndReason::Aborted,
         Ok(pb::EndReason::CartridgeRejected) => EndReason::CartridgeRejected,
         Ok(pb::EndReason::LowBattery) => EndReason::LowBattery,
-        _ => EndReason::Unspecified,
+        Err(_) => EndReason::Unknown(r),
     }
 }
 
@@ -299,3 +417,7 @@ pub fn date(field: &str, s: &str) -> Result<Option<NaiveDate>, InvalidMessage> {
         .map(Some)
         .map_err(|_| invalid(format!("{field} {s:?} is not a YYYY-MM-DD date")))
 }
+
+#[cfg(test)]
+#[path = "convert_tests.rs"]
+mod tests;

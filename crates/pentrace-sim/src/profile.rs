@@ -33,6 +33,8 @@ pub struct Sample {
 pub fn area_floor_um(area: TreatmentArea, skin: SkinThickness) -> u32 {
     use SkinThickness::{Thick, Thin};
     use TreatmentArea::*;
+    // As the domain's guidance: an unknown thickness is judged as thin.
+    let skin = if skin == Thick { Thick } else { Thin };
     match (area, skin) {
         (Forehead, Thin) => 250,
         (Forehead, Thick) => 500,
@@ -46,7 +48,7 @@ pub fn area_floor_um(area: TreatmentArea, skin: SkinThickness) -> u32 {
         (Scars, Thick) => 1500,
         (StretchMarks, _) => 1500,
         (Scalp, _) => 500,
-        (Unspecified, _) => 250,
+        (Unspecified | Unknown(_), _) | (_, SkinThickness::Unknown(_)) => 250,
     }
 }
 

@@ -77,18 +77,19 @@ fn context(s: &SessionPlan) -> pb::SessionContext {
             udi: s.udi.clone(),
             chip_uid: String::new(),
         }),
-        area: area(s.profile.area) as i32,
+        area: area(s.profile.area),
         skin: match s.profile.skin {
-            SkinThickness::Thin => pb::SkinThickness::Thin,
-            SkinThickness::Thick => pb::SkinThickness::Thick,
-        } as i32,
+            SkinThickness::Thin => pb::SkinThickness::Thin as i32,
+            SkinThickness::Thick => pb::SkinThickness::Thick as i32,
+            SkinThickness::Unknown(n) => n,
+        },
         patient_ref: s.patient_ref.clone(),
         started_at: Some(timestamp(s.device_time(s.started_at))),
     }
 }
 
-fn area(a: TreatmentArea) -> pb::TreatmentArea {
-    match a {
+fn area(a: TreatmentArea) -> i32 {
+    let known = match a {
         TreatmentArea::Unspecified => pb::TreatmentArea::Unspecified,
         TreatmentArea::Forehead => pb::TreatmentArea::Forehead,
         TreatmentArea::Nose => pb::TreatmentArea::Nose,
@@ -98,7 +99,9 @@ fn area(a: TreatmentArea) -> pb::TreatmentArea {
         TreatmentArea::Scars => pb::TreatmentArea::Scars,
         TreatmentArea::StretchMarks => pb::TreatmentArea::StretchMarks,
         TreatmentArea::Scalp => pb::TreatmentArea::Scalp,
-    }
+        TreatmentArea::Unknown(n) => return n,
+    };
+    known as i32
 }
 
 /// A time on the wire.

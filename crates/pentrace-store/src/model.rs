@@ -107,8 +107,9 @@ pub struct SessionWrite {
     pub gtin: Option<String>,
     pub lot: Option<String>,
     pub expiry: Option<NaiveDate>,
-    /// `TreatmentArea::as_str`.
-    pub area: &'static str,
+    /// `TreatmentArea::name` (`unknown(N)` for a wire value the server does
+    /// not know).
+    pub area: String,
     pub patient_ref: Option<String>,
     /// Empty when not known from this message.
     pub operator_ref: String,

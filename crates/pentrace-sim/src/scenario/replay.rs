@@ -189,6 +189,7 @@ fn context(c: Option<pb::SessionContext>) -> SessionContext {
         });
     SessionContext {
         session_id: c.session_id,
+        raw_session_id: None,
         cartridge: CartridgeRef {
             udi: cartridge.udi,
             chip_uid: cartridge.chip_uid,
@@ -247,5 +248,6 @@ fn domain(m: pb::DeviceMessage) -> DeviceMessage {
         seq: m.seq,
         sent_at: time(m.sent_at),
         body,
+        time_faults: Vec::new(),
     }
 }

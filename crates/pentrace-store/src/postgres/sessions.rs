@@ -185,7 +185,7 @@ struct Columns<'a> {
     gtin: Vec<Option<&'a str>>,
     lot: Vec<Option<&'a str>>,
     expiry: Vec<Option<chrono::NaiveDate>>,
-    area: Vec<&'static str>,
+    area: Vec<&'a str>,
     patient_ref: Vec<Option<&'a str>>,
     operator_ref: Vec<&'a str>,
     firmware: Vec<&'a str>,
@@ -214,7 +214,7 @@ impl<'a> Columns<'a> {
         self.gtin.push(w.gtin.as_deref());
         self.lot.push(w.lot.as_deref());
         self.expiry.push(w.expiry);
-        self.area.push(w.area);
+        self.area.push(&w.area);
         self.patient_ref.push(w.patient_ref.as_deref());
         self.operator_ref.push(&w.operator_ref);
         self.firmware.push(&w.firmware);
@@ -247,7 +247,7 @@ mod tests {
             gtin: None,
             lot: None,
             expiry: None,
-            area: "face",
+            area: "face".into(),
             patient_ref: None,
             operator_ref: String::new(),
             firmware: String::new(),

@@ -98,7 +98,7 @@ async fn upsert(
     .bind(w.gtin.as_deref())
     .bind(w.lot.as_deref())
     .bind(date_text(w.expiry))
-    .bind(w.area)
+    .bind(&w.area)
     .bind(micros(w.started_at))
     .execute(conn)
     .await?;

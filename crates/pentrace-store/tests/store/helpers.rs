@@ -115,7 +115,7 @@ pub fn session_write(
         gtin: Some(GTIN.into()),
         lot: Some(LOT.into()),
         expiry: NaiveDate::from_ymd_opt(2030, 1, 31),
-        area: "face",
+        area: "face".into(),
         patient_ref: Some("patient-hash-1".into()),
         operator_ref: String::new(),
         firmware: "1.2.3".into(),
