@@ -231,7 +231,7 @@ fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
         .filter(|l| l.starts_with(name))
         .filter(|l| label.is_none_or(|want| l.contains(&format!("name=\"{want}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// Streams the fuzz to a server and checks every promise; returns the

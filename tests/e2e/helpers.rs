@@ -435,7 +435,8 @@ impl Downlinks {
             .iter()
             .filter(|a| a.device_id == device_id)
             .any(|a| {
-                seq <= a.committed_seq || a.stored.iter().any(|r| r.first <= seq && seq <= r.last)
+                (1..=a.committed_seq).contains(&seq)
+                    || a.stored.iter().any(|r| r.first <= seq && seq <= r.last)
             })
     }
 

@@ -98,7 +98,8 @@ impl MqttPen {
 
 /// Whether an ack covers the seq (the pen's side of the contract).
 pub(crate) fn covers(ack: &pb::IngestAck, seq: u64) -> bool {
-    seq <= ack.committed_seq || ack.stored.iter().any(|r| r.first <= seq && seq <= r.last)
+    (1..=ack.committed_seq).contains(&seq)
+        || ack.stored.iter().any(|r| r.first <= seq && seq <= r.last)
 }
 
 /// The reject codes among downlinks.

@@ -65,7 +65,8 @@ fn ranges(seqs: impl Iterator<Item = u64>) -> Vec<pb::SeqRange> {
 
 /// Whether an ack covers `seq` (the pen's side of the contract).
 pub fn covers(ack: &pb::IngestAck, seq: u64) -> bool {
-    seq <= ack.committed_seq || ack.stored.iter().any(|r| r.first <= seq && seq <= r.last)
+    (1..=ack.committed_seq).contains(&seq)
+        || ack.stored.iter().any(|r| r.first <= seq && seq <= r.last)
 }
 
 fn rejection_of(o: &Outcome, reason: &RejectReason) -> pb::Rejection {
