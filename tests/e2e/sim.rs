@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::broker::Broker;
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, eventually, spawn_app_with};
 use crate::ingest::http_get;
 
 /// Every fault kind, often enough that each occurs in a few sessions.
@@ -194,6 +194,11 @@ async fn sigkill_run(transport: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start sim");
+    // Kill only once the pens stream (not during the simulator's setup).
+    eventually(Duration::from_secs(60), "the pens streaming", || async {
+        app.count("SELECT count(*) FROM device_messages").await > 0
+    })
+    .await;
     let mut duplicates = 0;
     let mut kills = 0;
     for pause_ms in [900u64, 1300, 700, 1100, 1500, 800, 1200, 1000, 600, 1400] {

@@ -631,11 +631,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (_late, late_loop) = client(&broker, "late", true, false);
         let mut late = pump(late_loop);
-        let answer = tokio::time::timeout(Duration::from_secs(5), late.rx.recv())
-            .await
-            .expect("an answer or a closed connection");
+        // A dead router answers nothing (or closes the connection); only a
+        // ConnAck would mean it survived.
+        let answer = tokio::time::timeout(Duration::from_secs(5), late.rx.recv()).await;
         assert!(
-            !matches!(answer, Some(Incoming::ConnAck(_))),
+            !matches!(answer, Ok(Some(Incoming::ConnAck(_)))),
             "rumqttd survived: shared subscriptions may work now"
         );
     }
