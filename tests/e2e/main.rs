@@ -12,6 +12,7 @@ mod fuzz;
 mod helpers;
 mod ingest;
 mod mqtt;
+mod poison;
 mod rejects;
 mod report;
 mod sim;

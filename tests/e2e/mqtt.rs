@@ -23,7 +23,7 @@ pub(crate) struct MqttPen {
 }
 
 impl MqttPen {
-    async fn connect(broker: &Broker, id: &str) -> MqttPen {
+    pub(crate) async fn connect(broker: &Broker, id: &str) -> MqttPen {
         MqttPen::connect_port(broker.port, id).await
     }
 

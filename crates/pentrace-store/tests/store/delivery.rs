@@ -94,7 +94,10 @@ async fn quarantine_stores_the_key_the_bytes_and_an_audit_event(store: TestStore
     registry(&store, &["pen-a"]).await;
     assert_eq!(commit_seqs(&store, "pen-a", &[1]).await, 1);
     let row = quarantined("pen-a", 2, "judging it panicked");
-    let watermarks = store.quarantine(std::slice::from_ref(&row)).await.expect("quarantine");
+    let watermarks = store
+        .quarantine(std::slice::from_ref(&row))
+        .await
+        .expect("quarantine");
     assert_eq!(watermarks["pen-a"], 2, "a quarantined seq is acknowledged");
     // Its key is stored: a redelivery is a duplicate, not a loop.
     let query = FactsQuery {
