@@ -78,7 +78,7 @@ kill -0 "$server_pid" 2>/dev/null || { cat "$log" >&2; die "the server died duri
 
 # `pentrace status` on the server's own schema, migrated by `pentrace
 # migrate` (the tests used schemas of their own and dropped them).
-pentrace="$root/target/debug/pentrace"
+pentrace="${CARGO_TARGET_DIR:-$root/target}/debug/pentrace"
 "$pentrace" migrate --database-url "$url" >/dev/null || die "pentrace migrate failed on TimescaleDB"
 status=$("$pentrace" status --database-url "$url") || die "pentrace status failed on TimescaleDB"
 say "pentrace status:"
