@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod bench;
 mod demo;
+mod mqtt;
 mod people;
 mod report;
 mod serve;
@@ -52,6 +53,9 @@ enum Command {
     /// lookback (CSV, JSON or printable HTML; each export is audited).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// The broker side of MQTT ingest: end a gone process's session.
+    #[command(subcommand)]
+    Mqtt(mqtt::MqttCommand),
     /// Benchmarks: the ingest suite against its baselines (no subcommand),
     /// and load generators.
     Bench(bench::BenchArgs),
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Token(cmd) => report(people::token(cmd)),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Report(cmd) => report(report::run(cmd)),
+        Command::Mqtt(cmd) => report(mqtt::run(cmd)),
         Command::Bench(args) => {
             // The load generator logs only when asked (RUST_LOG), so the
             // table stays readable.
