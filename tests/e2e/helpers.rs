@@ -95,8 +95,14 @@ impl Drop for Server {
 impl Server {
     /// Starts the real binary on free ports against `db`.
     pub async fn start(db: &TestDb, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        Server::start_at(&db.url, &db.name, args, envs).await
+    }
+
+    /// Starts the real binary on free ports against the database at `url`
+    /// (e.g. a private [`crate::pgcluster::PgCluster`]); `name` names its log.
+    pub async fn start_at(url: &str, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Server {
         let log =
-            std::env::temp_dir().join(format!("{}-{}.log", db.name, uuid::Uuid::new_v4().simple()));
+            std::env::temp_dir().join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
         let log_file = std::fs::File::create(&log).expect("log file");
         // The embedded broker's default port (1883) is taken on a machine
         // running Mosquitto, and by the tests running in parallel.
@@ -116,13 +122,7 @@ impl Server {
             &["--grpc-addr", "127.0.0.1:0"]
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_pentrace"))
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--database-url",
-                &db.url,
-            ])
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--database-url", url])
             .args(any_grpc_port)
             .args(free_mqtt_port)
             .args(args)
@@ -164,6 +164,16 @@ impl Server {
             child,
             log,
         }
+    }
+
+    /// The process id (for [`crate::rss::RssSampler`]).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's log so far (stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends a signal (`TERM`, `KILL`) and waits for the exit.
