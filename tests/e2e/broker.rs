@@ -1,24 +1,26 @@
 //! A private Mosquitto per test, on a free port, with the project's
-//! `deploy/mosquitto/conf.d` limits and persistence on — never the
-//! machine's default broker, whose stock queue limit silently drops QoS 1
-//! messages.
+//! `deploy/mosquitto/conf.d` limits — never the machine's default broker,
+//! whose stock queue limit silently drops QoS 1 messages. Persistence on by
+//! default; fault tests kill it (`kill9`) and bring it back (`restart`) on
+//! the same port, config and persistence directory.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub struct Broker {
     pub port: u16,
     pub url: String,
-    child: Child,
+    /// None once killed and not restarted.
+    child: Option<Child>,
     dir: PathBuf,
+    persistence: bool,
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -29,7 +31,20 @@ pub fn free_port() -> u16 {
 }
 
 impl Broker {
+    /// Persistence on: sessions and queued messages survive a restart (as
+    /// far as the last save; it saves every second).
     pub fn start() -> Broker {
+        Broker::start_with(true, "")
+    }
+
+    /// Persistence off: a restart forgets every session.
+    pub fn start_without_persistence() -> Broker {
+        Broker::start_with(false, "")
+    }
+
+    /// `extra` config lines after the shipped limits, which they override
+    /// (Mosquitto keeps the last value of a setting).
+    pub fn start_with(persistence: bool, extra: &str) -> Broker {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "pentrace-mosquitto-{}",
@@ -37,35 +52,109 @@ impl Broker {
         ));
         std::fs::create_dir_all(&dir).expect("broker dir");
         let limits = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/mosquitto/conf.d");
+        // `user root`: started as root (CI), Mosquitto would otherwise
+        // switch to user mosquitto, which cannot write this directory (no
+        // log, no persistence, silently). Ignored when not run as root.
+        // Saving every second lets a kill -9 lose at most a second of
+        // session state (production saves every 30 s).
+        let persistence_lines = if persistence {
+            format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.display()
+            )
+        } else {
+            "persistence false\n".to_owned()
+        };
         let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nlog_dest file {}/mosquitto.log\ninclude_dir {limits}\n",
-            dir.display(),
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n{persistence_lines}\
+             log_dest file {}/mosquitto.log\ninclude_dir {limits}\n{extra}",
             dir.display()
         );
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(&conf, config).expect("broker config");
+        std::fs::write(dir.join("mosquitto.conf"), config).expect("broker config");
+        let mut broker = Broker {
+            port,
+            url: format!("mqtt://127.0.0.1:{port}"),
+            child: None,
+            dir,
+            persistence,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
         let child = Command::new(mosquitto())
             .arg("-c")
-            .arg(&conf)
+            .arg(self.dir.join("mosquitto.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto is installed (.ci/services.sh installs it)");
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "mosquitto exited ({status}) on port {}:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
-                "mosquitto did not start on port {port}"
+                "mosquitto did not start on port {}",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Broker {
-            port,
-            url: format!("mqtt://127.0.0.1:{port}"),
-            child,
-            dir,
+    }
+
+    /// SIGKILL: no final save, connections cut without a DISCONNECT.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Child::kill is SIGKILL on Unix.
+            let _ = child.kill();
+            let _ = child.wait();
         }
+    }
+
+    /// Starts it again after `kill9`: same port, config and persistence
+    /// directory (and so whatever it last saved).
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Waits until the broker has saved its state after `since` (sessions
+    /// and subscriptions made before then survive a kill -9).
+    pub fn wait_saved_after(&self, since: SystemTime, timeout: Duration) {
+        assert!(self.persistence, "a broker without persistence never saves");
+        let db = self.dir.join("mosquitto.db");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let saved = std::fs::metadata(&db)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > since);
+            if saved {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not save within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it saves its state (sessions, queued messages).
+    pub fn persistent(&self) -> bool {
+        self.persistence
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 }
 

@@ -95,7 +95,13 @@ impl Drop for Server {
 impl Server {
     /// Starts the real binary on free ports against `db`.
     pub async fn start(db: &TestDb, args: &[&str], envs: &[(&str, &str)]) -> Server {
-        Server::launch(&db.name, &["--database-url", &db.url], args, envs).await
+        Server::start_at(&db.url, &db.name, args, envs).await
+    }
+
+    /// Starts the real binary on free ports against the database at `url`
+    /// (e.g. a private [`crate::pgcluster::PgCluster`]); `name` names its log.
+    pub async fn start_at(url: &str, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        Server::launch(name, &["--database-url", url], args, envs).await
     }
 
     /// Starts the real binary on free ports on the embedded SQLite store in
@@ -177,6 +183,16 @@ impl Server {
             child,
             log,
         }
+    }
+
+    /// The process id (for [`crate::rss::RssSampler`]).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's log so far (stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends a signal (`TERM`, `KILL`) and waits for the exit.

@@ -278,7 +278,10 @@ async fn messages_published_while_the_server_is_down_are_stored_after_restart() 
         "--mqtt-client-id",
         "pentrace-restart",
     ];
-    let mut app = spawn_app_with(&args, &[]).await;
+    // A rolling restart: the same client id comes straight back, so the
+    // session (and what the broker queues for it meanwhile) is kept.
+    let keep = [("PENTRACE_MQTT__KEEP_SESSION_ON_SHUTDOWN", "true")];
+    let mut app = spawn_app_with(&args, &keep).await;
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let mut a = MqttPen::connect(&broker, "pen-a").await;
     a.send(&heartbeat("pen-a", 1)).await;
@@ -289,7 +292,7 @@ async fn messages_published_while_the_server_is_down_are_stored_after_restart() 
     for seq in 2..=200 {
         a.send(&heartbeat("pen-a", seq)).await;
     }
-    app.restart(&args, &[]).await;
+    app.restart(&args, &keep).await;
     a.wait_ack(200).await;
     eventually(Duration::from_secs(10), "all stored", || async {
         app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-a'")

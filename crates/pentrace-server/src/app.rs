@@ -168,12 +168,16 @@ impl Application {
             // This process is the embedded broker's only consumer, and
             // rumqttd's shared subscriptions lose unacked messages.
             mqtt_settings.shared_subscription = false;
+            // Its sessions end with this process: nothing to end.
+            mqtt_settings.keep_session_on_shutdown = true;
         }
+        let mqtt_metrics = crate::mqtt::MqttMetrics::default();
         let mqtt = match &mqtt_settings.url {
             Some(_) => Some(
                 crate::mqtt::spawn(
                     &mqtt_settings,
                     ingest.clone(),
+                    mqtt_metrics.clone(),
                     config.max_message_bytes,
                     shutdown.clone(),
                 )
@@ -195,6 +199,7 @@ impl Application {
         }
         let mut registry = Registry::default();
         ingest.metrics().register(&mut registry);
+        mqtt_metrics.register(&mut registry);
         let http_state = HttpState {
             store: store.clone(),
             health: ingest.health().clone(),

@@ -299,6 +299,9 @@ impl Config {
                 problem: p,
             })?;
         }
+        if self.mqtt.keep_alive_s == 0 {
+            return Err(invalid("mqtt.keep_alive_s", "must be between 1 and 65535"));
+        }
         if self.mqtt.client_id.trim().is_empty() {
             return Err(invalid("mqtt.client_id", "must not be empty"));
         }
@@ -385,6 +388,17 @@ mod tests {
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_mqtt_session_and_keep_alive_settings() {
+        let mut config = Config::load(None, &Overrides::default()).expect("defaults");
+        // A graceful stop ends the session unless told otherwise.
+        assert!(!config.mqtt.keep_session_on_shutdown);
+        assert_eq!(config.mqtt.keep_alive(), std::time::Duration::from_secs(30));
+        config.mqtt.keep_alive_s = 0;
+        let err = config.validate().expect_err("zero keep-alive");
+        assert!(err.to_string().contains("mqtt.keep_alive_s"), "{err}");
     }
 
     #[test]

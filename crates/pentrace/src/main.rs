@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod bench;
 mod demo;
+mod mqtt;
 mod people;
 mod quarantine;
 mod report;
@@ -56,6 +57,9 @@ enum Command {
     /// Messages the pipeline could not process, kept with their raw bytes.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
+    /// The broker side of MQTT ingest: end a gone process's session.
+    #[command(subcommand)]
+    Mqtt(mqtt::MqttCommand),
     /// Benchmarks: the ingest suite against its baselines (no subcommand),
     /// and load generators.
     Bench(bench::BenchArgs),
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Report(cmd) => report(report::run(cmd)),
         Command::Quarantine(cmd) => report(quarantine::run(cmd)),
+        Command::Mqtt(cmd) => report(mqtt::run(cmd)),
         Command::Bench(args) => {
             // The load generator logs only when asked (RUST_LOG), so the
             // table stays readable.

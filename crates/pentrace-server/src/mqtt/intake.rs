@@ -117,11 +117,7 @@ impl Intake {
     }
 
     /// Runs until `shutdown`, then until everything taken is settled.
-    pub async fn run(
-        mut self,
-        mut events: mpsc::UnboundedReceiver<Inbound>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(mut self, mut events: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
         let (reply, mut outcomes) = mpsc::unbounded_channel();
         let mut accepting = true;
         loop {

@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, EventLoop, MqttOptions};
+use pentrace_ingest::metrics::Label;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +80,17 @@ pub struct MqttSettings {
     /// when such a consumer disconnects with messages in flight).
     #[serde(skip)]
     pub shared_subscription: bool,
+    /// On a graceful shutdown, keep the persistent session at the broker
+    /// (it goes on queueing this client id's share of the messages until
+    /// the same id comes back): for rolling restarts only. false (the
+    /// default) = leave the shared subscription and end the session once
+    /// everything taken is acknowledged, so the other members get the
+    /// whole traffic.
+    pub keep_session_on_shutdown: bool,
+    /// MQTT keep-alive of the consumer's connection, seconds (1 to 65535).
+    /// The broker drops the connection after 1.5 times this without a
+    /// packet from us, which a poller stopped by a full intake does not send.
+    pub keep_alive_s: u16,
 }
 
 impl Default for MqttSettings {
@@ -89,6 +104,8 @@ impl Default for MqttSettings {
             password: None,
             max_packet_bytes: 4 * 1024 * 1024,
             shared_subscription: true,
+            keep_session_on_shutdown: false,
+            keep_alive_s: 30,
         }
     }
 }
@@ -117,6 +134,11 @@ impl MqttSettings {
         self.url.is_none() && self.embedded
     }
 
+    /// [`MqttSettings::keep_alive_s`] as a duration.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(u64::from(self.keep_alive_s))
+    }
+
     /// The filter the consumer subscribes to.
     pub fn subscription(&self) -> &'static str {
         if self.shared_subscription {
@@ -132,10 +154,9 @@ pub fn options(settings: &MqttSettings, host: &str, port: u16) -> MqttOptions {
     let mut o = MqttOptions::new(settings.client_id.clone(), host, port);
     o.set_clean_session(false)
         .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(30))
+        .set_keep_alive(settings.keep_alive())
         .set_max_packet_size(settings.max_packet_bytes, settings.max_packet_bytes)
-        .set_inflight(1000)
-        .set_request_channel_capacity(10_000);
+        .set_inflight(1000);
     if let Some(user) = &settings.username {
         let password = settings
             .password
@@ -146,9 +167,103 @@ pub fn options(settings: &MqttSettings, host: &str, port: u16) -> MqttOptions {
     o
 }
 
+/// Capacity of rumqttc's request channel (PUBACKs, downlinks, SUBSCRIBE).
+/// The intake must not wait on it while the poller waits on the intake (see
+/// `consumer`). The intake queues at most two requests per publish it took:
+/// its PUBACK and at most one ack downlink announcing it. A publish whose
+/// PUBACK has not gone out is unacknowledged at the broker, which holds at
+/// most 65,535 per connection (16-bit packet ids; the shipped
+/// `max_inflight_messages` is 10,000). rumqttc drops the queued PUBACKs of a
+/// connection that ended, but the intake may queue those of the previous
+/// connection before it learns of the reconnection. Hence 2 × 2 × 65,536;
+/// flag publishes and late ack downlinks fit far inside that, and the
+/// consumer's stall limit covers whatever does not. flume allocates on
+/// demand: an idle channel costs nothing.
+pub const REQUEST_CAPACITY: usize = 4 * 65_536;
+
 /// A client and its event loop.
 pub fn connect(settings: &MqttSettings, host: &str, port: u16) -> (AsyncClient, EventLoop) {
-    AsyncClient::new(options(settings, host, port), 10_000)
+    AsyncClient::new(options(settings, host, port), REQUEST_CAPACITY)
+}
+
+/// Why a persistent session could not be ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to the broker: {0}")]
+    Connect(#[from] rumqttc::ConnectionError),
+    #[error("cannot send the DISCONNECT: {0}")]
+    Disconnect(#[from] rumqttc::ClientError),
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Ends the persistent session of `settings.client_id` at the broker, with
+/// everything still queued for it (MQTT 3.1.1: a clean-session CONNECT
+/// replaces the session, and the DISCONNECT that follows discards the clean
+/// one). Mosquitto then drops the id from the shared subscription group,
+/// which it otherwise keeps handing a share of the messages. Nothing must
+/// be connected with that id meanwhile (the broker would disconnect it).
+pub async fn end_session(
+    settings: &MqttSettings,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let mut o = options(settings, host, port);
+    o.set_clean_session(true).set_manual_acks(false);
+    let (client, mut eventloop) = AsyncClient::new(o, 10);
+    let ended = async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(_)) = eventloop.poll().await? {
+                break;
+            }
+        }
+        client.disconnect().await?;
+        // rumqttc yields `Outgoing::Disconnect` once the packet is flushed.
+        loop {
+            if let Event::Outgoing(Outgoing::Disconnect) = eventloop.poll().await? {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(timeout, ended)
+        .await
+        .map_err(|_| SessionError::Timeout(timeout))?
+}
+
+/// Counters of the MQTT consumer (`pentrace_mqtt_*`).
+#[derive(Debug, Clone, Default)]
+pub struct MqttMetrics {
+    /// SUBSCRIBEs sent, by why: `connected`, `idle` (nothing delivered for
+    /// a while), `retry` (after a refusal).
+    pub subscribes: Family<Label, Counter>,
+    /// SUBACKs refusing the subscription (0x80: an ACL denial, say).
+    pub subscribe_refusals: Counter,
+    /// Connections released because the intake stayed full for two
+    /// keep-alives (see `consumer`).
+    pub stalls: Counter,
+}
+
+impl MqttMetrics {
+    /// Registers every counter under the `pentrace_mqtt` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("pentrace_mqtt");
+        r.register(
+            "subscribes",
+            "SUBSCRIBEs sent, by reason",
+            self.subscribes.clone(),
+        );
+        r.register(
+            "subscribe_refusals",
+            "Subscriptions the broker refused",
+            self.subscribe_refusals.clone(),
+        );
+        r.register(
+            "stalls",
+            "Connections released because the intake stayed full",
+            self.stalls.clone(),
+        );
+    }
 }
 
 #[cfg(test)]
