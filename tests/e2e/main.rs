@@ -8,6 +8,7 @@ mod audit;
 mod broker;
 mod delivery;
 mod embedded;
+mod faults;
 mod fuzz;
 mod helpers;
 mod ingest;

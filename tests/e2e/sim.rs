@@ -10,7 +10,7 @@ use crate::helpers::{TestApp, eventually, spawn_app_with};
 use crate::ingest::http_get;
 
 /// Every fault kind, often enough that each occurs in a few sessions.
-const EVERY_FAULT: &str = "reuse=0.08,moved=0.05,expired=0.04,recalled=0.04,unknown=0.04,\
+pub(crate) const EVERY_FAULT: &str = "reuse=0.08,moved=0.05,expired=0.04,recalled=0.04,unknown=0.04,\
 bad_udi=0.04,resume=0.08,depth=0.06,skew=0.04,disconnect=0.04,dup=0.05,reorder=0.03";
 
 const FAULT_KINDS: [&str; 12] = [
@@ -35,24 +35,40 @@ fn sim_command(
     truth: &str,
     extra: &[&str],
 ) -> Command {
+    sim_command_at(
+        &app.grpc,
+        &app.admin_token,
+        transport,
+        "sim-clinic",
+        broker,
+        truth,
+        extra,
+    )
+}
+
+/// `pentrace sim --setup --verify` with every fault, against the server at
+/// `grpc` (and `broker` for MQTT pens), with the pens of `clinic`.
+pub(crate) fn sim_command_at(
+    grpc: &str,
+    token: &str,
+    transport: &str,
+    clinic: &str,
+    broker: Option<&Broker>,
+    truth: &str,
+    extra: &[&str],
+) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pentrace"));
     cmd.args([
         "sim",
         "--transport",
         transport,
         "--grpc-url",
-        &app.grpc,
+        grpc,
         "--token",
-        &app.admin_token,
+        token,
     ])
     .args([
-        "--clinic",
-        "sim-clinic",
-        "--seed",
-        "20261125",
-        "--setup",
-        "--verify",
-        "--quiet",
+        "--clinic", clinic, "--seed", "20261125", "--setup", "--verify", "--quiet",
     ])
     .args(["--faults", EVERY_FAULT, "--truth", truth])
     .args(extra);
@@ -62,7 +78,7 @@ fn sim_command(
     cmd
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -81,7 +97,7 @@ fn assert_every_fault_injected(truth: &str) {
     }
 }
 
-fn truth_file() -> String {
+pub(crate) fn truth_file() -> String {
     std::env::temp_dir()
         .join(format!(
             "pentrace-truth-{}.jsonl",
