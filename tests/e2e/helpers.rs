@@ -233,9 +233,14 @@ pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// Runs the real binary's admin commands against the test database.
 pub fn pentrace_cli(db: &TestDb, args: &[&str]) -> String {
+    pentrace_cli_at(&db.url, args)
+}
+
+/// Runs the real binary's admin commands against the database at `url`.
+pub fn pentrace_cli_at(url: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_pentrace"))
         .args(args)
-        .args(["--database-url", &db.url])
+        .args(["--database-url", url])
         .output()
         .expect("run pentrace");
     assert!(

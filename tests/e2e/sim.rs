@@ -35,7 +35,7 @@ fn sim_command(
     truth: &str,
     extra: &[&str],
 ) -> Command {
-    sim_command_at(
+    let mut cmd = sim_command_at(
         &app.grpc,
         &app.admin_token,
         transport,
@@ -43,11 +43,14 @@ fn sim_command(
         broker,
         truth,
         extra,
-    )
+    );
+    cmd.args(["--faults", EVERY_FAULT]);
+    cmd
 }
 
-/// `pentrace sim --setup --verify` with every fault, against the server at
-/// `grpc` (and `broker` for MQTT pens), with the pens of `clinic`.
+/// `pentrace sim --setup --verify` against the server at `grpc` (and
+/// `broker` for MQTT pens), with the pens of `clinic`; `extra` says which
+/// faults (`--faults`) and how much load.
 pub(crate) fn sim_command_at(
     grpc: &str,
     token: &str,
@@ -70,7 +73,7 @@ pub(crate) fn sim_command_at(
     .args([
         "--clinic", clinic, "--seed", "20261125", "--setup", "--verify", "--quiet",
     ])
-    .args(["--faults", EVERY_FAULT, "--truth", truth])
+    .args(["--truth", truth])
     .args(extra);
     if let Some(b) = broker {
         cmd.args(["--mqtt-url", &b.url]);

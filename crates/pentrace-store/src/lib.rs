@@ -17,6 +17,7 @@ pub mod model;
 pub mod postgres;
 pub mod sqlite;
 pub mod status;
+mod watermark;
 
 pub use model::*;
 pub use status::{SchemaVersion, StoreStatus, TimescaleStatus, summary_line};

@@ -298,8 +298,6 @@ pub(crate) fn batch_devices(messages: &[MessageRow]) -> Vec<&str> {
 /// transaction holding them), and in READ COMMITTED this statement's
 /// snapshot is taken after that wait, so it sees every message committed
 /// for these devices before. A transaction that commits later sees ours.
-/// The CASE runs the run-end search only where the seq right above the
-/// watermark is stored: behind a permanent hole it costs one probe.
 pub(super) async fn advance_watermarks(
     conn: &mut PgConnection,
     devices: &[&str],
@@ -308,22 +306,15 @@ pub(super) async fn advance_watermarks(
         return Ok(Watermarks::new());
     }
     lock_devices(conn, devices).await?;
-    let rows: Vec<(String, i64)> = sqlx::query_as(
+    let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
         "WITH cur AS (SELECT id, stored_through AS w FROM devices WHERE id = ANY($1)), \
-         adv AS (SELECT cur.id, cur.w, \
-             CASE WHEN EXISTS (SELECT 1 FROM device_messages m \
-                               WHERE m.device_id = cur.id AND m.seq = cur.w + 1) \
-             THEN (SELECT m.seq FROM device_messages m \
-                   WHERE m.device_id = cur.id AND m.seq > cur.w \
-                     AND NOT EXISTS (SELECT 1 FROM device_messages n \
-                                     WHERE n.device_id = cur.id AND n.seq = m.seq + 1) \
-                   ORDER BY m.seq LIMIT 1) \
-             ELSE cur.w END AS through \
-           FROM cur), \
-         moved AS (UPDATE devices d SET stored_through = adv.through FROM adv \
-                   WHERE d.id = adv.id AND adv.through > adv.w) \
-         SELECT id, through FROM adv",
-    )
+             adv AS (SELECT cur.id, cur.w, ",
+        crate::watermark::run_end_sql!(),
+        " AS through FROM cur), \
+             moved AS (UPDATE devices d SET stored_through = adv.through FROM adv \
+                       WHERE d.id = adv.id AND adv.through > adv.w) \
+             SELECT id, through FROM adv"
+    ))
     .persistent(false)
     .bind(devices)
     .fetch_all(conn)

@@ -270,17 +270,11 @@ pub(super) async fn advance_watermarks(
 ) -> StoreResult<Watermarks> {
     let mut watermarks = Watermarks::new();
     for &id in devices {
-        let through: Option<i64> = sqlx::query_scalar(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM device_messages m \
-                                      WHERE m.device_id = d.id AND m.seq = d.stored_through + 1) \
-                    THEN (SELECT m.seq FROM device_messages m \
-                          WHERE m.device_id = d.id AND m.seq > d.stored_through \
-                            AND NOT EXISTS (SELECT 1 FROM device_messages n \
-                                            WHERE n.device_id = d.id AND n.seq = m.seq + 1) \
-                          ORDER BY m.seq LIMIT 1) \
-                    ELSE d.stored_through END \
-             FROM devices d WHERE d.id = ?1",
-        )
+        let through: Option<i64> = sqlx::query_scalar(concat!(
+            "WITH cur AS (SELECT id, stored_through AS w FROM devices WHERE id = ?1) SELECT ",
+            crate::watermark::run_end_sql!(),
+            " FROM cur"
+        ))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
