@@ -6,6 +6,7 @@ pub mod audit_trail;
 pub mod auth;
 pub mod config;
 pub mod convert;
+pub mod device_auth;
 pub mod downlink;
 pub mod grpc;
 pub mod http;
