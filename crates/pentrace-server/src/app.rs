@@ -16,7 +16,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::device_auth::DeviceAuthenticator;
 use crate::grpc::compliance::ComplianceService;
 use crate::grpc::fleet::FleetService;
 use crate::grpc::registry::RegistryService;
@@ -42,6 +41,8 @@ pub enum AppError {
     Mqtt(String),
     #[error(transparent)]
     AuditKey(#[from] crate::audit_trail::KeyError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Ports the application actually listens on.
@@ -61,6 +62,7 @@ pub struct Application {
     /// The embedded MQTT broker (bound, served once running), when no
     /// external one is configured.
     broker: Option<EmbeddedBroker>,
+    tls: crate::tls::Resolved,
     shutdown: CancellationToken,
 }
 
@@ -73,6 +75,7 @@ impl Application {
         if let Some(path) = &config.audit.checkpoint_key {
             crate::audit_trail::read_key(path)?;
         }
+        let tls = crate::tls::resolve(&config)?;
         let store = crate::storage::open(&config, config.database_max_connections).await?;
         let grpc = bind(config.grpc_addr).await?;
         let http = bind(config.http_addr).await?;
@@ -94,6 +97,7 @@ impl Application {
             grpc,
             http,
             broker,
+            tls,
             shutdown: CancellationToken::new(),
         })
     }
@@ -115,8 +119,9 @@ impl Application {
             (None, Some(url)) => url.clone(),
             (None, None) => "off".to_owned(),
         };
+        let tls = if self.tls.tls.is_some() { "on" } else { "off" };
         format!(
-            "pentrace serving: grpc=127.0.0.1:{} http=127.0.0.1:{} store={} mqtt={mqtt}",
+            "pentrace serving: grpc=127.0.0.1:{} http=127.0.0.1:{} store={} mqtt={mqtt} tls={tls}",
             ports.grpc,
             ports.http,
             crate::storage::describe(&self.config)
@@ -157,20 +162,23 @@ impl Application {
             grpc,
             http,
             broker,
+            tls,
             shutdown,
         } = self;
+        let auth_metrics = crate::device_auth::AuthMetrics::default();
+        let device_auth =
+            crate::device_auth::DeviceAuthenticator::new(store.clone(), auth_metrics.clone());
         // On shutdown the writer stops waiting out a store outage: whatever
         // is not committed by then is not acknowledged, and is resent.
         let (pipeline, ingest) =
             Pipeline::start(store.clone(), config.ingest_config(), shutdown.clone());
-        let devices = DeviceAuthenticator::default();
         let mqtt_metrics = crate::mqtt::MqttMetrics::default();
         // The embedded broker feeds the pipeline itself; an external one
         // through the consumer.
         let mqtt = match (broker, &config.mqtt.url) {
             (Some(broker), _) => Some(broker.spawn(
                 ingest.clone(),
-                devices.clone(),
+                device_auth.clone(),
                 mqtt_metrics.clone(),
                 shutdown.clone(),
             )),
@@ -201,6 +209,7 @@ impl Application {
         let mut registry = Registry::default();
         ingest.metrics().register(&mut registry);
         mqtt_metrics.register(&mut registry);
+        auth_metrics.register(&mut registry);
         let http_state = HttpState {
             store: store.clone(),
             health: ingest.health().clone(),
@@ -212,11 +221,19 @@ impl Application {
         health_reporter
             .set_serving::<TelemetryServer<TelemetryService>>()
             .await;
-        let grpc_server = tonic::transport::Server::builder()
+        let mut grpc_builder = tonic::transport::Server::builder();
+        if let Some(server_tls) = &tls.tls {
+            grpc_builder = grpc_builder.tls_config(crate::tls::grpc_config(server_tls))?;
+        }
+        let grpc_server = grpc_builder
             .add_service(health_service)
             .add_service(
-                TelemetryServer::new(TelemetryService::new(ingest, shutdown.clone()))
-                    .max_decoding_message_size(limit),
+                TelemetryServer::new(TelemetryService::new(
+                    ingest,
+                    device_auth.clone(),
+                    shutdown.clone(),
+                ))
+                .max_decoding_message_size(limit),
             )
             .add_service(FleetServer::new(FleetService::new(store.clone())))
             .add_service(ComplianceServer::new(ComplianceService::new(
@@ -226,14 +243,31 @@ impl Application {
             .add_service(RegistryServer::new(RegistryService::new(
                 store.clone(),
                 flags,
+                tls.ca.clone(),
             )))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc),
                 shutdown.clone().cancelled_owned(),
             );
-        let http_server = axum::serve(http, http::router(http_state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let (grpc_result, http_result) = tokio::join!(grpc_server, async { http_server.await });
+        let router = http::router(http_state);
+        let http_stopped = shutdown.clone().cancelled_owned();
+        let http_server = async move {
+            match &tls.tls {
+                Some(server_tls) => {
+                    let config = crate::tls::rustls_config(server_tls)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    axum::serve(crate::tls::TlsListener::new(http, config), router)
+                        .with_graceful_shutdown(http_stopped)
+                        .await
+                }
+                None => {
+                    axum::serve(http, router)
+                        .with_graceful_shutdown(http_stopped)
+                        .await
+                }
+            }
+        };
+        let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
         tracing::info!("listeners closed; draining the ingest pipeline");
         // The consumer, or the embedded broker's connections, settle what
         // they took and let go of the pipeline.

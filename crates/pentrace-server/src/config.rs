@@ -50,6 +50,46 @@ pub struct Config {
     pub ingest: IngestSettings,
     pub policy: PolicySettings,
     pub mqtt: MqttSettings,
+    pub tls: TlsSettings,
+}
+
+/// TLS of the gRPC and HTTP listeners, and the CA of the pens' client
+/// certificates (issue 13). With nothing set, `pentrace serve` uses (and
+/// on first start creates) a CA and a server certificate for 127.0.0.1 and
+/// localhost in `<data_dir>/pki` — see [`crate::pki`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain, PEM.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key, PEM.
+    pub key: Option<std::path::PathBuf>,
+    /// The CA whose client certificates authenticate pens (mTLS).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// The CA's key, to issue pen certificates through the Registry API.
+    pub ca_key: Option<std::path::PathBuf>,
+    /// Serve gRPC and HTTP without TLS: allowed only when both listen on a
+    /// loopback address (a laptop, tests). Devices then authenticate with
+    /// their secrets only.
+    pub plaintext: bool,
+}
+
+impl TlsSettings {
+    /// Where the CA and server files are: configured, else `<data_dir>/pki`.
+    pub fn paths(&self, data_dir: &Path) -> crate::pki::PkiPaths {
+        let default = crate::pki::PkiPaths::in_dir(&data_dir.join("pki"));
+        crate::pki::PkiPaths {
+            ca_cert: self.ca_cert.clone().unwrap_or(default.ca_cert),
+            ca_key: self.ca_key.clone().unwrap_or(default.ca_key),
+            server_cert: self.cert.clone().unwrap_or(default.server_cert),
+            server_key: self.key.clone().unwrap_or(default.server_key),
+        }
+    }
+
+    /// Whether every path is the default one (so pentrace may create them).
+    pub fn is_default(&self) -> bool {
+        self.cert.is_none() && self.key.is_none() && self.ca_cert.is_none() && self.ca_key.is_none()
+    }
 }
 
 /// Batching of the ingest pipeline.
@@ -111,6 +151,7 @@ impl Default for Config {
             ingest: IngestSettings::default(),
             policy: PolicySettings::default(),
             mqtt: MqttSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -186,7 +227,7 @@ fn ignored_env(key: &str) -> bool {
 /// variables belong to other commands (`PENTRACE_AUDIT_KEY`, the tests'
 /// `PENTRACE_TEST_*`) or to Kubernetes service links
 /// (`PENTRACE_SERVICE_HOST`, `PENTRACE_PORT_…`), and are not the server's.
-const CONFIG_KEYS: [&str; 14] = [
+const CONFIG_KEYS: [&str; 15] = [
     "grpc_addr",
     "http_addr",
     "database_url",
@@ -201,6 +242,7 @@ const CONFIG_KEYS: [&str; 14] = [
     "policy",
     "mqtt",
     "audit",
+    "tls",
 ];
 
 /// Values given on the command line; `None` = not given.
@@ -216,6 +258,15 @@ pub struct Overrides {
     pub auto_register: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsOverrides>,
+}
+
+/// TLS values given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TlsOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<bool>,
 }
 
 /// MQTT values given on the command line.
@@ -309,6 +360,17 @@ impl Config {
                 "mqtt.max_packet_bytes",
                 "must exceed max_message_bytes",
             ));
+        }
+        if self.tls.plaintext
+            && !(self.grpc_addr.ip().is_loopback() && self.http_addr.ip().is_loopback())
+        {
+            return Err(invalid(
+                "tls.plaintext",
+                "plaintext is allowed only when grpc_addr and http_addr are loopback addresses",
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid("tls.cert", "tls.cert and tls.key go together"));
         }
         if self.default_clinic.trim().is_empty() {
             return Err(invalid("default_clinic", "must not be empty"));

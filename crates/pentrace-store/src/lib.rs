@@ -286,6 +286,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn revoke_token(&self, token_id: uuid::Uuid, actor: &Actor) -> StoreResult<()>;
     /// The user of a valid (not revoked) token.
     async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>>;
+    // -- device credentials (issue 13) -----------------------------------
+    /// Stores a new credential's fingerprint (audited
+    /// `device.credential_issued` in its clinic's chain); with `replace`,
+    /// revokes the principal's other valid credentials of the same kind in
+    /// the same transaction (audited `device.credential_revoked`). A pen
+    /// credential needs its device registered; a gateway, its clinic.
+    /// Returns the credential and those it revoked.
+    async fn issue_device_credential(
+        &self,
+        new: &NewDeviceCredential,
+        actor: &Actor,
+    ) -> StoreResult<(DeviceCredential, Vec<DeviceCredential>)>;
+    /// Revokes a credential (audited with the reason); revoking a revoked
+    /// one changes nothing and is not audited again.
+    async fn revoke_device_credential(
+        &self,
+        id: uuid::Uuid,
+        reason: &str,
+        actor: &Actor,
+    ) -> StoreResult<DeviceCredential>;
+    /// The credential with this fingerprint, revoked or not.
+    async fn device_credential(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> StoreResult<Option<DeviceCredential>>;
+    /// Credentials of the given clinics (`None` = every clinic), newest first.
+    async fn list_device_credentials(
+        &self,
+        clinics: Option<&[String]>,
+    ) -> StoreResult<Vec<DeviceCredential>>;
+    /// The clinic a registered device belongs to.
+    async fn device_clinic(&self, device_id: &str) -> StoreResult<Option<String>>;
     /// Records a signed acknowledge/resolve, bound to the flag's current
     /// audit hash, and moves the flag's state; all in one transaction.
     async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord>;

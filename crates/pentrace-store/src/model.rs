@@ -1,6 +1,7 @@
 //! Rows the store reads and writes, in domain terms.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use pentrace_domain::audit::Actor;
 use pentrace_domain::rules::CartridgeRelation;
 use pentrace_domain::{FlagKind, Severity};
 
@@ -473,6 +474,98 @@ impl QuarantineRow {
                 "payload_bytes": self.payload.len(),
             })),
             reason: Some(self.error.clone()),
+        }
+    }
+}
+
+/// How a device credential authenticates, and for whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    /// A pen's secret (gRPC bearer metadata, MQTT password).
+    PenSecret,
+    /// A pen's X.509 client certificate from the device CA (mTLS).
+    PenCertificate,
+    /// A gateway's secret: speaks for every pen of its clinic.
+    GatewaySecret,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::PenSecret => "pen_secret",
+            CredentialKind::PenCertificate => "pen_certificate",
+            CredentialKind::GatewaySecret => "gateway_secret",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CredentialKind> {
+        [
+            CredentialKind::PenSecret,
+            CredentialKind::PenCertificate,
+            CredentialKind::GatewaySecret,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// Whether the credential belongs to one pen (rather than a gateway).
+    pub fn is_pen(self) -> bool {
+        !matches!(self, CredentialKind::GatewaySecret)
+    }
+}
+
+/// A credential to issue. The secret or certificate itself never reaches
+/// the store: only its SHA-256 fingerprint.
+#[derive(Debug, Clone)]
+pub struct NewDeviceCredential {
+    pub kind: CredentialKind,
+    /// The device id (pen kinds) or the gateway's name.
+    pub principal: String,
+    /// Gateways only: the clinic it speaks for (a pen's is its device's).
+    pub clinic_id: Option<String>,
+    pub fingerprint: [u8; 32],
+    pub not_after: Option<DateTime<Utc>>,
+    /// Revoke the principal's other valid credentials of the same kind in
+    /// the same transaction (rotation).
+    pub replace: bool,
+}
+
+/// A device credential as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCredential {
+    pub id: uuid::Uuid,
+    pub kind: CredentialKind,
+    pub principal: String,
+    pub clinic_id: String,
+    pub fingerprint: [u8; 32],
+    pub not_after: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl DeviceCredential {
+    /// The device id of a pen credential.
+    pub fn device_id(&self) -> Option<&str> {
+        self.kind.is_pen().then_some(self.principal.as_str())
+    }
+
+    /// The audit event of issuing or revoking it (never the secret).
+    pub fn audit_draft(&self, action: &str, actor: &Actor, reason: Option<String>) -> AuditDraft {
+        AuditDraft {
+            clinic_id: self.clinic_id.clone(),
+            actor: actor.clone(),
+            action: action.into(),
+            subject_type: "device_credential".into(),
+            subject_id: self.id.to_string(),
+            old_value: None,
+            new_value: Some(serde_json::json!({
+                "credential_id": self.id.to_string(),
+                "kind": self.kind.as_str(),
+                "principal": self.principal,
+                "fingerprint_sha256": hex::encode(self.fingerprint),
+                "not_after": self.not_after,
+            })),
+            reason,
         }
     }
 }

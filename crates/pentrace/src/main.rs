@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod bench;
 mod demo;
+mod device;
 mod mqtt;
 mod people;
 mod quarantine;
@@ -44,6 +45,12 @@ enum Command {
     /// People who use the Fleet, Compliance and Registry services.
     #[command(subcommand)]
     User(people::UserCommand),
+    /// Pens and gateways with their own credentials (issue, rotate, revoke).
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// The CA of pen certificates and of the server's TLS certificate.
+    #[command(subcommand)]
+    Ca(device::CaCommand),
     /// Bearer tokens of users.
     #[command(subcommand)]
     Token(people::TokenCommand),
@@ -83,6 +90,8 @@ fn main() -> ExitCode {
         Command::Status(args) => report(status::run(args)),
         Command::User(cmd) => report(people::user(cmd)),
         Command::Token(cmd) => report(people::token(cmd)),
+        Command::Device(cmd) => report(device::device(cmd)),
+        Command::Ca(cmd) => report(device::ca(cmd)),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Report(cmd) => report(report::run(cmd)),
         Command::Quarantine(cmd) => report(quarantine::run(cmd)),

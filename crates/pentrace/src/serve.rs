@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use pentrace_server::config::{MqttOverrides, Overrides};
+use pentrace_server::config::{MqttOverrides, Overrides, TlsOverrides};
 use pentrace_server::{Application, Config, telemetry};
 use std::sync::Arc;
 
@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// (devices then use gRPC only).
     #[arg(long)]
     no_mqtt: bool,
+    /// Serve gRPC and HTTP without TLS (loopback addresses only; devices
+    /// then authenticate with secrets only). Default: TLS with the
+    /// certificates in `<data dir>/pki`, created on first start.
+    #[arg(long)]
+    plaintext: bool,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +89,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             embedded: args.no_mqtt.then_some(false),
             embedded_port: args.mqtt_port,
         }),
+        tls: Some(TlsOverrides {
+            plaintext: args.plaintext.then_some(true),
+        }),
     };
     let mut config = load(&args.common, overrides)?;
     if args.no_mqtt {
@@ -112,6 +120,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("server stopped with an error")
     })
+}
+
+/// The configuration `pentrace serve` would use, with no command-line
+/// overrides (for commands that share its files: `pentrace device`, `ca`).
+pub fn config_of(common: &ConfigArgs) -> anyhow::Result<Config> {
+    load(common, Overrides::default())
 }
 
 /// Opens the configured store (PostgreSQL with a database URL, else the

@@ -7,13 +7,17 @@ use pentrace_domain::rules::recall_exposure;
 use pentrace_domain::udi::gtin_check_digit;
 use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::registry_server::Registry;
-use pentrace_store::{Clinic, Device, FlagRecord, Lot, Product, Role, Store};
+use pentrace_store::{
+    Clinic, CredentialKind, Device, DeviceCredential, FlagRecord, Lot, Product, Role, Store,
+};
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::{invalid, status};
 use crate::auth::{Authenticator, Caller};
 use crate::convert::{self, timestamp};
+use crate::credentials::{self, IssueError, IssueRequest};
+use crate::pki::CertificateAuthority;
 
 /// The Registry service.
 #[derive(Debug, Clone)]
@@ -21,12 +25,23 @@ pub struct RegistryService {
     store: Arc<dyn Store>,
     auth: Authenticator,
     flags: broadcast::Sender<Arc<FlagRecord>>,
+    /// Signs pen certificates; None = certificates cannot be issued.
+    ca: Option<Arc<CertificateAuthority>>,
 }
 
 impl RegistryService {
-    pub fn new(store: Arc<dyn Store>, flags: broadcast::Sender<Arc<FlagRecord>>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        flags: broadcast::Sender<Arc<FlagRecord>>,
+        ca: Option<Arc<CertificateAuthority>>,
+    ) -> Self {
         let auth = Authenticator::new(store.clone());
-        RegistryService { store, auth, flags }
+        RegistryService {
+            store,
+            auth,
+            flags,
+            ca,
+        }
     }
 
     /// Registry changes are an admin's.
@@ -99,8 +114,141 @@ fn lot_out(l: Lot) -> pb::Lot {
     }
 }
 
+pub fn credential_out(c: DeviceCredential) -> pb::DeviceCredential {
+    let kind = match c.kind {
+        CredentialKind::PenSecret => pb::CredentialKind::PenSecret,
+        CredentialKind::PenCertificate => pb::CredentialKind::PenCertificate,
+        CredentialKind::GatewaySecret => pb::CredentialKind::GatewaySecret,
+    };
+    pb::DeviceCredential {
+        credential_id: c.id.to_string(),
+        kind: kind as i32,
+        principal: c.principal,
+        clinic_id: c.clinic_id,
+        fingerprint_sha256: hex::encode(c.fingerprint),
+        created_at: Some(timestamp(c.created_at)),
+        not_after: c.not_after.map(timestamp),
+        revoked_at: c.revoked_at.map(timestamp),
+    }
+}
+
+fn issue_status(e: IssueError) -> Status {
+    match e {
+        IssueError::Invalid(why) => invalid(why),
+        IssueError::NoCa => Status::failed_precondition(e.to_string()),
+        IssueError::Pki(e) => {
+            tracing::error!(error = %e, "cannot issue a device certificate");
+            Status::internal("cannot issue a certificate")
+        }
+        IssueError::Store(e) => status(e),
+    }
+}
+
+/// Longest free-text reason accepted (revocations, recalls).
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// A free-text reason: trimmed, at most [`MAX_REASON_CHARS`], no control
+/// characters but line breaks.
+pub fn reason(field: &str, value: &str) -> Result<String, Status> {
+    let v = value.trim();
+    if v.chars().count() > MAX_REASON_CHARS {
+        return Err(invalid(format!(
+            "{field} is {} characters; at most {MAX_REASON_CHARS}",
+            v.chars().count()
+        )));
+    }
+    if v.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(invalid(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
 #[tonic::async_trait]
 impl Registry for RegistryService {
+    async fn issue_device_credential(
+        &self,
+        request: Request<pb::IssueDeviceCredentialRequest>,
+    ) -> Result<Response<pb::IssuedDeviceCredential>, Status> {
+        let caller = self.admin(&request, "issue device credentials").await?;
+        let r = request.into_inner();
+        let kind = match pb::CredentialKind::try_from(r.kind) {
+            Ok(pb::CredentialKind::PenSecret) => CredentialKind::PenSecret,
+            Ok(pb::CredentialKind::PenCertificate) => CredentialKind::PenCertificate,
+            Ok(pb::CredentialKind::GatewaySecret) => CredentialKind::GatewaySecret,
+            _ => {
+                return Err(invalid(
+                    "kind must be PEN_SECRET, PEN_CERTIFICATE or GATEWAY_SECRET",
+                ));
+            }
+        };
+        let issue = IssueRequest {
+            kind,
+            principal: r.principal.trim().to_owned(),
+            clinic_id: Some(r.clinic_id.trim().to_owned()).filter(|c| !c.is_empty()),
+            replace: r.replace,
+        };
+        let issued = credentials::issue(
+            self.store.as_ref(),
+            self.ca.as_deref(),
+            &issue,
+            &caller.actor(),
+        )
+        .await
+        .map_err(issue_status)?;
+        let (certificate_pem, private_key_pem) = issued
+            .certificate
+            .map(|c| (c.certificate_pem, c.private_key_pem))
+            .unwrap_or_default();
+        Ok(Response::new(pb::IssuedDeviceCredential {
+            credential: Some(credential_out(issued.credential)),
+            secret: issued.secret.unwrap_or_default(),
+            certificate_pem,
+            private_key_pem,
+            ca_certificate_pem: issued.ca_certificate_pem.unwrap_or_default(),
+            revoked_credential_ids: issued.revoked.iter().map(|c| c.id.to_string()).collect(),
+        }))
+    }
+
+    async fn revoke_device_credential(
+        &self,
+        request: Request<pb::RevokeDeviceCredentialRequest>,
+    ) -> Result<Response<pb::DeviceCredential>, Status> {
+        let caller = self.admin(&request, "revoke device credentials").await?;
+        let r = request.into_inner();
+        let id = uuid::Uuid::parse_str(r.credential_id.trim())
+            .map_err(|_| invalid(format!("credential_id {:?} is not a UUID", r.credential_id)))?;
+        let why = reason("reason", &r.reason)?;
+        let why = if why.is_empty() {
+            "revoked".to_owned()
+        } else {
+            why
+        };
+        let revoked = self
+            .store
+            .revoke_device_credential(id, &why, &caller.actor())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(credential_out(revoked)))
+    }
+
+    async fn list_device_credentials(
+        &self,
+        request: Request<pb::ListDeviceCredentialsRequest>,
+    ) -> Result<Response<pb::ListDeviceCredentialsResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
+        let scope = caller.scope(&request.get_ref().clinic_id);
+        let credentials = self
+            .store
+            .list_device_credentials(scope.as_deref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListDeviceCredentialsResponse {
+            credentials: credentials.into_iter().map(credential_out).collect(),
+        }))
+    }
+
     async fn register_clinic(
         &self,
         request: Request<pb::RegisterClinicRequest>,

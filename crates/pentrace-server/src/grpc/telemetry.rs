@@ -4,10 +4,19 @@
 //! sessions of the devices on the stream. A bad message is answered and
 //! the stream goes on; it ends only on a transport error (an undecodable
 //! or oversized frame is one: tonic cannot read past it) or at shutdown.
+//!
+//! Every stream is a device's (issue 13): a pen's client certificate
+//! (mTLS) or secret (`authorization: Bearer pds_…`), or a gateway's secret.
+//! A stream without a valid credential is refused (UNAUTHENTICATED); a
+//! message for a device the credential may not speak for is answered with
+//! a PERMISSION_DENIED rejection and nothing of it is stored. A credential
+//! revoked meanwhile ends the stream within [`REVALIDATE_EVERY`].
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use pentrace_ingest::{Envelope, IngestHandle, Outcome};
@@ -24,18 +33,55 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert;
+use crate::device_auth::{AuthFailure, ConnectionGuard, DeviceAuthenticator, DeviceIdentity};
 use crate::downlink::{self, AckRound, downlink};
+
+/// How often an open stream checks that its credential is still valid.
+pub const REVALIDATE_EVERY: Duration = Duration::from_secs(5);
 
 /// The Telemetry service.
 #[derive(Debug, Clone)]
 pub struct TelemetryService {
     ingest: IngestHandle,
+    auth: DeviceAuthenticator,
     shutdown: CancellationToken,
 }
 
 impl TelemetryService {
-    pub fn new(ingest: IngestHandle, shutdown: CancellationToken) -> Self {
-        TelemetryService { ingest, shutdown }
+    pub fn new(
+        ingest: IngestHandle,
+        auth: DeviceAuthenticator,
+        shutdown: CancellationToken,
+    ) -> Self {
+        TelemetryService {
+            ingest,
+            auth,
+            shutdown,
+        }
+    }
+
+    /// The device a stream belongs to: its client certificate when it
+    /// presented one, else the secret in its metadata.
+    async fn identify<T>(&self, request: &Request<T>) -> Result<DeviceIdentity, AuthFailure> {
+        if let Some(leaf) = request.peer_certs().as_deref().and_then(|c| c.first()) {
+            return self.auth.by_certificate(leaf.as_ref()).await;
+        }
+        let secret = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(AuthFailure::Missing)?;
+        self.auth.by_secret(secret).await
+    }
+}
+
+fn refusal_status(failure: &AuthFailure) -> Status {
+    match failure {
+        AuthFailure::Unavailable => Status::unavailable(failure.to_string()),
+        f if f.is_unauthenticated() => Status::unauthenticated(f.to_string()),
+        f => Status::permission_denied(f.to_string()),
     }
 }
 
@@ -49,8 +95,24 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<Streaming<pb::DeviceMessage>>,
     ) -> Result<Response<DownlinkStream>, Status> {
+        let peer = request.remote_addr();
+        let identity = match self.identify(&request).await {
+            Ok(identity) => identity,
+            Err(failure) => {
+                if !matches!(failure, AuthFailure::Unavailable) {
+                    self.auth.refused(&failure, "grpc", peer).await;
+                }
+                return Err(refusal_status(&failure));
+            }
+        };
         let (tx, rx) = mpsc::channel(256);
+        let connection = self.auth.connected(&identity, "grpc");
         let stream = IngestStream {
+            permitted: HashSet::new(),
+            identity,
+            peer,
+            auth: self.auth.clone(),
+            _connection: connection,
             inbound: request.into_inner(),
             flags: self.ingest.subscribe_flags(),
             flags_open: true,
@@ -68,6 +130,12 @@ impl Telemetry for TelemetryService {
 
 /// One client stream.
 struct IngestStream {
+    identity: DeviceIdentity,
+    peer: Option<SocketAddr>,
+    auth: DeviceAuthenticator,
+    /// Devices the identity was found to speak for (a gateway's lookups).
+    permitted: HashSet<String>,
+    _connection: ConnectionGuard,
     inbound: Streaming<pb::DeviceMessage>,
     flags: broadcast::Receiver<Arc<FlagRecord>>,
     flags_open: bool,
@@ -89,6 +157,8 @@ impl IngestStream {
         let (reply, mut outcomes) = mpsc::unbounded_channel();
         let mut end: Option<Status> = None;
         let mut reading = true;
+        let mut revalidate = tokio::time::interval(REVALIDATE_EVERY);
+        revalidate.tick().await;
         loop {
             if !reading && self.unresolved == 0 {
                 break;
@@ -114,6 +184,17 @@ impl IngestStream {
                     .and(self.send_acks().await)
                 }
                 flag = self.flags.recv(), if self.flags_open => self.on_flag(flag).await,
+                _ = revalidate.tick(), if reading => {
+                    // A store outage does not end a stream of a valid pen.
+                    if let Err(failure @ (AuthFailure::Revoked { .. } | AuthFailure::Expired { .. } | AuthFailure::Unknown)) =
+                        self.auth.still_valid(&self.identity).await
+                    {
+                        self.auth.refused(&failure, "grpc", self.peer).await;
+                        end = Some(refusal_status(&failure));
+                        reading = false;
+                    }
+                    Ok(())
+                }
                 _ = self.shutdown.cancelled(), if reading => {
                     end = Some(Status::unavailable(
                         "server is shutting down; reconnect and resend what is not acknowledged",
@@ -142,6 +223,20 @@ impl IngestStream {
     ) -> Result<(), Gone> {
         let received_at = Utc::now();
         let (device_id, seq) = (m.device_id.clone(), m.seq);
+        if let Err(failure) = self.permit(&device_id).await {
+            self.ingest.metrics().reject("permission_denied");
+            let code = match failure {
+                AuthFailure::Unavailable => pb::RejectCode::Unavailable,
+                _ => pb::RejectCode::PermissionDenied,
+            };
+            let retry = matches!(failure, AuthFailure::Unavailable);
+            if !retry {
+                self.auth.refused(&failure, "grpc", self.peer).await;
+            }
+            let mut r = downlink::refusal(&device_id, seq, code, failure.to_string());
+            r.retry = retry;
+            return self.send(Body::Rejection(r)).await;
+        }
         let payload = bytes::Bytes::from(m.encode_to_vec());
         let message = match convert::device_message(m, received_at) {
             Ok(message) => message,
@@ -173,6 +268,17 @@ impl IngestStream {
                 return self.send(Body::Rejection(r)).await;
             }
         }
+        Ok(())
+    }
+
+    /// Whether the stream's identity may send for the device.
+    async fn permit(&mut self, device_id: &str) -> Result<(), AuthFailure> {
+        if self.permitted.contains(device_id) {
+            return Ok(());
+        }
+        self.auth.may_send_for(&self.identity, device_id).await?;
+        // Bounded by the devices a gateway's clinic has.
+        self.permitted.insert(device_id.to_owned());
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub(crate) mod audit;
 pub(crate) mod commit;
 mod convert;
 mod copy;
+mod credentials;
 mod facts;
 mod flags;
 pub(crate) mod people;
@@ -33,10 +34,11 @@ use pentrace_domain::checkpoint::Checkpoint;
 use registry::Change;
 
 use crate::{
-    AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceStatus,
-    ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord, GLOBAL_CHAIN,
-    Lot, NewFlag, Product, QuarantineRecord, QuarantineRow, Role, SessionQuery, SessionRecord,
-    Store, StoreError, StoreResult, StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
+    AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceCredential,
+    DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord,
+    GLOBAL_CHAIN, Lot, NewDeviceCredential, NewFlag, Product, QuarantineRecord, QuarantineRow,
+    Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult, StoredAuditEvent,
+    StoredFacts, User, Watermarks, WriteBatch,
 };
 
 /// The migrations of `migrations/postgres`, embedded at build time.
@@ -345,6 +347,41 @@ impl Store for PgStore {
 
     async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>> {
         people::user_by_token(&self.pool, token_hash).await
+    }
+
+    async fn issue_device_credential(
+        &self,
+        new: &NewDeviceCredential,
+        actor: &Actor,
+    ) -> StoreResult<(DeviceCredential, Vec<DeviceCredential>)> {
+        credentials::issue(&self.pool, new, actor).await
+    }
+
+    async fn revoke_device_credential(
+        &self,
+        id: uuid::Uuid,
+        reason: &str,
+        actor: &Actor,
+    ) -> StoreResult<DeviceCredential> {
+        credentials::revoke(&self.pool, id, reason, actor).await
+    }
+
+    async fn device_credential(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> StoreResult<Option<DeviceCredential>> {
+        credentials::by_fingerprint(&self.pool, fingerprint).await
+    }
+
+    async fn list_device_credentials(
+        &self,
+        clinics: Option<&[String]>,
+    ) -> StoreResult<Vec<DeviceCredential>> {
+        credentials::list(&self.pool, clinics).await
+    }
+
+    async fn device_clinic(&self, device_id: &str) -> StoreResult<Option<String>> {
+        credentials::device_clinic(&self.pool, device_id).await
     }
 
     async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord> {

@@ -28,6 +28,7 @@
 mod audit;
 mod commit;
 mod convert;
+mod credentials;
 mod error;
 mod facts;
 mod flags;
@@ -56,10 +57,11 @@ pub(crate) use error::classify;
 use registry::{Change, Subject};
 
 use crate::{
-    AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceStatus,
-    ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord, GLOBAL_CHAIN,
-    Lot, NewFlag, Product, QuarantineRecord, QuarantineRow, Role, SessionQuery, SessionRecord,
-    Store, StoreError, StoreResult, StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
+    AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceCredential,
+    DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord,
+    GLOBAL_CHAIN, Lot, NewDeviceCredential, NewFlag, Product, QuarantineRecord, QuarantineRow,
+    Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult, StoredAuditEvent,
+    StoredFacts, User, Watermarks, WriteBatch,
 };
 
 /// The migrations of `migrations/sqlite`, embedded at build time.
@@ -320,6 +322,41 @@ impl Store for SqliteStore {
 
     async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>> {
         people::user_by_token(&self.reader, token_hash).await
+    }
+
+    async fn issue_device_credential(
+        &self,
+        new: &NewDeviceCredential,
+        actor: &Actor,
+    ) -> StoreResult<(DeviceCredential, Vec<DeviceCredential>)> {
+        credentials::issue(&self.writer, new, actor).await
+    }
+
+    async fn revoke_device_credential(
+        &self,
+        id: uuid::Uuid,
+        reason: &str,
+        actor: &Actor,
+    ) -> StoreResult<DeviceCredential> {
+        credentials::revoke(&self.writer, id, reason, actor).await
+    }
+
+    async fn device_credential(
+        &self,
+        fingerprint: &[u8; 32],
+    ) -> StoreResult<Option<DeviceCredential>> {
+        credentials::by_fingerprint(&self.reader, fingerprint).await
+    }
+
+    async fn list_device_credentials(
+        &self,
+        clinics: Option<&[String]>,
+    ) -> StoreResult<Vec<DeviceCredential>> {
+        credentials::list(&self.reader, clinics).await
+    }
+
+    async fn device_clinic(&self, device_id: &str) -> StoreResult<Option<String>> {
+        credentials::device_clinic(&self.reader, device_id).await
     }
 
     async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord> {

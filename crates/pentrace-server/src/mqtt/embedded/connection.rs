@@ -210,11 +210,14 @@ async fn handshake(
     }
     let identity = match authenticate(&shared.auth, &connect).await {
         Ok(identity) => identity,
-        Err((code, failure)) => {
+        Err(failure) => {
             refuse(failure.reason());
-            shared.auth.refused(&failure, TRANSPORT, Some(peer)).await;
+            // A store outage is no attempt to record (and could not be).
+            if failure != AuthFailure::Unavailable {
+                shared.auth.refused(&failure, TRANSPORT, Some(peer)).await;
+            }
             tracing::info!(%peer, client_id = %connect.client_id, %failure, "mqtt connection refused");
-            writer.queue(&answer(code));
+            writer.queue(&answer(connack_code(&failure)));
             return None;
         }
     };
@@ -240,25 +243,50 @@ async fn handshake(
 async fn authenticate(
     auth: &DeviceAuthenticator,
     connect: &Connect,
-) -> Result<DeviceIdentity, (ConnectReturnCode, AuthFailure)> {
+) -> Result<DeviceIdentity, AuthFailure> {
     let Some(login) = connect.login.as_ref().filter(|l| !l.password.is_empty()) else {
-        return Err((ConnectReturnCode::NotAuthorized, AuthFailure::Missing));
+        return Err(AuthFailure::Missing);
     };
-    let identity = auth
-        .by_secret(&login.password)
-        .await
-        .map_err(|f| (ConnectReturnCode::BadUserNamePassword, f))?;
-    let claimed = |claimed: &str| AuthFailure::WrongPrincipal {
-        principal: identity.principal().to_owned(),
-        claimed: claimed.to_owned(),
-    };
+    let identity = auth.by_secret(&login.password).await?;
     if login.username != identity.principal() {
-        return Err((ConnectReturnCode::NotAuthorized, claimed(&login.username)));
+        return Err(denied(
+            &identity,
+            format!("MQTT username {:?} is not the credential's", login.username),
+        ));
     }
     if connect.client_id != identity.principal() {
-        return Err((ConnectReturnCode::BadClientId, claimed(&connect.client_id)));
+        return Err(denied(
+            &identity,
+            format!(
+                "MQTT client id {:?} is not the credential's principal",
+                connect.client_id
+            ),
+        ));
     }
     Ok(identity)
+}
+
+/// The CONNACK return code of a refused CONNECT (MQTT 3.1.1 §3.2.2.3).
+fn connack_code(failure: &AuthFailure) -> ConnectReturnCode {
+    match failure {
+        AuthFailure::Unknown => ConnectReturnCode::BadUserNamePassword,
+        AuthFailure::Unavailable => ConnectReturnCode::ServiceUnavailable,
+        // Authenticated, but with another client id.
+        AuthFailure::Denied { what, .. } if what.contains("client id") => {
+            ConnectReturnCode::BadClientId
+        }
+        _ => ConnectReturnCode::NotAuthorized,
+    }
+}
+
+/// A refusal by this transport's own rules.
+fn denied(identity: &DeviceIdentity, what: String) -> AuthFailure {
+    AuthFailure::Denied {
+        credential_id: Some(identity.credential_id()),
+        principal: identity.principal().to_owned(),
+        clinic_id: Some(identity.clinic_id().to_owned()),
+        what,
+    }
 }
 
 /// A publish taken and not yet acknowledged.
@@ -535,11 +563,8 @@ impl Connection {
         Ok(())
     }
 
-    fn not_permitted(&self, action: String) -> AuthFailure {
-        AuthFailure::Denied {
-            principal: self.identity.principal().to_owned(),
-            action,
-        }
+    fn not_permitted(&self, what: String) -> AuthFailure {
+        denied(&self.identity, format!("may not {what}"))
     }
 
     /// Counts and reports a denied publish or subscription.
@@ -633,6 +658,8 @@ impl Connection {
                 self.speaks_for.clear();
                 Ok(())
             }
+            // The store is away: keep what was proven; checked again later.
+            Err(AuthFailure::Unavailable) => Ok(()),
             Err(failure) => {
                 tracing::info!(principal = self.identity.principal(), peer = %self.peer, %failure, "mqtt credential no longer valid; disconnecting");
                 self.shared

@@ -1,0 +1,84 @@
+//! Issuing device credentials: the one path for `pentrace device …` and the
+//! Registry API. The secret or private key exists only in the answer; the
+//! store keeps the fingerprint.
+
+use pentrace_domain::audit::Actor;
+use pentrace_store::{CredentialKind, DeviceCredential, NewDeviceCredential, Store, StoreError};
+
+use crate::device_auth::{check_principal, fingerprint, new_secret};
+use crate::pki::{CertificateAuthority, IssuedCertificate, PkiError};
+
+/// What to issue.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    pub kind: CredentialKind,
+    /// Device id (pen kinds) or gateway name.
+    pub principal: String,
+    /// Gateways: their clinic.
+    pub clinic_id: Option<String>,
+    /// Rotation: revoke the principal's other credentials of this kind.
+    pub replace: bool,
+}
+
+/// A credential just issued, with the one copy of its secret part.
+#[derive(Debug)]
+pub struct Issued {
+    pub credential: DeviceCredential,
+    pub secret: Option<String>,
+    pub certificate: Option<IssuedCertificate>,
+    pub ca_certificate_pem: Option<String>,
+    pub revoked: Vec<DeviceCredential>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "no device CA is configured: create one with `pentrace ca init` (or set tls.ca_cert and tls.ca_key)"
+    )]
+    NoCa,
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub async fn issue(
+    store: &dyn Store,
+    ca: Option<&CertificateAuthority>,
+    request: &IssueRequest,
+    actor: &Actor,
+) -> Result<Issued, IssueError> {
+    check_principal(&request.principal).map_err(IssueError::Invalid)?;
+    let (secret, certificate, ca_pem, fp, not_after) = match request.kind {
+        CredentialKind::PenSecret | CredentialKind::GatewaySecret => {
+            let secret = new_secret();
+            let fp = fingerprint(secret.as_bytes());
+            (Some(secret), None, None, fp, None)
+        }
+        CredentialKind::PenCertificate => {
+            let ca = ca.ok_or(IssueError::NoCa)?;
+            let cert = ca.device_certificate(&request.principal)?;
+            let (fp, not_after) = (cert.fingerprint, cert.not_after);
+            let ca_pem = ca.certificate_pem().to_owned();
+            (None, Some(cert), Some(ca_pem), fp, Some(not_after))
+        }
+    };
+    let new = NewDeviceCredential {
+        kind: request.kind,
+        principal: request.principal.clone(),
+        clinic_id: request.clinic_id.clone(),
+        fingerprint: fp,
+        not_after,
+        replace: request.replace,
+    };
+    let (credential, revoked) = store.issue_device_credential(&new, actor).await?;
+    Ok(Issued {
+        credential,
+        secret,
+        certificate,
+        ca_certificate_pem: ca_pem,
+        revoked,
+    })
+}
