@@ -138,12 +138,20 @@ impl Server {
         } else {
             &["--grpc-addr", "127.0.0.1:0"]
         };
+        // The tests talk plain gRPC and HTTP on loopback (TLS has tests of
+        // its own).
+        let plaintext: &[&str] = if args.contains(&"--plaintext") {
+            &[]
+        } else {
+            &["--plaintext"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_pentrace"))
             .env_remove("DATABASE_URL")
             .args(["serve", "--http-addr", "127.0.0.1:0"])
             .args(store)
             .args(any_grpc_port)
             .args(free_mqtt_port)
+            .args(plaintext)
             .args(args)
             .env(
                 "RUST_LOG",
