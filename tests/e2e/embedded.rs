@@ -97,9 +97,12 @@ async fn connect(
     login: Option<(&str, &str)>,
 ) -> Result<Device, ConnectReturnCode> {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    // An in-flight window wider than any test sends, so that packet ids
+    // are not reused: 1 for the SUBSCRIBE of `pen`, then seq + 1.
     options
         .set_max_packet_size(8 << 20, 8 << 20)
-        .set_keep_alive(Duration::from_secs(30));
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1000);
     if let Some((username, password)) = login {
         options.set_credentials(username, password);
     }
@@ -746,4 +749,186 @@ async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_tur
 
     let server = Server::start(&db, &["--no-mqtt"], &[]).await;
     assert_eq!(server.mqtt, "off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_runs_over_the_embedded_broker_on_its_pens_secret() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    // One pen, so that one `--mqtt-password` is its own secret (the
+    // simulator names its pens `{clinic}-pen-{i:04}`).
+    register(&app, "sim-clinic", &[("sim-clinic-pen-0000", 0)], &[], &[]).await;
+    let secret = pen_secret(&app, "sim-clinic-pen-0000").await;
+    let truth = crate::sim::truth_file();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let extra = [
+        "--devices",
+        "1",
+        "--sessions",
+        "6",
+        "--batches",
+        "5",
+        "--compression",
+        "600",
+        "--faults",
+        crate::sim::EVERY_FAULT,
+        "--mqtt-url",
+        &url,
+        "--mqtt-password",
+        &secret,
+    ];
+    let mut cmd = crate::sim::sim_command_at(
+        &app.grpc,
+        &app.admin_token,
+        "mqtt",
+        "sim-clinic",
+        None,
+        &truth,
+        &extra,
+    );
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run sim");
+    let report = crate::sim::text(&out);
+    assert!(out.status.success(), "sim --verify failed:\n{report}");
+    assert!(stored(&app, "sim-clinic-pen-0000").await > 0);
+    let _ = std::fs::remove_file(&truth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order() {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4::{Packet, Publish};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
+    let secret = pen_secret(&app, "pen-a").await;
+    // Raw packets (a client library may drop what arrives with the close):
+    // packet id n is seq n.
+    let mut stream = raw_connect(port, "pen-a", &secret, 30).await;
+    let total: u16 = 300;
+    let mut out = BytesMut::new();
+    for seq in 1..=total {
+        let mut p = Publish::new(
+            up("pen-a"),
+            QoS::AtLeastOnce,
+            heartbeat("pen-a", u64::from(seq)).encode_to_vec(),
+        );
+        p.pkid = seq;
+        Packet::Publish(p).write(&mut out, 1 << 20).expect("encode");
+    }
+    stream.write_all(&out).await.expect("publish");
+    // Stop while they are in flight.
+    eventually(Duration::from_secs(10), "some stored", || async {
+        stored(&app, "pen-a").await > 0
+    })
+    .await;
+    assert!(app.stop().success());
+    let mut bytes = BytesMut::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while stream.read_buf(&mut bytes).await.is_ok_and(|n| n > 0) {}
+    })
+    .await
+    .expect("closed within 10 s");
+    let mut acked = Vec::new();
+    while let Ok(packet) = Packet::read(&mut bytes, 1 << 20) {
+        if let Packet::PubAck(ack) = packet {
+            acked.push(i64::from(ack.pkid));
+        }
+    }
+    let stored_seqs: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM device_messages WHERE device_id = 'pen-a' ORDER BY seq",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .expect("seqs");
+    // Everything taken before the stop was settled: each stored one
+    // acknowledged, in arrival order, and nothing else.
+    assert!(!acked.is_empty(), "nothing acknowledged");
+    assert_eq!(acked, stored_seqs);
+    assert_eq!(acked, (1..=acked.len() as i64).collect::<Vec<_>>());
+}
+
+/// A raw MQTT 3.1.1 connection (rumqttc's codec), for what a client
+/// library would not do: go silent.
+async fn raw_connect(
+    port: u16,
+    client_id: &str,
+    secret: &str,
+    keep_alive: u16,
+) -> tokio::net::TcpStream {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut connect = Connect::new(client_id);
+    connect.keep_alive = keep_alive;
+    connect.set_login(client_id, secret);
+    let mut out = BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, 1 << 20)
+        .expect("encode");
+    stream.write_all(&out).await.expect("write");
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.expect("a CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
+    stream
+}
+
+/// Reads until the server closes; how long that took.
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_half_keep_alives() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
+    let secret = pen_secret(&app, "pen-a").await;
+
+    // Keep-alive 2 s, then nothing: closed after 3 s.
+    let mut quiet = raw_connect(port, "pen-a", &secret, 2).await;
+    let took = until_closed(&mut quiet, Duration::from_secs(10))
+        .await
+        .expect("closed within 10 s");
+    assert!(
+        took >= Duration::from_millis(2900),
+        "closed after {took:?}, before 1.5 keep-alives"
+    );
+    // No CONNECT at all: closed after the connect time-out (5 s).
+    let mut mute = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    assert!(
+        until_closed(&mut mute, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "a connection without CONNECT stayed open"
+    );
+    let text = metrics(&app).await;
+    assert!(
+        text.contains("pentrace_mqtt_disconnects_total{name=\"keep_alive\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pentrace_mqtt_refused_connects_total{name=\"connect_timeout\"} 1"),
+        "{text}"
+    );
 }

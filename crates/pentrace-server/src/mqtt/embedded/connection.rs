@@ -57,6 +57,10 @@ const CONNECT_PACKET_BYTES: usize = 64 * 1024;
 const MAX_UNSETTLED: usize = 1000;
 const MAX_UNSETTLED_BYTES: usize = 16 * 1024 * 1024;
 
+/// How long a closed connection waits for the peer to close its side
+/// (see [`PacketReader::drain`]).
+const LINGER: Duration = Duration::from_secs(2);
+
 /// How often a connected credential is checked again (revoked → closed).
 pub(super) const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -120,6 +124,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let mut writer = PacketWriter::new(write);
     let Some((identity, connect)) = handshake(&mut reader, &mut writer, peer, &shared).await else {
         writer.close().await;
+        reader.drain(LINGER).await;
         return;
     };
     reader.set_max_packet_bytes(shared.max_packet_bytes);
@@ -152,7 +157,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         round: AckRound::default(),
         shared: shared.clone(),
     };
-    let (close, writer) = connection.run(ticket.kicked.clone()).await;
+    let (close, reader, writer) = connection.run(ticket.kicked.clone()).await;
     shared
         .metrics
         .disconnects
@@ -165,6 +170,7 @@ pub(super) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     shared.metrics.connections.dec();
     drop(guard);
     writer.close().await;
+    reader.drain(LINGER).await;
 }
 
 /// Reads the CONNECT and answers it; the identity when it is accepted.
@@ -327,7 +333,7 @@ struct Connection {
 type Step = Result<(), Close>;
 
 impl Connection {
-    async fn run(mut self, kicked: CancellationToken) -> (Close, PacketWriter) {
+    async fn run(mut self, kicked: CancellationToken) -> (Close, PacketReader, PacketWriter) {
         let (reply, mut outcomes) = mpsc::unbounded_channel();
         let every = self.shared.recheck_interval;
         let mut recheck = tokio::time::interval_at(Instant::now() + every, every);
@@ -400,7 +406,7 @@ impl Connection {
                 break close;
             }
         };
-        (close, self.writer)
+        (close, self.reader, self.writer)
     }
 
     /// Whether another publish may be taken.

@@ -90,6 +90,21 @@ impl PacketReader {
         }
     }
 
+    /// Reads and discards until the peer closes, for at most `within`: a
+    /// socket closed with unread bytes sends a reset, which can make the
+    /// peer drop what it has not read yet — the last PUBACKs among them.
+    pub async fn drain(mut self, within: Duration) {
+        let mut scratch = [0u8; 4096];
+        let _ = tokio::time::timeout(within, async {
+            while let Ok(n) = self.socket.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     /// The next packet, reading as needed.
     pub async fn next(&mut self) -> Result<Packet, WireError> {
         loop {
