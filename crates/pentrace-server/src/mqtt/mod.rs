@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod consumer;
 mod downlink;
+pub mod dynsec;
 pub mod embedded;
 mod intake;
 
@@ -91,6 +92,21 @@ pub struct MqttSettings {
     /// The broker drops the connection after 1.5 times this without a
     /// packet from us, which a poller stopped by a full intake does not send.
     pub keep_alive_s: u16,
+    /// The external broker's dynamic security admin
+    /// (deploy/mosquitto/README.md), with which pentrace manages the
+    /// broker's consumer and pen accounts ([`MqttSettings::broker_accounts`]).
+    /// Needs `url`.
+    pub dynsec_admin: Option<DynsecAdmin>,
+}
+
+/// Credentials of a Mosquitto dynamic security admin (`mosquitto_ctrl
+/// dynsec init`), as `mqtt.dynsec_admin.username` and `.password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynsecAdmin {
+    pub username: String,
+    #[serde(skip_serializing)]
+    pub password: SecretString,
 }
 
 impl Default for MqttSettings {
@@ -106,6 +122,7 @@ impl Default for MqttSettings {
             shared_subscription: true,
             keep_session_on_shutdown: false,
             keep_alive_s: 30,
+            dynsec_admin: None,
         }
     }
 }
@@ -137,6 +154,25 @@ impl MqttSettings {
     /// [`MqttSettings::keep_alive_s`] as a duration.
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(u64::from(self.keep_alive_s))
+    }
+
+    /// The external broker's accounts, when a dynsec admin is configured.
+    pub async fn broker_accounts(
+        &self,
+    ) -> Result<Option<dynsec::BrokerAccounts>, BrokerAccountsError> {
+        let Some(admin) = &self.dynsec_admin else {
+            return Ok(None);
+        };
+        let url = self.url.as_deref().ok_or(BrokerAccountsError::NoUrl)?;
+        let (host, port) = parse_url(url).map_err(BrokerAccountsError::Url)?;
+        let accounts = dynsec::BrokerAccounts::connect(
+            &host,
+            port,
+            &admin.username,
+            admin.password.expose_secret(),
+        )
+        .await?;
+        Ok(Some(accounts))
     }
 
     /// The filter the consumer subscribes to.
@@ -184,6 +220,17 @@ pub const REQUEST_CAPACITY: usize = 4 * 65_536;
 /// A client and its event loop.
 pub fn connect(settings: &MqttSettings, host: &str, port: u16) -> (AsyncClient, EventLoop) {
     AsyncClient::new(options(settings, host, port), REQUEST_CAPACITY)
+}
+
+/// Why the external broker's accounts cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerAccountsError {
+    #[error("mqtt.dynsec_admin needs mqtt.url (the embedded broker has no dynamic security)")]
+    NoUrl,
+    #[error("mqtt.url: {0}")]
+    Url(String),
+    #[error(transparent)]
+    Dynsec(#[from] dynsec::DynsecError),
 }
 
 /// Why a persistent session could not be ended.
