@@ -190,10 +190,8 @@ def check_compose():
                 problems.append(f"{name}: bind-mount source {src} missing")
     report("compose: build contexts, bind-mount sources exist; images pinned", problems)
 
-    # The MQTT identities the pentrace services use exist in the ACL, and
-    # each process has its own fixed client id (DESIGN §6).
-    acl = (DEPLOY / "mosquitto" / "acl").read_text()
-    acl_users = set(re.findall(r"^user\s+(\S+)", acl, re.M))
+    # Each process has its own fixed client id, equal to its username: the
+    # broker (dynamic security) reserves it for that user (DESIGN §6).
     problems, ids = [], []
     pentraces = {n: s for n, s in svcs.items() if "PENTRACE_MQTT__URL" in s.get("environment", {})}
     for name, s in pentraces.items():
@@ -202,15 +200,32 @@ def check_compose():
         ids.append(cid)
         if not cid:
             problems.append(f"{name}: no fixed PENTRACE_MQTT__CLIENT_ID")
-        if user not in acl_users:
-            problems.append(f"{name}: MQTT user {user!r} has no `user` block in mosquitto/acl")
         if cid != user:
             problems.append(f"{name}: client id {cid!r} differs from username {user!r} (mosquitto/README.md)")
     if len(pentraces) < 2:
         problems.append("fewer than two pentrace services share the subscription")
     if len(set(ids)) != len(ids):
         problems.append(f"client ids not unique: {ids}")
-    report(f"compose: {len(pentraces)} pentrace services, distinct client ids {ids}, users in mosquitto/acl", problems)
+    report(f"compose: {len(pentraces)} pentrace services, distinct client ids {ids} equal to their usernames", problems)
+
+    # The broker: accounts in the dynamic security plugin only, nobody
+    # anonymous (mosquitto/README.md).
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    settings = [l.split(None, 1) for l in conf.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    keys = {k: (v[0].strip() if v else "") for k, *v in settings}
+    problems = []
+    if not keys.get("plugin", "").endswith("mosquitto_dynamic_security.so"):
+        problems.append("mosquitto.conf: no dynamic security plugin")
+    if not keys.get("plugin_opt_config_file", "").startswith("/mosquitto/data/"):
+        problems.append("mosquitto.conf: plugin_opt_config_file must be on the data volume (the broker rewrites it)")
+    if keys.get("allow_anonymous") != "false":
+        problems.append("mosquitto.conf: allow_anonymous must be false")
+    for k in ("password_file", "acl_file"):
+        if k in keys:
+            problems.append(f"mosquitto.conf: {k} set; the plugin must be the only authority")
+    if (DEPLOY / "mosquitto" / "acl").exists():
+        problems.append("mosquitto/acl exists but nothing reads it")
+    report("mosquitto.conf: dynamic security plugin, no anonymous clients, no password or ACL file", problems)
 
     # Every variable the compose file needs is documented in the README.
     readme = (DEPLOY / "README.md").read_text()
@@ -351,9 +366,10 @@ def check_k8s():
         problems.append(f"serviceName {spec.get('serviceName')} has no Service")
     (ctr,) = pod["containers"]
     env = {e["name"]: e for e in ctr.get("env", [])}
-    cid = env.get("PENTRACE_MQTT__CLIENT_ID", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
-    if cid != "metadata.name":
-        problems.append("PENTRACE_MQTT__CLIENT_ID must come from metadata.name (fixed per pod)")
+    for key in ("PENTRACE_MQTT__CLIENT_ID", "PENTRACE_MQTT__USERNAME"):
+        source = env.get(key, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        if source != "metadata.name":
+            problems.append(f"{key} must come from metadata.name (fixed per pod; the broker reserves the client id for the username)")
     paths = {p: ctr.get(p, {}).get("httpGet", {}).get("path") for p in ("readinessProbe", "livenessProbe", "startupProbe")}
     if paths["readinessProbe"] != "/readyz" or paths["livenessProbe"] != "/healthz":
         problems.append(f"probes {paths}: readiness must be /readyz, liveness /healthz")
@@ -408,7 +424,7 @@ def check_k8s():
             problems.append(f"{kind} {name}: selector {sel} does not match the pod labels")
     if spec["selector"]["matchLabels"].items() - labels.items():
         problems.append("StatefulSet selector does not match its template labels")
-    report("k8s: StatefulSet (>=2 replicas, client id = pod name, probes, securityContext, resources, grace, "
+    report("k8s: StatefulSet (>=2 replicas, client id = username = pod name, probes, securityContext, resources, grace, "
            "no service links) and the Services/PDB/HPA/ConfigMap/Secret/ServiceAccount it refers to agree", problems)
 
 

@@ -51,7 +51,7 @@ pub async fn stream_sessions(app: &TestApp) {
             });
         }
     }
-    let mut client = app.telemetry().await;
+    let mut client = app.telemetry_for("clinic-a").await;
     let mut acks = client
         .ingest(tokio_stream::iter(messages))
         .await

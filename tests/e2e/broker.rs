@@ -2,7 +2,9 @@
 //! `deploy/mosquitto/conf.d` limits — never the machine's default broker,
 //! whose stock queue limit silently drops QoS 1 messages. Persistence on by
 //! default; fault tests kill it (`kill9`) and bring it back (`restart`) on
-//! the same port, config and persistence directory.
+//! the same port, config and persistence directory. `start_with_dynsec`
+//! runs the shipped production config instead: dynamic security plugin,
+//! no anonymous clients.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -25,6 +27,32 @@ impl Drop for Broker {
     }
 }
 
+/// The dynsec admin of [`Broker::start_with_dynsec`]: username, password.
+pub const DYNSEC_ADMIN: (&str, &str) = ("dynsec-admin", "admin-secret-for-tests");
+
+/// The plugin where Debian's mosquitto package puts it, else where the
+/// shipped config (the eclipse-mosquitto image) has it.
+fn dynsec_plugin() -> &'static str {
+    let debian = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so";
+    if std::path::Path::new(debian).exists() {
+        debian
+    } else {
+        "/usr/lib/mosquitto_dynamic_security.so"
+    }
+}
+
+/// The shipped limits (`deploy/mosquitto/conf.d`).
+const LIMITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/mosquitto/conf.d");
+
+fn new_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pentrace-mosquitto-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("broker dir");
+    dir
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
@@ -45,13 +73,7 @@ impl Broker {
     /// `extra` config lines after the shipped limits, which they override
     /// (Mosquitto keeps the last value of a setting).
     pub fn start_with(persistence: bool, extra: &str) -> Broker {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "pentrace-mosquitto-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).expect("broker dir");
-        let limits = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/mosquitto/conf.d");
+        let (port, dir) = (free_port(), new_dir());
         // `user root`: started as root (CI), Mosquitto would otherwise
         // switch to user mosquitto, which cannot write this directory (no
         // log, no persistence, silently). Ignored when not run as root.
@@ -67,9 +89,63 @@ impl Broker {
         };
         let config = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n{persistence_lines}\
-             log_dest file {}/mosquitto.log\ninclude_dir {limits}\n{extra}",
+             log_dest file {}/mosquitto.log\ninclude_dir {LIMITS}\n{extra}",
             dir.display()
         );
+        Broker::launch(port, dir, &config, persistence)
+    }
+
+    /// The shipped `deploy/mosquitto/mosquitto.conf`, line by line, with
+    /// only its paths and listener made local: the dynamic security plugin
+    /// (Debian's path), `allow_anonymous false`, the conf.d limits. Its
+    /// admin is [`DYNSEC_ADMIN`], made by `mosquitto_ctrl dynsec init` as
+    /// deploy/mosquitto/README.md says; nothing else is set up.
+    pub fn start_with_dynsec() -> Broker {
+        let (port, dir) = (free_port(), new_dir());
+        let dynsec = dir.join("dynamic-security.json");
+        let init = Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&dynsec)
+            .args([DYNSEC_ADMIN.0, DYNSEC_ADMIN.1])
+            .output()
+            .expect("mosquitto_ctrl is installed (package mosquitto-clients)");
+        assert!(
+            init.status.success(),
+            "mosquitto_ctrl dynsec init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/mosquitto/mosquitto.conf"
+        ))
+        .expect("shipped mosquitto.conf");
+        let mut config = String::from("user root\n");
+        for line in shipped.lines() {
+            let local = match line.split_whitespace().next() {
+                Some("listener") => format!("listener {port} 127.0.0.1"),
+                Some("persistence_location") => format!("persistence_location {}/", dir.display()),
+                Some("log_dest") => format!("log_dest file {}/mosquitto.log", dir.display()),
+                Some("plugin") => format!("plugin {}", dynsec_plugin()),
+                Some("plugin_opt_config_file") => {
+                    format!("plugin_opt_config_file {}", dynsec.display())
+                }
+                Some("include_dir") => format!("include_dir {LIMITS}"),
+                _ => line.to_owned(),
+            };
+            config.push_str(&local);
+            config.push('\n');
+        }
+        assert!(
+            config.contains("allow_anonymous false") && config.contains("plugin_opt_config_file"),
+            "the shipped config no longer loads dynsec without anonymous clients:\n{config}"
+        );
+        // Every packet and dynsec command, for a failing test's message.
+        config.push_str("log_type all\n");
+        let persistence = config.lines().any(|l| l.trim() == "persistence true");
+        Broker::launch(port, dir, &config, persistence)
+    }
+
+    fn launch(port: u16, dir: PathBuf, config: &str, persistence: bool) -> Broker {
         std::fs::write(dir.join("mosquitto.conf"), config).expect("broker config");
         let mut broker = Broker {
             port,

@@ -15,7 +15,7 @@ use crate::mqtt::{heartbeat, session_start};
 async fn an_ack_covers_exactly_what_is_stored_whichever_stream_carried_it() {
     let app = spawn_app(&["--no-mqtt"]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
-    let mut client = app.telemetry().await;
+    let mut client = app.telemetry_for("clinic-a").await;
     // Seq 3 is lost on the way: 4 and 5 are acknowledged on their own, the
     // watermark stays at 2, and 3 is never covered.
     let down = exchange(
@@ -78,7 +78,7 @@ async fn a_message_the_store_refuses_is_quarantined_acknowledged_and_listed() {
         heartbeat("pen-1", 4),
         heartbeat("pen-1", 5),
     ];
-    let mut client = app.telemetry().await;
+    let mut client = app.telemetry_for("clinic-a").await;
     let down = exchange(&mut client, messages).await;
     assert!(down.end.is_ok(), "{:?}", down.end);
     assert!(down.rejections.is_empty(), "{:?}", down.rejections);
@@ -140,7 +140,7 @@ async fn a_grpc_pen_is_told_to_stop_using_a_reused_cartridge() {
     )
     .await;
     let udi = format!("(01){gtin}(17)301231(10)L1(21)SER-7");
-    let mut client = app.telemetry().await;
+    let mut client = app.telemetry_for("clinic-a").await;
     let first = uuid::Uuid::new_v4().to_string();
     let down = exchange(&mut client, vec![session_start("pen-a", 1, &first, &udi)]).await;
     assert!(

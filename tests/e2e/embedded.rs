@@ -38,35 +38,6 @@ fn down(device: &str) -> String {
     format!("pentrace/v1/devices/{device}/down")
 }
 
-/// A credential issued through the Registry API: (credential id, secret).
-async fn issue(
-    app: &TestApp,
-    kind: pb::CredentialKind,
-    principal: &str,
-    clinic: &str,
-) -> (String, String) {
-    let issued = app
-        .registry()
-        .await
-        .issue_device_credential(pb::IssueDeviceCredentialRequest {
-            kind: kind as i32,
-            principal: principal.into(),
-            clinic_id: clinic.into(),
-            replace: false,
-        })
-        .await
-        .expect("issue a credential")
-        .into_inner();
-    let id = issued.credential.expect("credential").credential_id;
-    (id, issued.secret)
-}
-
-async fn pen_secret(app: &TestApp, device: &str) -> String {
-    issue(app, pb::CredentialKind::PenSecret, device, "")
-        .await
-        .1
-}
-
 async fn revoke(app: &TestApp, credential_id: &str) {
     app.registry()
         .await
@@ -319,8 +290,8 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
         &[],
     )
     .await;
-    let secret_a = pen_secret(&app, "pen-a").await;
-    let secret_b = pen_secret(&app, "pen-b").await;
+    let secret_a = app.pen_secret("pen-a").await;
+    let secret_b = app.pen_secret("pen-b").await;
     let mut a = pen(port, "pen-a", &secret_a).await;
 
     for seq in 1..=3 {
@@ -395,7 +366,7 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
     // Far over: the connection is closed before the packet is read.
     let secret_huge = {
         register(&app, "clinic-a", &[("pen-huge", 0)], &[], &[]).await;
-        pen_secret(&app, "pen-huge").await
+        app.pen_secret("pen-huge").await
     };
     let mut huge = pen(port, "pen-huge", &secret_huge).await;
     huge.publish(&up("pen-huge"), vec![0x42; 3 * 1024 * 1024])
@@ -465,8 +436,8 @@ async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect() {
     let app = spawn_app(&[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
-    let secret_a = pen_secret(&app, "pen-a").await;
-    let _secret_b = pen_secret(&app, "pen-b").await;
+    let secret_a = app.pen_secret("pen-a").await;
+    let _secret_b = app.pen_secret("pen-b").await;
 
     let refused = |r: Result<Device, ConnectReturnCode>| r.err();
     assert_eq!(
@@ -537,8 +508,8 @@ async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and
     let app = spawn_app(&[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
-    let secret_a = pen_secret(&app, "pen-a").await;
-    let secret_b = pen_secret(&app, "pen-b").await;
+    let secret_a = app.pen_secret("pen-a").await;
+    let secret_b = app.pen_secret("pen-b").await;
     let mut b = pen(port, "pen-b", &secret_b).await;
 
     for topic in [
@@ -579,8 +550,8 @@ async fn a_pen_may_subscribe_only_to_its_own_down_topic() {
     let app = spawn_app(&[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
-    let secret_a = pen_secret(&app, "pen-a").await;
-    let secret_b = pen_secret(&app, "pen-b").await;
+    let secret_a = app.pen_secret("pen-a").await;
+    let secret_b = app.pen_secret("pen-b").await;
     let mut a = connect(port, "pen-a", Some(("pen-a", &secret_a)))
         .await
         .expect("pen-a connects");
@@ -627,7 +598,13 @@ async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refuse
     let port = embedded_port(&app.server.mqtt);
     // Registered and issued while the server runs.
     register(&app, "clinic-a", &[("pen-new", 0)], &[], &[]).await;
-    let (credential, secret) = issue(&app, pb::CredentialKind::PenSecret, "pen-new", "").await;
+    let issued = app
+        .issue(pb::CredentialKind::PenSecret, "pen-new", "")
+        .await;
+    let (credential, secret) = (
+        issued.credential.expect("credential").credential_id,
+        issued.secret,
+    );
     let mut p = pen(port, "pen-new", &secret).await;
     p.send(&heartbeat("pen-new", 1)).await;
     p.wait_ack("pen-new", 1).await;
@@ -660,7 +637,7 @@ async fn a_second_connection_with_the_same_client_id_takes_over_and_is_reported(
     let app = spawn_app(&[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
-    let secret = pen_secret(&app, "pen-a").await;
+    let secret = app.pen_secret("pen-a").await;
     let mut first = pen(port, "pen-a", &secret).await;
     let mut second = pen(port, "pen-a", &secret).await;
     assert!(
@@ -683,13 +660,15 @@ async fn a_gateway_speaks_for_its_clinics_pens_only() {
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a1", 0), ("pen-a2", 0)], &[], &[]).await;
     register(&app, "clinic-b", &[("pen-b1", 0)], &[], &[]).await;
-    let (_, secret) = issue(&app, pb::CredentialKind::GatewaySecret, "gw-a", "clinic-a").await;
+    let secret = app.gateway_secret("clinic-a").await;
     // A gateway's client id and username are its name.
     assert_eq!(
-        connect(port, "pen-a1", Some(("gw-a", &secret))).await.err(),
+        connect(port, "pen-a1", Some(("gw-clinic-a", &secret)))
+            .await
+            .err(),
         Some(ConnectReturnCode::BadClientId)
     );
-    let mut gw = connect(port, "gw-a", Some(("gw-a", &secret)))
+    let mut gw = connect(port, "gw-clinic-a", Some(("gw-clinic-a", &secret)))
         .await
         .expect("the gateway connects");
     let codes = gw
@@ -752,20 +731,19 @@ async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_tur
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulator_runs_over_the_embedded_broker_on_its_pens_secret() {
+async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_broker() {
     let app = spawn_app(&[]).await;
     let port = embedded_port(&app.server.mqtt);
-    // One pen, so that one `--mqtt-password` is its own secret (the
-    // simulator names its pens `{clinic}-pen-{i:04}`).
-    register(&app, "sim-clinic", &[("sim-clinic-pen-0000", 0)], &[], &[]).await;
-    let secret = pen_secret(&app, "sim-clinic-pen-0000").await;
     let truth = crate::sim::truth_file();
     let url = format!("mqtt://127.0.0.1:{port}");
+    // `--setup` issues each pen its own secret, its MQTT password. The
+    // scenario of `sim::fifty_pens_with_every_fault_over_mqtt_…` (behind
+    // Mosquitto), which injects every fault kind.
     let extra = [
         "--devices",
-        "1",
+        "50",
         "--sessions",
-        "6",
+        "4",
         "--batches",
         "5",
         "--compression",
@@ -774,8 +752,6 @@ async fn the_simulator_runs_over_the_embedded_broker_on_its_pens_secret() {
         crate::sim::EVERY_FAULT,
         "--mqtt-url",
         &url,
-        "--mqtt-password",
-        &secret,
     ];
     let mut cmd = crate::sim::sim_command_at(
         &app.grpc,
@@ -792,7 +768,13 @@ async fn the_simulator_runs_over_the_embedded_broker_on_its_pens_secret() {
         .expect("run sim");
     let report = crate::sim::text(&out);
     assert!(out.status.success(), "sim --verify failed:\n{report}");
-    assert!(stored(&app, "sim-clinic-pen-0000").await > 0);
+    crate::sim::assert_every_fault_injected(&truth);
+    let doubled = app
+        .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")
+        .await;
+    assert_eq!(doubled, 0);
+    let text = metrics(&app).await;
+    assert!(!text.contains("pentrace_mqtt_denials_total{"), "{text}");
     let _ = std::fs::remove_file(&truth);
 }
 
@@ -804,7 +786,7 @@ async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order() {
     let mut app = spawn_app(&[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
-    let secret = pen_secret(&app, "pen-a").await;
+    let secret = app.pen_secret("pen-a").await;
     // Raw packets (a client library may drop what arrives with the close):
     // packet id n is seq n.
     let mut stream = raw_connect(port, "pen-a", &secret, 30).await;
@@ -901,7 +883,7 @@ async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_h
     let app = spawn_app(&[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
-    let secret = pen_secret(&app, "pen-a").await;
+    let secret = app.pen_secret("pen-a").await;
 
     // Keep-alive 2 s, then nothing: closed after 3 s.
     let mut quiet = raw_connect(port, "pen-a", &secret, 2).await;

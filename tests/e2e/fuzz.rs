@@ -13,7 +13,7 @@ use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use prost_types::Timestamp;
 
-use crate::helpers::{Server, TestDb, exchange};
+use crate::helpers::{Server, TestDb, exchange, pentrace_cli};
 use crate::ingest::http_get;
 
 /// Messages per store (the issue asks for at least 10,000 in CI).
@@ -236,12 +236,17 @@ fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
 
 /// Streams the fuzz to a server and checks every promise; returns the
 /// message keys every ack covered, for the caller to find in the store.
-async fn fuzz(server: &Server, seed: u64) -> BTreeSet<(String, u64)> {
+async fn fuzz(server: &Server, gateway: &str, seed: u64) -> BTreeSet<(String, u64)> {
     let sent = messages(seed);
-    let mut client =
-        pentrace_proto::v1::telemetry_client::TelemetryClient::connect(server.grpc.clone())
-            .await
-            .expect("connect");
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = pentrace_proto::v1::telemetry_client::TelemetryClient::with_interceptor(
+        channel,
+        crate::helpers::TestApp::bearer(gateway),
+    );
     let keys: HashSet<(String, u64)> = sent.iter().map(|m| (m.device_id.clone(), m.seq)).collect();
     let started = std::time::Instant::now();
     let down = exchange(&mut client, sent).await;
@@ -303,7 +308,21 @@ async fn fuzz(server: &Server, seed: u64) -> BTreeSet<(String, u64)> {
 async fn fuzzed_messages_on_postgres_are_answered_never_panic_and_acks_cover_only_stored() {
     let db = TestDb::create().await;
     let server = Server::start(&db, &["--auto-register", "--no-mqtt"], &[]).await;
-    let covered = fuzz(&server, 0x5EED_0001).await;
+    // The fuzzed pens join the default clinic as they appear; a gateway of
+    // that clinic sends for them all.
+    sqlx::query(
+        "INSERT INTO clinics (id, name) VALUES ('default', 'default') ON CONFLICT DO NOTHING",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("clinic");
+    let gateway = pentrace_cli(
+        &db,
+        &[
+            "device", "gateway", "--name", "gw-fuzz", "--clinic", "default",
+        ],
+    );
+    let covered = fuzz(&server, gateway.trim(), 0x5EED_0001).await;
     let stored: Vec<(String, i64)> = sqlx::query_as("SELECT device_id, seq FROM device_messages")
         .fetch_all(&db.pool)
         .await
@@ -318,9 +337,29 @@ async fn fuzzed_messages_on_sqlite_are_answered_never_panic_and_acks_cover_only_
     let dir = std::env::temp_dir().join(format!("pentrace-fuzz-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("data dir");
     let server = Server::start_sqlite(&dir, &["--auto-register", "--no-mqtt"], &[]).await;
-    let covered = fuzz(&server, 0x5EED_0002).await;
     let url = format!("sqlite://{}", dir.join("pentrace.db").display());
     let pool = sqlx::SqlitePool::connect(&url).await.expect("sqlite file");
+    sqlx::query(
+        "INSERT INTO clinics (id, name) VALUES ('default', 'default') ON CONFLICT DO NOTHING",
+    )
+    .execute(&pool)
+    .await
+    .expect("clinic");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pentrace"))
+        .env_remove("DATABASE_URL")
+        .env("PENTRACE_DATA_DIR", &dir)
+        .args([
+            "device", "gateway", "--name", "gw-fuzz", "--clinic", "default",
+        ])
+        .output()
+        .expect("pentrace device gateway");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let covered = fuzz(&server, &gateway, 0x5EED_0002).await;
     let stored: Vec<(String, i64)> = sqlx::query_as("SELECT device_id, seq FROM device_messages")
         .fetch_all(&pool)
         .await

@@ -138,20 +138,17 @@ impl Server {
         } else {
             &["--grpc-addr", "127.0.0.1:0"]
         };
-        // The tests talk plain gRPC and HTTP on loopback (TLS has tests of
-        // its own).
-        let plaintext: &[&str] = if args.contains(&"--plaintext") {
-            &[]
-        } else {
-            &["--plaintext"]
-        };
+        // Plaintext on loopback unless the test configures TLS itself
+        // (tests/e2e/identity.rs covers TLS and mTLS).
+        let tls_chosen = envs.iter().any(|(k, _)| k.starts_with("PENTRACE_TLS__"));
+        let plaintext: &[&str] = if tls_chosen { &[] } else { &["--plaintext"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_pentrace"))
             .env_remove("DATABASE_URL")
             .args(["serve", "--http-addr", "127.0.0.1:0"])
+            .args(plaintext)
             .args(store)
             .args(any_grpc_port)
             .args(free_mqtt_port)
-            .args(plaintext)
             .args(args)
             .env(
                 "RUST_LOG",
@@ -305,10 +302,51 @@ impl TestApp {
             .await
             .expect("connect")
     }
-    pub async fn telemetry(&self) -> TelemetryClient<Channel> {
-        TelemetryClient::new(self.channel().await)
+    /// A Telemetry client with a new gateway credential of the clinic: it
+    /// may send for every pen registered there.
+    pub async fn telemetry_for(&self, clinic: &str) -> TelemetryClient<Authed> {
+        let secret = self.gateway_secret(clinic).await;
+        TelemetryClient::with_interceptor(self.channel().await, Self::bearer(&secret))
     }
-    fn bearer(token: &str) -> Bearer {
+    /// Issues a gateway credential for the clinic.
+    pub async fn gateway_secret(&self, clinic: &str) -> String {
+        self.issue(
+            pb::CredentialKind::GatewaySecret,
+            &format!("gw-{clinic}"),
+            clinic,
+        )
+        .await
+        .secret
+    }
+    /// Issues a pen's own secret.
+    pub async fn pen_secret(&self, device_id: &str) -> String {
+        self.issue(pb::CredentialKind::PenSecret, device_id, "")
+            .await
+            .secret
+    }
+    pub async fn issue(
+        &self,
+        kind: pb::CredentialKind,
+        principal: &str,
+        clinic: &str,
+    ) -> pb::IssuedDeviceCredential {
+        self.registry()
+            .await
+            .issue_device_credential(pb::IssueDeviceCredentialRequest {
+                kind: kind as i32,
+                principal: principal.into(),
+                clinic_id: clinic.into(),
+                replace: false,
+            })
+            .await
+            .unwrap_or_else(|s| panic!("issue a {kind:?} credential for {principal}: {s:?}"))
+            .into_inner()
+    }
+    /// A Telemetry client presenting `secret`.
+    pub async fn telemetry_with(&self, secret: &str) -> TelemetryClient<Authed> {
+        TelemetryClient::with_interceptor(self.channel().await, Self::bearer(secret))
+    }
+    pub fn bearer(token: &str) -> Bearer {
         Bearer(format!("Bearer {token}").parse().expect("ascii token"))
     }
     pub async fn registry(&self) -> RegistryClient<Authed> {
@@ -480,7 +518,7 @@ impl Downlinks {
 /// Streams the messages on one stream and collects every downlink until
 /// the server ends the stream.
 pub async fn exchange(
-    client: &mut TelemetryClient<Channel>,
+    client: &mut TelemetryClient<Authed>,
     messages: Vec<pb::DeviceMessage>,
 ) -> Downlinks {
     use pb::device_downlink::Body;

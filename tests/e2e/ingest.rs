@@ -143,7 +143,7 @@ fn yymm00(year: i32, month: u32) -> String {
 /// Streams the messages over one gRPC stream and returns the last ack per
 /// device.
 async fn stream(app: &TestApp, messages: Vec<pb::DeviceMessage>) -> HashMap<String, u64> {
-    let mut client = app.telemetry().await;
+    let mut client = app.telemetry_for("clinic-a").await;
     watermarks(exchange(&mut client, messages).await)
 }
 
@@ -503,11 +503,8 @@ async fn futures_join(
 ) -> Vec<HashMap<String, u64>> {
     let mut tasks = tokio::task::JoinSet::new();
     for (i, messages) in streams.into_iter().enumerate() {
-        let grpc = app.grpc.clone();
+        let mut client = app.telemetry_for("clinic-a").await;
         tasks.spawn(async move {
-            let mut client = pentrace_proto::v1::telemetry_client::TelemetryClient::connect(grpc)
-                .await
-                .expect("connect");
             let down = exchange(&mut client, messages).await;
             assert!(down.end.is_ok(), "stream {i} ended with {:?}", down.end);
             watermarks(down)

@@ -12,6 +12,7 @@ mod faults;
 mod fuzz;
 mod helpers;
 mod ingest;
+mod mosquitto_identity;
 mod mqtt;
 mod mqtt_faults;
 mod pgcluster;

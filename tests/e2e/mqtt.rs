@@ -29,8 +29,16 @@ impl MqttPen {
 
     /// Connects to a broker on 127.0.0.1:`port`.
     pub(crate) async fn connect_port(port: u16, id: &str) -> MqttPen {
+        MqttPen::connect_with(port, id, None).await
+    }
+
+    /// Connects with its credential, if any (username = device id).
+    pub(crate) async fn connect_with(port: u16, id: &str, secret: Option<&str>) -> MqttPen {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_max_packet_size(8 << 20, 8 << 20);
+        if let Some(secret) = secret {
+            options.set_credentials(id, secret);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         client
             .subscribe(format!("pentrace/v1/devices/{id}/down"), QoS::AtLeastOnce)

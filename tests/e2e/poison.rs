@@ -179,7 +179,10 @@ async fn poison_over_grpc_is_stored_and_flagged_or_answered_and_good_messages_pa
     let app = spawn_app_with(&["--no-mqtt"], &[]).await;
     register(&app, "clinic-a", &[("pen-g", 0)], &[], &[]).await;
     let messages = poison("pen-g", 1);
-    let mut client = app.telemetry().await.max_encoding_message_size(4 << 20);
+    let mut client = app
+        .telemetry_for("clinic-a")
+        .await
+        .max_encoding_message_size(4 << 20);
     let down = exchange(
         &mut client,
         messages.iter().map(|(m, _)| m.clone()).collect(),

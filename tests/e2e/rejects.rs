@@ -24,7 +24,7 @@ fn heartbeat(device: &str, seq: u64) -> pb::DeviceMessage {
 /// Streams the messages on one stream and returns every downlink.
 async fn stream(app: &TestApp, messages: Vec<pb::DeviceMessage>) -> Downlinks {
     let mut client = app
-        .telemetry()
+        .telemetry_for("clinic-a")
         .await
         .max_encoding_message_size(4 * 1024 * 1024);
     exchange(&mut client, messages).await
@@ -198,7 +198,11 @@ async fn bad_content_is_stored_and_flagged_not_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_register_accepts_unknown_devices_into_the_default_clinic() {
     let app = spawn_app(&["--auto-register"]).await;
-    let down = stream(&app, vec![heartbeat("new-pen", 1)]).await;
+    // An unregistered pen has no credential of its own: a gateway of the
+    // default clinic speaks for it.
+    register(&app, "default", &[], &[], &[]).await;
+    let mut client = app.telemetry_for("default").await;
+    let down = exchange(&mut client, vec![heartbeat("new-pen", 1)]).await;
     assert!(down.end.is_ok(), "{:?}", down.end);
     assert_eq!(down.watermark("new-pen"), 1);
     assert_eq!(

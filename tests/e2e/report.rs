@@ -156,7 +156,8 @@ async fn stream_all(app: &TestApp, planned: &[Planned]) {
         pens.entry(&p.device).or_default().session(p);
     }
     for (device, pen) in pens {
-        let mut client = app.telemetry().await;
+        // Each pen on its own credential.
+        let mut client = app.telemetry_with(&app.pen_secret(device).await).await;
         let down = crate::helpers::exchange(&mut client, pen.messages).await;
         assert!(down.end.is_ok(), "{:?}", down.end);
         assert_eq!(

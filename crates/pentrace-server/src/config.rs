@@ -349,6 +349,12 @@ impl Config {
                 problem: p,
             })?;
         }
+        if self.mqtt.dynsec_admin.is_some() && self.mqtt.url.is_none() {
+            return Err(invalid(
+                "mqtt.dynsec_admin",
+                "needs mqtt.url: only an external Mosquitto has dynamic security",
+            ));
+        }
         if self.mqtt.keep_alive_s == 0 {
             return Err(invalid("mqtt.keep_alive_s", "must be between 1 and 65535"));
         }
@@ -546,6 +552,32 @@ mod tests {
             let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.ingest.batch_max_messages, 777);
             assert_eq!(config.audit.checkpoint_interval_s, Some(5));
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_dynsec_admin_is_read_from_the_environment_never_printed_and_needs_a_url() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PENTRACE_MQTT__DYNSEC_ADMIN__USERNAME", "admin");
+            jail.set_env("PENTRACE_MQTT__DYNSEC_ADMIN__PASSWORD", "s3cret-admin");
+            let err = Config::load(None, &Overrides::default()).expect_err("no url");
+            assert!(err.to_string().contains("mqtt.dynsec_admin"), "{err}");
+            jail.set_env("PENTRACE_MQTT__URL", "mqtt://broker:1883");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            let admin = config.mqtt.dynsec_admin.as_ref().expect("admin");
+            assert_eq!(admin.username, "admin");
+            assert_eq!(admin.password.expose_secret(), "s3cret-admin");
+            let printed = format!(
+                "{config:?} {}",
+                serde_json::to_string(&config).expect("json")
+            );
+            assert!(!printed.contains("s3cret-admin"), "{printed}");
+            jail.set_env("PENTRACE_MQTT__DYNSEC_ADMIN__PASSWORD", "");
+            jail.set_env("PENTRACE_MQTT__DYNSEC_ADMIN__USER", "typo");
+            let err = Config::load(None, &Overrides::default()).expect_err("typo");
+            assert!(err.to_string().contains("user"), "{err}");
             Ok(())
         });
     }

@@ -116,6 +116,15 @@ impl DeviceIdentity {
     }
 }
 
+/// What [`DeviceAuthenticator::may_send_for`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// The device is registered and the identity speaks for it.
+    Registered,
+    /// A gateway's message for a device not registered anywhere.
+    Unregistered,
+}
+
 /// Why a device was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthFailure {
@@ -365,12 +374,16 @@ impl DeviceAuthenticator {
     }
 
     /// Whether the identity may send messages of `device_id`: a pen only its
-    /// own, a gateway those of the registered pens of its clinic.
+    /// own, a gateway those of the pens of its clinic. A gateway's message
+    /// for a device nobody registered goes on to the pipeline, which refuses
+    /// it as an unknown device (or registers it to the default clinic with
+    /// `auto_register`); [`Permit::Unregistered`] says so, and that it must
+    /// not be remembered as permitted.
     pub async fn may_send_for(
         &self,
         identity: &DeviceIdentity,
         device_id: &str,
-    ) -> Result<(), AuthFailure> {
+    ) -> Result<Permit, AuthFailure> {
         let refuse = |why| AuthFailure::NotPermitted {
             credential_id: identity.credential_id(),
             principal: identity.principal().to_owned(),
@@ -379,7 +392,9 @@ impl DeviceAuthenticator {
             why,
         };
         match identity {
-            DeviceIdentity::Pen { device_id: own, .. } if own == device_id => Ok(()),
+            DeviceIdentity::Pen { device_id: own, .. } if own == device_id => {
+                Ok(Permit::Registered)
+            }
             DeviceIdentity::Pen { .. } => Err(refuse("a pen sends only its own messages")),
             DeviceIdentity::Gateway { clinic_id, .. } => {
                 let clinic = self
@@ -389,8 +404,9 @@ impl DeviceAuthenticator {
                     .await
                     .map_err(|_| AuthFailure::Unavailable)?;
                 match clinic {
-                    Some(c) if &c == clinic_id => Ok(()),
-                    _ => Err(refuse(
+                    Some(c) if &c == clinic_id => Ok(Permit::Registered),
+                    None => Ok(Permit::Unregistered),
+                    Some(_) => Err(refuse(
                         "a gateway sends only for the registered pens of its clinic",
                     )),
                 }

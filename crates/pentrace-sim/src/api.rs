@@ -56,7 +56,8 @@ impl Api {
             _ => Bearer(None),
         };
         Ok(Api {
-            channel: grpc_channel(&config.grpc_url).await?,
+            channel: grpc_channel(&config.grpc_url, crate::driver::ca_pem(config)?.as_deref())
+                .await?,
             bearer,
         })
     }

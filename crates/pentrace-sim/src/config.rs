@@ -70,9 +70,16 @@ pub struct SimConfig {
     pub token: Option<String>,
     /// MQTT broker, `mqtt://host:port`.
     pub mqtt_url: String,
-    /// Password every pen presents to the broker (username = device id);
-    /// empty for a broker that allows anonymous devices.
+    /// Password every pen presents to the broker (username = device id)
+    /// when it has no credential of its own (see `credentials`).
     pub mqtt_password: String,
+    /// The pens' credentials, one `device_id secret` line each: written by
+    /// `setup` (which issues a secret per pen through the Registry), read
+    /// by a run without setup. Without a file, setup keeps them in memory.
+    pub credentials: Option<PathBuf>,
+    /// CA certificate (PEM) the server's TLS certificate chains to, for
+    /// `https://` gRPC URLs.
+    pub ca_cert: Option<PathBuf>,
     /// Clinic of the pens; device ids are `{clinic}-pen-{i:04}`.
     pub clinic: String,
     /// Sessions per pen.
@@ -107,6 +114,8 @@ impl Default for SimConfig {
             token: None,
             mqtt_url: "mqtt://127.0.0.1:1883".into(),
             mqtt_password: String::new(),
+            credentials: None,
+            ca_cert: None,
             clinic: "sim-clinic".into(),
             sessions: 4,
             batches: 20,

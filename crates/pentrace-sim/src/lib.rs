@@ -57,7 +57,7 @@ use scenario::Scenario;
 /// messages are acknowledged. Writes the ground truth first if asked.
 pub async fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     config.validate()?;
-    let bases = api::retrying(config.ack_timeout, || prepare(config)).await?;
+    let (bases, secrets) = api::retrying(config.ack_timeout, || prepare(config)).await?;
     // Virtual time starts now, after the setup's recall: every simulated
     // session starts after it.
     let t0 = Utc::now();
@@ -71,6 +71,7 @@ pub async fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         Arc::clone(&scenario),
         &bases,
         Arc::clone(&counters),
+        secrets,
     )?);
     let progress = (config.progress == ProgressMode::Auto)
         .then(|| Progress::start(Arc::clone(&counters), scenario.messages() as u64));
@@ -85,13 +86,25 @@ pub async fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     ))
 }
 
-/// Setup (if asked) and the pens' last seqs; safe to repeat.
-async fn prepare(config: &SimConfig) -> Result<Vec<u64>, SimError> {
+/// Setup (if asked), the pens' credentials and their last seqs; safe to
+/// repeat.
+async fn prepare(
+    config: &SimConfig,
+) -> Result<(Vec<u64>, std::collections::HashMap<String, String>), SimError> {
     let api = api::Api::connect(config).await?;
-    if config.setup {
+    let secrets = if config.setup {
         setup::register(&api, config, Utc::now().date_naive()).await?;
-    }
-    setup::seq_bases(&api, config).await
+        let secrets = setup::issue_secrets(&api, config).await?;
+        if let Some(path) = &config.credentials {
+            setup::write_credentials(path, &secrets)?;
+        }
+        secrets
+    } else if let Some(path) = &config.credentials {
+        setup::read_credentials(path)?
+    } else {
+        Default::default()
+    };
+    Ok((setup::seq_bases(&api, config).await?, secrets))
 }
 
 /// Every pen in its own task; the first failure stops them all (pens may

@@ -49,6 +49,67 @@ pub async fn register(api: &Api, config: &SimConfig, today: NaiveDate) -> Result
     Ok(())
 }
 
+/// Issues a secret for every pen (a new one each setup: earlier ones stay
+/// valid, so two runs on the same clinic do not lock each other out).
+pub async fn issue_secrets(
+    api: &Api,
+    config: &SimConfig,
+) -> Result<HashMap<String, String>, SimError> {
+    let mut registry = api.registry();
+    let mut secrets = HashMap::new();
+    for i in 0..config.devices {
+        let device_id = config.device_id(i);
+        let issued = registry
+            .issue_device_credential(pb::IssueDeviceCredentialRequest {
+                kind: pb::CredentialKind::PenSecret as i32,
+                principal: device_id.clone(),
+                clinic_id: String::new(),
+                replace: false,
+            })
+            .await
+            .map_err(|s| SimError::rpc("Registry.IssueDeviceCredential", s))?
+            .into_inner();
+        secrets.insert(device_id, issued.secret);
+    }
+    Ok(secrets)
+}
+
+/// `device_id secret` lines, readable by the owner only.
+pub fn write_credentials(
+    path: &std::path::Path,
+    secrets: &HashMap<String, String>,
+) -> Result<(), SimError> {
+    use std::io::Write;
+    let mut lines: Vec<_> = secrets.iter().map(|(d, s)| format!("{d} {s}\n")).collect();
+    lines.sort();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let fail =
+        |e: std::io::Error| SimError::Config(format!("cannot write {}: {e}", path.display()));
+    let mut file = options.open(path).map_err(fail)?;
+    file.write_all(lines.concat().as_bytes()).map_err(fail)
+}
+
+pub fn read_credentials(path: &std::path::Path) -> Result<HashMap<String, String>, SimError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SimError::Config(format!("cannot read {}: {e}", path.display())))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [device, secret] => Ok((device.to_owned(), secret.to_owned())),
+            _ => Err(SimError::Config(format!(
+                "{}: expected `device_id secret` lines",
+                path.display()
+            ))),
+        })
+        .collect()
+}
+
 /// A product with its good lot and its recalled lot.
 async fn register_product(
     api: &Api,

@@ -64,7 +64,8 @@ enum Command {
     /// Messages the pipeline could not process, kept with their raw bytes.
     #[command(subcommand)]
     Quarantine(quarantine::QuarantineCommand),
-    /// The broker side of MQTT ingest: end a gone process's session.
+    /// The broker side of MQTT ingest: set up a Mosquitto's accounts, end a
+    /// gone process's session.
     #[command(subcommand)]
     Mqtt(mqtt::MqttCommand),
     /// Benchmarks: the ingest suite against its baselines (no subcommand),

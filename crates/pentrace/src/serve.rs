@@ -65,7 +65,7 @@ pub struct MigrateArgs {
     common: ConfigArgs,
 }
 
-fn load(common: &ConfigArgs, mut overrides: Overrides) -> anyhow::Result<Config> {
+pub fn load(common: &ConfigArgs, mut overrides: Overrides) -> anyhow::Result<Config> {
     overrides.database_url = common.database_url.clone();
     Ok(Config::load(common.config.as_deref(), &overrides)?)
 }

@@ -17,9 +17,18 @@ pub struct SimArgs {
     /// How pens send telemetry: mqtt or grpc.
     #[arg(long, default_value = "mqtt", value_parser = parse_transport)]
     transport: Transport,
-    /// Server gRPC endpoint (setup and --verify always use it).
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// Server gRPC endpoint (setup and --verify always use it); https://
+    /// for a server with TLS (see --ca-cert).
+    #[arg(long, default_value = "https://127.0.0.1:50051")]
     grpc_url: String,
+    /// CA certificate the server's TLS certificate chains to (`pentrace
+    /// serve` creates it as `<data dir>/pki/ca.pem`).
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// The pens' credentials (`device_id secret` lines): --setup issues a
+    /// secret per pen and writes them here; a run without --setup reads them.
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<PathBuf>,
     /// Bearer token for the Registry (--setup needs an admin's), Fleet and
     /// Compliance (--verify) services.
     #[arg(long, conflicts_with = "token_file")]
@@ -30,8 +39,8 @@ pub struct SimArgs {
     /// MQTT broker (mqtt://HOST:PORT; no TLS).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     mqtt_url: String,
-    /// Password every pen presents to the broker (its username is its
-    /// device id); empty for a broker that allows anonymous devices.
+    /// Password a pen presents to the broker (its username is its device
+    /// id) when it has no credential of its own (--credentials, --setup).
     #[arg(long, default_value = "")]
     mqtt_password: String,
     /// Clinic of the simulated pens.
@@ -107,6 +116,8 @@ impl SimArgs {
             token,
             mqtt_url: self.mqtt_url,
             mqtt_password: self.mqtt_password,
+            credentials: self.credentials,
+            ca_cert: self.ca_cert,
             clinic: self.clinic,
             sessions: self.sessions,
             batches: self.batches,

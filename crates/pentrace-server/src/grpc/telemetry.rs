@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert;
-use crate::device_auth::{AuthFailure, ConnectionGuard, DeviceAuthenticator, DeviceIdentity};
+use crate::device_auth::{
+    AuthFailure, ConnectionGuard, DeviceAuthenticator, DeviceIdentity, Permit,
+};
 use crate::downlink::{self, AckRound, downlink};
 
 /// How often an open stream checks that its credential is still valid.
@@ -276,9 +278,10 @@ impl IngestStream {
         if self.permitted.contains(device_id) {
             return Ok(());
         }
-        self.auth.may_send_for(&self.identity, device_id).await?;
-        // Bounded by the devices a gateway's clinic has.
-        self.permitted.insert(device_id.to_owned());
+        if self.auth.may_send_for(&self.identity, device_id).await? == Permit::Registered {
+            // Bounded by the devices a gateway's clinic has.
+            self.permitted.insert(device_id.to_owned());
+        }
         Ok(())
     }
 

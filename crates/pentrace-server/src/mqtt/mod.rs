@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 mod consumer;
 mod downlink;
+pub mod dynsec;
 pub mod embedded;
 mod intake;
 mod order;
@@ -30,6 +31,10 @@ pub use consumer::spawn;
 
 /// The shared subscription every pentrace process joins.
 pub const SUBSCRIPTION: &str = "$share/pentrace/pentrace/v1/devices/+/up";
+
+/// Every device's `up` topic, the topics of what the shared subscription
+/// delivers.
+pub const PLAIN_SUBSCRIPTION: &str = "pentrace/v1/devices/+/up";
 
 /// Topic a device publishes on.
 pub fn up_topic(device_id: &str) -> String {
@@ -89,6 +94,21 @@ pub struct MqttSettings {
     /// The broker drops the connection after 1.5 times this without a
     /// packet from us, which a poller stopped by a full intake does not send.
     pub keep_alive_s: u16,
+    /// The external broker's dynamic security admin
+    /// (deploy/mosquitto/README.md), with which pentrace manages the
+    /// broker's consumer and pen accounts ([`MqttSettings::broker_accounts`]).
+    /// Needs `url`.
+    pub dynsec_admin: Option<DynsecAdmin>,
+}
+
+/// Credentials of a Mosquitto dynamic security admin (`mosquitto_ctrl
+/// dynsec init`), as `mqtt.dynsec_admin.username` and `.password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynsecAdmin {
+    pub username: String,
+    #[serde(skip_serializing)]
+    pub password: SecretString,
 }
 
 impl Default for MqttSettings {
@@ -103,6 +123,7 @@ impl Default for MqttSettings {
             max_packet_bytes: 4 * 1024 * 1024,
             keep_session_on_shutdown: false,
             keep_alive_s: 30,
+            dynsec_admin: None,
         }
     }
 }
@@ -134,6 +155,25 @@ impl MqttSettings {
     /// [`MqttSettings::keep_alive_s`] as a duration.
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(u64::from(self.keep_alive_s))
+    }
+
+    /// The external broker's accounts, when a dynsec admin is configured.
+    pub async fn broker_accounts(
+        &self,
+    ) -> Result<Option<dynsec::BrokerAccounts>, BrokerAccountsError> {
+        let Some(admin) = &self.dynsec_admin else {
+            return Ok(None);
+        };
+        let url = self.url.as_deref().ok_or(BrokerAccountsError::NoUrl)?;
+        let (host, port) = parse_url(url).map_err(BrokerAccountsError::Url)?;
+        let accounts = dynsec::BrokerAccounts::connect(
+            &host,
+            port,
+            &admin.username,
+            admin.password.expose_secret(),
+        )
+        .await?;
+        Ok(Some(accounts))
     }
 }
 
@@ -172,6 +212,17 @@ pub const REQUEST_CAPACITY: usize = 4 * 65_536;
 /// A client and its event loop.
 pub fn connect(settings: &MqttSettings, host: &str, port: u16) -> (AsyncClient, EventLoop) {
     AsyncClient::new(options(settings, host, port), REQUEST_CAPACITY)
+}
+
+/// Why the external broker's accounts cannot be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerAccountsError {
+    #[error("mqtt.dynsec_admin needs mqtt.url (the embedded broker has no dynamic security)")]
+    NoUrl,
+    #[error("mqtt.url: {0}")]
+    Url(String),
+    #[error(transparent)]
+    Dynsec(#[from] dynsec::DynsecError),
 }
 
 /// Why a persistent session could not be ended.

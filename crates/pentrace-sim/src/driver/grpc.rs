@@ -13,14 +13,40 @@ use tonic::transport::{Channel, Endpoint};
 use super::link::{EVENT_QUEUE, Event, Link, OUTBOUND_QUEUE, Task};
 use crate::error::SimError;
 
-/// A channel to the server's gRPC endpoint.
-pub async fn channel(url: &str) -> Result<Channel, SimError> {
+/// The CA certificate of `config.ca_cert`, read once.
+pub fn ca_pem(config: &crate::config::SimConfig) -> Result<Option<String>, SimError> {
+    config
+        .ca_cert
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path).map_err(|e| {
+                SimError::Config(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    path.display()
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// A channel to the server's gRPC endpoint; `https://` URLs verify the
+/// server against `ca_pem` (or the system's roots when none is given).
+pub async fn channel(url: &str, ca_pem: Option<&str>) -> Result<Channel, SimError> {
     let fail = |reason: String| SimError::Connect {
         url: url.to_owned(),
         reason,
     };
-    Endpoint::from_shared(url.to_owned())
-        .map_err(|e| fail(e.to_string()))?
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| fail(e.to_string()))?;
+    if url.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = ca_pem {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| fail(error_chain(&e)))?;
+    }
+    endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()
@@ -42,11 +68,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Opens a pen's ingest stream; the link reports `Ready` at once.
-pub async fn connect(url: &str, device_id: &str) -> Result<Link, String> {
-    let channel = channel(url).await.map_err(|e| e.to_string())?;
+pub async fn connect(
+    url: &str,
+    ca_pem: Option<&str>,
+    device_id: &str,
+    secret: &str,
+) -> Result<Link, String> {
+    let channel = channel(url, ca_pem).await.map_err(|e| e.to_string())?;
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let bearer = format!("Bearer {secret}")
+        .parse()
+        .map_err(|_| "the pen's secret cannot be sent as metadata".to_owned())?;
+    request.metadata_mut().insert("authorization", bearer);
     let response = TelemetryClient::new(channel)
-        .ingest(ReceiverStream::new(rx))
+        .ingest(request)
         .await
         .map_err(|s| format!("Telemetry.Ingest: {s}"))?;
     let mut inbound = response.into_inner();

@@ -18,7 +18,7 @@ mod link;
 mod mqtt;
 mod pen;
 
-pub(crate) use grpc::channel as grpc_channel;
+pub(crate) use grpc::{ca_pem, channel as grpc_channel};
 pub(crate) use link::backoff;
 pub use pen::Reject;
 pub(crate) use pen::{PenOutcome, run_pen};
@@ -61,7 +61,7 @@ impl Counters {
 /// How pens connect.
 #[derive(Debug, Clone)]
 pub(crate) enum Connector {
-    Grpc { url: String },
+    Grpc { url: String, ca_pem: Option<String> },
     Mqtt(mqtt::MqttTarget),
 }
 
@@ -70,6 +70,7 @@ impl Connector {
         Ok(match config.transport {
             Transport::Grpc => Connector::Grpc {
                 url: config.grpc_url.clone(),
+                ca_pem: grpc::ca_pem(config)?,
             },
             Transport::Mqtt => Connector::Mqtt(mqtt::MqttTarget::parse(
                 &config.mqtt_url,
@@ -92,6 +93,8 @@ pub(crate) struct Shared {
     pub compression: f64,
     pub ack_timeout: Duration,
     pub max_inflight: usize,
+    /// Each pen's secret (gRPC bearer metadata, MQTT password).
+    pub secrets: std::collections::HashMap<String, String>,
 }
 
 impl Shared {
@@ -100,6 +103,7 @@ impl Shared {
         scenario: Arc<Scenario>,
         bases: &[u64],
         counters: Arc<Counters>,
+        secrets: std::collections::HashMap<String, String>,
     ) -> Result<Shared, SimError> {
         let watermarks = (0..scenario.pens.len())
             .map(|i| watch::channel(bases.get(i).copied().unwrap_or(0)).0)
@@ -113,6 +117,7 @@ impl Shared {
             compression: config.compression,
             ack_timeout: config.ack_timeout,
             max_inflight: config.max_inflight,
+            secrets,
         })
     }
 

@@ -76,12 +76,13 @@ pub fn down_topic(device_id: &str) -> String {
 
 /// Starts a pen's client; the link reports `Ready` once connected and
 /// subscribed to the downlink, and again after every reconnect.
-pub fn connect(target: &MqttTarget, device_id: &str, jitter: f64) -> Link {
+pub fn connect(target: &MqttTarget, device_id: &str, secret: Option<&String>, jitter: f64) -> Link {
+    let password = secret.unwrap_or(&target.password).clone();
     let mut options = MqttOptions::new(device_id, target.host.clone(), target.port);
     options
         .set_clean_session(true)
         .set_keep_alive(Duration::from_secs(30))
-        .set_credentials(device_id, target.password.clone())
+        .set_credentials(device_id, password)
         .set_max_packet_size(MAX_INCOMING, MAX_OUTGOING);
     let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
     let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);

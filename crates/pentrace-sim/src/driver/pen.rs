@@ -427,11 +427,18 @@ impl<'a> Pen<'a> {
     async fn connect(&mut self) -> Result<(), SimError> {
         let since = Instant::now();
         loop {
+            let secret = self.shared.secrets.get(&self.plan.device_id);
             let attempt = match &self.shared.connector {
-                Connector::Grpc { url } => grpc::connect(url, &self.plan.device_id).await,
-                Connector::Mqtt(target) => {
-                    Ok(mqtt::connect(target, &self.plan.device_id, self.jitter))
+                Connector::Grpc { url, ca_pem } => {
+                    let secret = secret.map(String::as_str).unwrap_or_default();
+                    grpc::connect(url, ca_pem.as_deref(), &self.plan.device_id, secret).await
                 }
+                Connector::Mqtt(target) => Ok(mqtt::connect(
+                    target,
+                    &self.plan.device_id,
+                    secret,
+                    self.jitter,
+                )),
             };
             match attempt {
                 Ok(link) => {
@@ -455,7 +462,7 @@ impl<'a> Pen<'a> {
 
     fn url(&self) -> String {
         match &self.shared.connector {
-            Connector::Grpc { url } => url.clone(),
+            Connector::Grpc { url, .. } => url.clone(),
             Connector::Mqtt(t) => format!("mqtt://{}:{}", t.host, t.port),
         }
     }
