@@ -61,8 +61,9 @@ const MAX_UNSETTLED_BYTES: usize = 16 * 1024 * 1024;
 /// (see [`PacketReader::drain`]).
 const LINGER: Duration = Duration::from_secs(2);
 
-/// How often a connected credential is checked again (revoked → closed).
-pub(super) const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a connected credential is checked again (revoked → closed):
+/// as often as a gRPC stream's.
+pub(super) const RECHECK_INTERVAL: Duration = crate::grpc::telemetry::REVALIDATE_EVERY;
 
 /// What every connection shares.
 #[derive(Debug)]

@@ -32,7 +32,7 @@
 //!   for good; a retryable refusal is not PUBACKed (the pen resends). The
 //!   pen learns of each outcome on its `down` topic (QoS 0).
 //! - Revocation: every connected credential is checked again every
-//!   [`connection::RECHECK_INTERVAL`]; a revoked one is disconnected.
+//!   5 s (as a gRPC stream); a revoked one is disconnected.
 //! - Limits: a packet over `max_message_bytes` plus [`TOPIC_ALLOWANCE`]
 //!   closes the connection from its fixed header, before it is read; one
 //!   just over `max_message_bytes` is refused as `oversized` and
@@ -253,6 +253,44 @@ impl Sessions {
                 .is_some_and(|(current, _)| *current == id)
         {
             live.remove(client_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_new_connection_takes_the_client_id_over_and_the_old_one_leaves_nothing_behind() {
+        let sessions = Sessions::default();
+        let first = sessions.take_over("pen-a");
+        assert!(!first.replaced);
+        let second = sessions.take_over("pen-a");
+        assert!(second.replaced && first.kicked.is_cancelled());
+        assert!(!second.kicked.is_cancelled());
+        // The first one ending does not remove the second.
+        sessions.leave("pen-a", first.id);
+        let third = sessions.take_over("pen-a");
+        assert!(third.replaced && second.kicked.is_cancelled());
+        sessions.leave("pen-a", third.id);
+        assert!(!sessions.take_over("pen-a").replaced);
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_named_with_the_flags_to_change_it() {
+        let taken = std::net::TcpListener::bind((LISTEN_IP, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let config = EmbeddedConfig {
+            port,
+            max_message_bytes: 1024,
+        };
+        let text = EmbeddedBroker::bind(&config).await.unwrap_err().to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        for flag in ["--mqtt-port", "--mqtt-url", "--no-mqtt"] {
+            assert!(text.contains(flag), "{text}");
         }
     }
 }

@@ -159,3 +159,83 @@ impl PacketWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::Publish;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected pair: (the server's reader, the client's socket).
+    async fn pair(max: usize) -> (PacketReader, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, _write) = server.into_split();
+        (PacketReader::new(read, max), client)
+    }
+
+    #[tokio::test]
+    async fn a_packet_over_the_limit_is_refused_from_its_fixed_header() {
+        let (mut reader, mut client) = pair(1024).await;
+        // PUBLISH QoS 1 claiming 10 MB; the body never comes.
+        client
+            .write_all(&[0x32, 0x80, 0xAD, 0xE2, 0x04])
+            .await
+            .unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), reader.next())
+            .await
+            .expect("refused without waiting for the body");
+        assert!(
+            matches!(refused, Err(WireError::TooLarge(10_000_000))),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn packets_split_across_reads_and_several_in_one_are_framed() {
+        let (mut reader, mut client) = pair(1024).await;
+        let mut bytes = BytesMut::new();
+        for pkid in 1..=3 {
+            let mut p = Publish::new("pentrace/v1/devices/p/up", QoS::AtLeastOnce, vec![7; 100]);
+            p.pkid = pkid;
+            Packet::Publish(p).write(&mut bytes, 1 << 20).unwrap();
+        }
+        Packet::PingReq.write(&mut bytes, 1 << 20).unwrap();
+        let (first, rest) = bytes.split_at(50);
+        client.write_all(first).await.unwrap();
+        client.flush().await.unwrap();
+        let writer = async {
+            tokio::task::yield_now().await;
+            client.write_all(rest).await.unwrap();
+        };
+        let reading = async {
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.push(reader.next().await.unwrap());
+            }
+            got
+        };
+        let ((), got) = tokio::join!(writer, reading);
+        assert!(matches!(&got[0], Packet::Publish(p) if p.pkid == 1 && p.payload.len() == 100));
+        assert!(matches!(&got[2], Packet::Publish(p) if p.pkid == 3));
+        assert_eq!(got[3], Packet::PingReq);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_malformed_and_a_close_is_closed() {
+        let (mut reader, mut client) = pair(1024).await;
+        // Packet type 0 does not exist.
+        client.write_all(&[0x00, 0x00]).await.unwrap();
+        assert!(matches!(reader.next().await, Err(WireError::Malformed(_))));
+        let (mut reader, client) = pair(1024).await;
+        drop(client);
+        assert!(matches!(reader.next().await, Err(WireError::Closed)));
+    }
+}
