@@ -914,3 +914,167 @@ async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_h
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_away_a_connection_is_not_read_past_its_cap_and_nothing_is_lost() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use bytes::BytesMut;
+    use pentrace_proto::v1::registry_client::RegistryClient;
+    use rumqttc::mqttbytes::v4::{Packet, Publish};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::helpers::pentrace_cli_at;
+    use crate::pgcluster::PgCluster;
+    use crate::rss::RssSampler;
+
+    let mut pg = PgCluster::create();
+    let url = pg.url();
+    let server = Server::start_at(&url, "pentrace_front_outage", &[], &[]).await;
+    let port = embedded_port(&server.mqtt);
+    pentrace_cli_at(&url, &["user", "add", "--name", "Ada", "--role", "admin"]);
+    let token = pentrace_cli_at(&url, &["token", "issue", "--user", "Ada"]);
+    let channel = tonic::transport::Channel::from_shared(server.grpc.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut registry = RegistryClient::with_interceptor(channel, TestApp::bearer(token.trim()));
+    registry
+        .register_clinic(pb::RegisterClinicRequest {
+            clinic: Some(pb::Clinic {
+                clinic_id: "clinic-a".into(),
+                name: "A".into(),
+                time_zone: "UTC".into(),
+            }),
+        })
+        .await
+        .expect("clinic");
+    registry
+        .register_device(pb::RegisterDeviceRequest {
+            device: Some(pb::Device {
+                device_id: "pen-a".into(),
+                clinic_id: "clinic-a".into(),
+                model: "m".into(),
+                max_depth_um: 0,
+            }),
+        })
+        .await
+        .expect("device");
+    let secret = registry
+        .issue_device_credential(pb::IssueDeviceCredentialRequest {
+            kind: pb::CredentialKind::PenSecret as i32,
+            principal: "pen-a".into(),
+            clinic_id: String::new(),
+            replace: false,
+        })
+        .await
+        .expect("secret")
+        .into_inner()
+        .secret;
+    let in_db = || {
+        let url = url.clone();
+        async move {
+            match sqlx::PgPool::connect(&url).await {
+                Ok(pool) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM device_messages")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(-1),
+                Err(_) => -1,
+            }
+        }
+    };
+
+    let stream = raw_connect(port, "pen-a", &secret, 600).await;
+    let (mut read, mut write) = stream.into_split();
+    let acked = Arc::new(AtomicU64::new(0));
+    let reader = tokio::spawn({
+        let acked = acked.clone();
+        async move {
+            let mut bytes = BytesMut::new();
+            while read.read_buf(&mut bytes).await.is_ok_and(|n| n > 0) {
+                while let Ok(packet) = Packet::read(&mut bytes, 1 << 20) {
+                    if let Packet::PubAck(_) = packet {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+    // ~4 KiB messages, packet id = seq (at most 65,535).
+    let publish = |seq: u16| {
+        let mut m = heartbeat("pen-a", u64::from(seq));
+        m.body = Some(Body::Heartbeat(pb::Heartbeat {
+            battery_pct: 50,
+            firmware: "f".repeat(4000),
+        }));
+        let mut p = Publish::new(up("pen-a"), QoS::AtLeastOnce, m.encode_to_vec());
+        p.pkid = seq;
+        let mut out = BytesMut::new();
+        Packet::Publish(p).write(&mut out, 1 << 20).expect("encode");
+        out
+    };
+    write.write_all(&publish(1)).await.expect("publish");
+    eventually(Duration::from_secs(15), "the first stored", || async {
+        in_db().await == 1
+    })
+    .await;
+
+    pg.stop_immediate();
+    const BACKLOG: u16 = 20_000; // ~80 MiB
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn({
+        let written = written.clone();
+        async move {
+            for seq in 2..=BACKLOG + 1 {
+                write.write_all(&publish(seq)).await.expect("publish");
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            write
+        }
+    });
+    let sampler = RssSampler::start(server.pid(), Duration::from_millis(100));
+    // The server stops reading once 1,000 (or 16 MiB) are unsettled: the
+    // writer gets no further than that plus what the sockets buffer.
+    crate::rss::wait_steady(
+        server.pid(),
+        Duration::from_secs(2),
+        512,
+        Duration::from_secs(30),
+    )
+    .await;
+    let stuck_at = written.load(Ordering::Relaxed);
+    let curve = sampler.finish();
+    if std::env::var_os("TEST_LOG").is_some() {
+        println!(
+            "{stuck_at} of {BACKLOG} publishes written with the database away; RSS +{} KiB",
+            curve.growth_kib()
+        );
+    }
+    assert!(
+        stuck_at < 5_000,
+        "{stuck_at} of {BACKLOG} publishes written with the database away"
+    );
+    assert!(
+        curve.growth_kib() < 40 * 1024,
+        "RSS grew by {} KiB:\n{curve}",
+        curve.growth_kib()
+    );
+    assert_eq!(acked.load(Ordering::Relaxed), 1, "acked while not stored");
+
+    pg.start();
+    let all = i64::from(BACKLOG) + 1;
+    eventually(
+        Duration::from_secs(60),
+        "the whole backlog stored",
+        || async { in_db().await == all },
+    )
+    .await;
+    eventually(Duration::from_secs(20), "every publish acked", || async {
+        acked.load(Ordering::Relaxed) == all as u64
+    })
+    .await;
+    drop(writer.await.expect("writer"));
+    reader.abort();
+}
