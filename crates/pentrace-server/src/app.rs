@@ -245,6 +245,7 @@ impl Application {
                 store.clone(),
                 flags,
                 tls.ca.clone(),
+                config.mqtt.clone(),
             )))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc),
