@@ -426,3 +426,21 @@ impl Registry for RegistryService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_text_reasons_are_bounded_and_printable() {
+        assert_eq!(reason("reason", "  lost pen \n").ok().as_deref(), Some("lost pen"));
+        assert!(reason("reason", "two\nlines").is_ok());
+        let long = "x".repeat(MAX_REASON_CHARS + 1);
+        let refused = reason("reason", &long).expect_err("too long");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("at most 1000"));
+        assert!(reason("reason", "bell\u{7}").is_err());
+        // A 1 MiB signature reason (issue 13) is refused, not stored.
+        assert!(reason("reason", &"y".repeat(1 << 20)).is_err());
+    }
+}
