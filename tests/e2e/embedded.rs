@@ -1,6 +1,9 @@
-//! The embedded MQTT broker: `pentrace serve` with no MQTT configuration
-//! (but a free port) takes pens' messages over its own broker, with the
-//! same refusals as behind Mosquitto; a port in use stops start-up with a
+//! The embedded MQTT broker (pentrace's own front end): `pentrace serve`
+//! with no MQTT configuration (but a free port) takes pens' messages over
+//! it, authenticated by each pen's secret, with the same refusals as behind
+//! Mosquitto; a pen can use only its own topics (a gateway those of its
+//! clinic's pens), anonymous and borrowed identities are refused, and a
+//! revoked credential is disconnected. A port in use stops start-up with a
 //! message naming the way out.
 
 use std::time::{Duration, Instant};
@@ -9,10 +12,15 @@ use chrono::Utc;
 use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use prost::Message;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, Incoming, MqttOptions, QoS,
+    SubscribeFilter, SubscribeReasonCode,
+};
+use tokio::sync::mpsc;
 
-use crate::helpers::{Server, TestDb, eventually, pentrace_run, register, spawn_app, ts};
+use crate::helpers::{Server, TestApp, TestDb, eventually, pentrace_run, register, spawn_app, ts};
 use crate::ingest::http_get;
-use crate::mqtt::{MqttPen, heartbeat, session_start};
+use crate::mqtt::{covers, heartbeat, rejection_codes, session_start};
 
 /// The port of `embedded:127.0.0.1:PORT` on the start-up line.
 fn embedded_port(mqtt: &str) -> u16 {
@@ -20,6 +28,232 @@ fn embedded_port(mqtt: &str) -> u16 {
         .unwrap_or_else(|| panic!("not the embedded broker: mqtt={mqtt}"))
         .parse()
         .expect("port")
+}
+
+fn up(device: &str) -> String {
+    format!("pentrace/v1/devices/{device}/up")
+}
+
+fn down(device: &str) -> String {
+    format!("pentrace/v1/devices/{device}/down")
+}
+
+async fn revoke(app: &TestApp, credential_id: &str) {
+    app.registry()
+        .await
+        .revoke_device_credential(pb::RevokeDeviceCredentialRequest {
+            credential_id: credential_id.into(),
+            reason: "test".into(),
+        })
+        .await
+        .expect("revoke");
+}
+
+/// One MQTT connection to the embedded broker, driven by rumqttc without
+/// reconnecting: `incoming` ends when the server closes the connection.
+struct Device {
+    id: String,
+    client: AsyncClient,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    /// Packets received and not yet looked at.
+    seen: Vec<Incoming>,
+    closed: bool,
+}
+
+/// Connects as `client_id` with `login` (username, password); the CONNACK
+/// code when the server refuses.
+async fn connect(
+    port: u16,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> Result<Device, ConnectReturnCode> {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    // An in-flight window wider than any test sends, so that packet ids
+    // are not reused: 1 for the SUBSCRIBE of `pen`, then seq + 1.
+    options
+        .set_max_packet_size(8 << 20, 8 << 20)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1000);
+    if let Some((username, password)) = login {
+        options.set_credentials(username, password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let connack = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("a CONNACK within 10 s");
+    match connack {
+        Ok(()) => {}
+        Err(ConnectionError::ConnectionRefused(code)) => return Err(code),
+        Err(e) => panic!("{client_id}: no CONNACK: {e}"),
+    }
+    let (tx, incoming) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(i)) => {
+                    if tx.send(i).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // Closed: stop here (polling again would reconnect).
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(Device {
+        id: client_id.into(),
+        client,
+        incoming,
+        seen: Vec::new(),
+        closed: false,
+    })
+}
+
+/// A pen connected with its own secret and subscribed to its `down` topic.
+async fn pen(port: u16, device: &str, secret: &str) -> Device {
+    let mut d = connect(port, device, Some((device, secret)))
+        .await
+        .unwrap_or_else(|code| panic!("{device} refused: {code:?}"));
+    let codes = d.subscribe(&[&down(device)]).await;
+    assert_eq!(codes, vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+    d
+}
+
+impl Device {
+    /// The next packet within `within`; None once closed or on time-out.
+    async fn next(&mut self, within: Duration) -> Option<Incoming> {
+        if self.closed {
+            return None;
+        }
+        match tokio::time::timeout(within, self.incoming.recv()).await {
+            Ok(Some(i)) => Some(i),
+            Ok(None) => {
+                self.closed = true;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Subscribes and returns the SUBACK's codes.
+    async fn subscribe(&mut self, filters: &[&str]) -> Vec<SubscribeReasonCode> {
+        let filters = filters
+            .iter()
+            .map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
+        self.client
+            .subscribe_many(filters)
+            .await
+            .expect("subscribe");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.next(Duration::from_millis(200)).await {
+                Some(Incoming::SubAck(ack)) => return ack.return_codes,
+                Some(other) => self.seen.push(other),
+                None if self.closed => panic!("{}: closed before the SUBACK", self.id),
+                None => {}
+            }
+        }
+        panic!("{}: no SUBACK within 10 s", self.id);
+    }
+
+    async fn publish(&self, topic: &str, payload: Vec<u8>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish");
+    }
+
+    async fn send(&self, msg: &pb::DeviceMessage) {
+        self.publish(&up(&msg.device_id), msg.encode_to_vec()).await;
+    }
+
+    /// Waits for an ack of `device`'s `seq` on `device`'s `down` topic;
+    /// returns the downlinks seen before it.
+    async fn wait_ack(&mut self, device: &str, seq: u64) -> Vec<pb::DeviceDownlink> {
+        let mut others = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no ack of {device}/{seq}",
+                self.id
+            );
+            let Some(i) = self.next(Duration::from_millis(200)).await else {
+                assert!(
+                    !self.closed,
+                    "{}: closed waiting for {device}/{seq}",
+                    self.id
+                );
+                continue;
+            };
+            let Incoming::Publish(p) = &i else {
+                self.seen.push(i);
+                continue;
+            };
+            let d = pb::DeviceDownlink::decode(p.payload.as_ref()).expect("a downlink");
+            match &d.body {
+                Some(pb::device_downlink::Body::Ack(a))
+                    if p.topic == down(device) && a.device_id == device && covers(a, seq) =>
+                {
+                    self.seen.push(i);
+                    return others;
+                }
+                _ => {
+                    others.push(d);
+                    self.seen.push(i);
+                }
+            }
+        }
+    }
+
+    /// Waits until the server closes the connection.
+    async fn wait_closed(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(i) = self.next(Duration::from_millis(200)).await {
+                self.seen.push(i);
+            } else if self.closed {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Topics of every PUBLISH received so far.
+    async fn topics_received(&mut self) -> Vec<String> {
+        while let Some(i) = self.next(Duration::from_millis(10)).await {
+            self.seen.push(i);
+        }
+        self.seen
+            .iter()
+            .filter_map(|i| match i {
+                Incoming::Publish(p) => Some(p.topic.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+async fn stored(app: &TestApp, device: &str) -> i64 {
+    app.count(&format!(
+        "SELECT count(*) FROM device_messages WHERE device_id = '{device}'"
+    ))
+    .await
+}
+
+async fn metrics(app: &TestApp) -> String {
+    http_get(&format!("{}/metrics", app.http))
+        .await
+        .expect("metrics")
 }
 
 fn context(session: &str, udi: &str) -> pb::SessionContext {
@@ -56,17 +290,15 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
         &[],
     )
     .await;
-    let mut a = MqttPen::connect_port(port, "pen-a").await;
+    let secret_a = app.pen_secret("pen-a").await;
+    let secret_b = app.pen_secret("pen-b").await;
+    let mut a = pen(port, "pen-a", &secret_a).await;
 
     for seq in 1..=3 {
         a.send(&heartbeat("pen-a", seq)).await;
     }
-    a.wait_ack(3).await;
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-a'")
-            .await,
-        3
-    );
+    a.wait_ack("pen-a", 3).await;
+    assert_eq!(stored(&app, "pen-a").await, 3);
 
     // A whole session: start, ten samples, end.
     let session = uuid::Uuid::new_v4().to_string();
@@ -80,7 +312,7 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
             speed_hz: 100,
         })
         .collect();
-    let batch = pb::DeviceMessage {
+    a.send(&pb::DeviceMessage {
         device_id: "pen-a".into(),
         seq: 5,
         sent_at: Some(ts(Utc::now())),
@@ -89,9 +321,9 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
             started_at: Some(ts(Utc::now())),
             samples,
         })),
-    };
-    a.send(&batch).await;
-    let end = pb::DeviceMessage {
+    })
+    .await;
+    a.send(&pb::DeviceMessage {
         device_id: "pen-a".into(),
         seq: 6,
         sent_at: Some(ts(Utc::now())),
@@ -101,13 +333,13 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
             total_strokes: 100,
             reason: pb::EndReason::Completed as i32,
         })),
-    };
-    a.send(&end).await;
-    a.wait_ack(6).await;
-    let stored = format!(
+    })
+    .await;
+    a.wait_ack("pen-a", 6).await;
+    let ended = format!(
         "SELECT count(*) FROM sessions WHERE session_id = '{session}' AND ended_at IS NOT NULL"
     );
-    assert_eq!(app.count(&stored).await, 1);
+    assert_eq!(app.count(&ended).await, 1);
     assert_eq!(
         app.count("SELECT count(*) FROM stroke_samples WHERE device_id = 'pen-a'")
             .await,
@@ -115,61 +347,78 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
     );
 
     // pen-a's topic, a payload claiming pen-b: refused, as with Mosquitto.
-    a.publish_raw("pen-a", heartbeat("pen-b", 1).encode_to_vec())
+    a.publish(&up("pen-a"), heartbeat("pen-b", 1).encode_to_vec())
         .await;
-    // Over max_message_bytes (1 MiB) but within the broker's allowance
-    // for the topic: the consumer refuses it and goes on.
+    // Over max_message_bytes (1 MiB) but within the allowance for the
+    // topic: refused and answered, and the connection goes on.
     let mut big = heartbeat("pen-a", 7);
     big.body = Some(Body::Heartbeat(pb::Heartbeat {
         battery_pct: 1,
         firmware: "x".repeat(1024 * 1024),
     }));
     a.send(&big).await;
-    // Far over: the broker closes that pen's connection before reading it.
-    let huge_pen = MqttPen::connect_port(port, "pen-huge").await;
-    huge_pen
-        .publish_raw("pen-huge", vec![0x42; 3 * 1024 * 1024])
-        .await;
     a.send(&heartbeat("pen-a", 8)).await;
-    a.wait_ack(8).await;
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-a'")
-            .await,
-        7
+    let seen = a.wait_ack("pen-a", 8).await;
+    let codes = rejection_codes(&seen);
+    for code in [pb::RejectCode::DeviceMismatch, pb::RejectCode::Oversized] {
+        assert!(codes.contains(&code), "{code:?} not answered: {seen:?}");
+    }
+    // Far over: the connection is closed before the packet is read.
+    let secret_huge = {
+        register(&app, "clinic-a", &[("pen-huge", 0)], &[], &[]).await;
+        app.pen_secret("pen-huge").await
+    };
+    let mut huge = pen(port, "pen-huge", &secret_huge).await;
+    huge.publish(&up("pen-huge"), vec![0x42; 3 * 1024 * 1024])
+        .await;
+    assert!(
+        huge.wait_closed(Duration::from_secs(10)).await,
+        "an oversized packet did not close its connection"
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-b'")
-            .await,
-        0
+    assert!(
+        !huge.seen.iter().any(|i| matches!(i, Incoming::PubAck(_))),
+        "the oversized packet was acknowledged"
     );
-    let metrics = http_get(&format!("{}/metrics", app.http))
-        .await
-        .expect("metrics");
+    assert_eq!(stored(&app, "pen-a").await, 7);
+    assert_eq!(stored(&app, "pen-b").await, 0);
+    assert_eq!(stored(&app, "pen-huge").await, 0);
+    let text = metrics(&app).await;
     for reason in ["device_mismatch", "oversized"] {
         assert!(
-            metrics.contains(&format!("name=\"{reason}\"")),
-            "{reason} not counted:\n{metrics}"
+            text.contains(&format!("name=\"{reason}\"")),
+            "{reason} not counted:\n{text}"
         );
     }
+    assert!(
+        text.contains("pentrace_mqtt_disconnects_total{name=\"oversized_packet\"} 1"),
+        "{text}"
+    );
 
-    // Flags and cartridge rejections come back over the embedded broker.
-    let mut b = MqttPen::connect_port(port, "pen-b").await;
+    // Cartridge rejections come back over the embedded broker.
+    let mut b = pen(port, "pen-b", &secret_b).await;
     let second = uuid::Uuid::new_v4().to_string();
     b.send(&session_start("pen-b", 1, &second, &udi)).await;
-    let mut seen = b.wait_ack(1).await;
-    eventually(Duration::from_secs(10), "a RejectCartridge", || {
-        while let Ok(d) = b.downlinks.try_recv() {
-            seen.push(d);
+    let mut seen = b.wait_ack("pen-b", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen
+        .iter()
+        .any(|d| matches!(d.body, Some(pb::device_downlink::Body::RejectCartridge(_))))
+    {
+        assert!(Instant::now() < deadline, "no RejectCartridge: {seen:?}");
+        if let Some(Incoming::Publish(p)) = b.next(Duration::from_millis(200)).await {
+            seen.push(pb::DeviceDownlink::decode(p.payload.as_ref()).expect("downlink"));
         }
-        let found = seen
+    }
+    // pen-a, subscribed to its own topic only, heard nothing of pen-b's.
+    assert!(
+        a.topics_received()
+            .await
             .iter()
-            .any(|d| matches!(d.body, Some(pb::device_downlink::Body::RejectCartridge(_))));
-        async move { found }
-    })
-    .await;
-    drop(huge_pen);
+            .all(|t| *t == down("pen-a")),
+        "pen-a received another pen's topic"
+    );
 
-    // SIGTERM: drains, stops the broker and exits promptly.
+    // SIGTERM: drains, closes the connections and exits promptly.
     let asked = Instant::now();
     assert!(app.stop().success());
     assert!(
@@ -177,8 +426,276 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
         "took {:?} to stop",
         asked.elapsed()
     );
+    assert!(a.wait_closed(Duration::from_secs(5)).await);
     // The port is free again.
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("port released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
+    let secret_a = app.pen_secret("pen-a").await;
+    let _secret_b = app.pen_secret("pen-b").await;
+
+    let refused = |r: Result<Device, ConnectReturnCode>| r.err();
+    assert_eq!(
+        refused(connect(port, "pen-a", None).await),
+        Some(ConnectReturnCode::NotAuthorized),
+        "anonymous"
+    );
+    assert_eq!(
+        refused(connect(port, "pen-a", Some(("pen-a", "pds_not-a-secret"))).await),
+        Some(ConnectReturnCode::BadUserNamePassword),
+        "a wrong secret"
+    );
+    // pen-a's secret presented as pen-b, or as the consumer of old.
+    assert_eq!(
+        refused(connect(port, "pen-b", Some(("pen-a", &secret_a))).await),
+        Some(ConnectReturnCode::BadClientId),
+        "client id of another pen"
+    );
+    assert_eq!(
+        refused(connect(port, "pen-b", Some(("pen-b", &secret_a))).await),
+        Some(ConnectReturnCode::NotAuthorized),
+        "username of another pen"
+    );
+    assert_eq!(
+        refused(connect(port, "pentrace-1", Some(("pen-a", &secret_a))).await),
+        Some(ConnectReturnCode::BadClientId),
+        "the consumer's client id"
+    );
+    assert_eq!(
+        refused(connect(port, "pentrace-1", Some(("pentrace-1", &secret_a))).await),
+        Some(ConnectReturnCode::NotAuthorized),
+        "the consumer's username"
+    );
+
+    // pen-a itself is served, and nothing of the refused ones was stored.
+    let mut a = pen(port, "pen-a", &secret_a).await;
+    a.send(&heartbeat("pen-a", 1)).await;
+    a.wait_ack("pen-a", 1).await;
+    assert_eq!(stored(&app, "pen-b").await, 0);
+
+    let text = metrics(&app).await;
+    for reason in ["missing", "unknown", "denied"] {
+        assert!(
+            text.contains(&format!(
+                "pentrace_mqtt_refused_connects_total{{name=\"{reason}\"}}"
+            )),
+            "{reason} not counted:\n{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "pentrace_device_auth_refused_total{{name=\"{reason}\"}}"
+            )),
+            "{reason} not reported to the authenticator:\n{text}"
+        );
+    }
+    // The attempts are evidence (rate-limited per reason and peer).
+    eventually(Duration::from_secs(10), "refusals audited", || async {
+        app.count("SELECT count(*) FROM audit_events WHERE action = 'device.auth_refused'")
+            .await
+            >= 3
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and_nothing_is_stored()
+{
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
+    let secret_a = app.pen_secret("pen-a").await;
+    let secret_b = app.pen_secret("pen-b").await;
+    let mut b = pen(port, "pen-b", &secret_b).await;
+
+    for topic in [
+        up("pen-b"),
+        down("pen-b"),
+        "pentrace/v1/clinics/clinic-a/flags".to_owned(),
+        "$SYS/broker/x".to_owned(),
+        "anything".to_owned(),
+    ] {
+        let mut a = pen(port, "pen-a", &secret_a).await;
+        // A payload that would be stored if the topic were allowed.
+        a.publish(&topic, heartbeat("pen-b", 1).encode_to_vec())
+            .await;
+        assert!(
+            a.wait_closed(Duration::from_secs(10)).await,
+            "publishing on {topic} did not close the connection"
+        );
+        assert!(
+            !a.seen.iter().any(|i| matches!(i, Incoming::PubAck(_))),
+            "publish on {topic} acknowledged"
+        );
+    }
+    // Nothing stored for pen-b, which heard nothing of it either.
+    b.send(&heartbeat("pen-b", 2)).await;
+    let seen = b.wait_ack("pen-b", 2).await;
+    assert!(seen.is_empty(), "pen-b heard something else: {seen:?}");
+    assert_eq!(stored(&app, "pen-b").await, 1);
+    assert_eq!(stored(&app, "pen-a").await, 0);
+    let text = metrics(&app).await;
+    assert!(
+        text.contains("pentrace_mqtt_denials_total{name=\"publish\"} 5"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pen_may_subscribe_only_to_its_own_down_topic() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
+    let secret_a = app.pen_secret("pen-a").await;
+    let secret_b = app.pen_secret("pen-b").await;
+    let mut a = connect(port, "pen-a", Some(("pen-a", &secret_a)))
+        .await
+        .expect("pen-a connects");
+    let (down_a, down_b) = (down("pen-a"), down("pen-b"));
+    let filters = [
+        down_b.as_str(),
+        "#",
+        "$share/pentrace/pentrace/v1/devices/+/up",
+        "pentrace/v1/devices/+/up",
+        "pentrace/v1/devices/+/down",
+        "pentrace/v1/clinics/clinic-a/flags",
+        "$SYS/#",
+        down_a.as_str(),
+    ];
+    let codes = a.subscribe(&filters).await;
+    let mut want = vec![SubscribeReasonCode::Failure; filters.len() - 1];
+    want.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
+    assert_eq!(codes, want);
+
+    // pen-b's traffic: stored and acked to pen-b, never seen by pen-a.
+    let mut b = pen(port, "pen-b", &secret_b).await;
+    for seq in 1..=3 {
+        b.send(&heartbeat("pen-b", seq)).await;
+    }
+    b.wait_ack("pen-b", 3).await;
+    a.send(&heartbeat("pen-a", 1)).await;
+    a.wait_ack("pen-a", 1).await;
+    let topics = a.topics_received().await;
+    assert!(
+        topics.iter().all(|t| *t == down("pen-a")),
+        "pen-a received {topics:?}"
+    );
+    assert_eq!(stored(&app, "pen-b").await, 3);
+    let text = metrics(&app).await;
+    assert!(
+        text.contains("pentrace_mqtt_denials_total{name=\"subscribe\"} 7"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refused() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    // Registered and issued while the server runs.
+    register(&app, "clinic-a", &[("pen-new", 0)], &[], &[]).await;
+    let issued = app
+        .issue(pb::CredentialKind::PenSecret, "pen-new", "")
+        .await;
+    let (credential, secret) = (
+        issued.credential.expect("credential").credential_id,
+        issued.secret,
+    );
+    let mut p = pen(port, "pen-new", &secret).await;
+    p.send(&heartbeat("pen-new", 1)).await;
+    p.wait_ack("pen-new", 1).await;
+    assert_eq!(stored(&app, "pen-new").await, 1);
+
+    revoke(&app, &credential).await;
+    assert!(
+        p.wait_closed(Duration::from_secs(20)).await,
+        "a revoked pen stayed connected"
+    );
+    assert_eq!(
+        connect(port, "pen-new", Some(("pen-new", &secret)))
+            .await
+            .err(),
+        Some(ConnectReturnCode::NotAuthorized)
+    );
+    let text = metrics(&app).await;
+    assert!(
+        text.contains("pentrace_mqtt_disconnects_total{name=\"revoked\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pentrace_mqtt_refused_connects_total{name=\"revoked\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_with_the_same_client_id_takes_over_and_is_reported() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
+    let secret = app.pen_secret("pen-a").await;
+    let mut first = pen(port, "pen-a", &secret).await;
+    let mut second = pen(port, "pen-a", &secret).await;
+    assert!(
+        first.wait_closed(Duration::from_secs(10)).await,
+        "the first connection stayed open"
+    );
+    second.send(&heartbeat("pen-a", 1)).await;
+    second.wait_ack("pen-a", 1).await;
+    let text = metrics(&app).await;
+    assert!(text.contains("pentrace_mqtt_takeovers_total 1"), "{text}");
+    assert!(
+        text.contains("pentrace_device_auth_shared_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_speaks_for_its_clinics_pens_only() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a1", 0), ("pen-a2", 0)], &[], &[]).await;
+    register(&app, "clinic-b", &[("pen-b1", 0)], &[], &[]).await;
+    let secret = app.gateway_secret("clinic-a").await;
+    // A gateway's client id and username are its name.
+    assert_eq!(
+        connect(port, "pen-a1", Some(("gw-clinic-a", &secret)))
+            .await
+            .err(),
+        Some(ConnectReturnCode::BadClientId)
+    );
+    let mut gw = connect(port, "gw-clinic-a", Some(("gw-clinic-a", &secret)))
+        .await
+        .expect("the gateway connects");
+    let codes = gw
+        .subscribe(&["pentrace/v1/devices/+/down", &down("pen-b1"), "#"])
+        .await;
+    assert_eq!(
+        codes,
+        vec![
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Failure
+        ]
+    );
+    gw.send(&heartbeat("pen-a1", 1)).await;
+    gw.send(&heartbeat("pen-a2", 1)).await;
+    gw.wait_ack("pen-a1", 1).await;
+    gw.wait_ack("pen-a2", 1).await;
+    assert_eq!(stored(&app, "pen-a1").await, 1);
+    assert_eq!(stored(&app, "pen-a2").await, 1);
+
+    // Another clinic's pen: nothing stored, the gateway disconnected.
+    gw.send(&heartbeat("pen-b1", 1)).await;
+    assert!(
+        gw.wait_closed(Duration::from_secs(10)).await,
+        "the gateway stayed connected"
+    );
+    assert_eq!(stored(&app, "pen-b1").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,6 +707,7 @@ async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_tur
         &db,
         &[
             "serve",
+            "--plaintext",
             "--grpc-addr",
             "127.0.0.1:0",
             "--http-addr",
@@ -210,4 +728,189 @@ async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_tur
 
     let server = Server::start(&db, &["--no-mqtt"], &[]).await;
     assert_eq!(server.mqtt, "off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_broker() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    let truth = crate::sim::truth_file();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    // `--setup` issues each pen its own secret, its MQTT password. The
+    // scenario of `sim::fifty_pens_with_every_fault_over_mqtt_…` (behind
+    // Mosquitto), which injects every fault kind.
+    let extra = [
+        "--devices",
+        "50",
+        "--sessions",
+        "4",
+        "--batches",
+        "5",
+        "--compression",
+        "600",
+        "--faults",
+        crate::sim::EVERY_FAULT,
+        "--mqtt-url",
+        &url,
+    ];
+    let mut cmd = crate::sim::sim_command_at(
+        &app.grpc,
+        &app.admin_token,
+        "mqtt",
+        "sim-clinic",
+        None,
+        &truth,
+        &extra,
+    );
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run sim");
+    let report = crate::sim::text(&out);
+    assert!(out.status.success(), "sim --verify failed:\n{report}");
+    crate::sim::assert_every_fault_injected(&truth);
+    let doubled = app
+        .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")
+        .await;
+    assert_eq!(doubled, 0);
+    let text = metrics(&app).await;
+    assert!(!text.contains("pentrace_mqtt_denials_total{"), "{text}");
+    let _ = std::fs::remove_file(&truth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order() {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4::{Packet, Publish};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
+    let secret = app.pen_secret("pen-a").await;
+    // Raw packets (a client library may drop what arrives with the close):
+    // packet id n is seq n.
+    let mut stream = raw_connect(port, "pen-a", &secret, 30).await;
+    let total: u16 = 300;
+    let mut out = BytesMut::new();
+    for seq in 1..=total {
+        let mut p = Publish::new(
+            up("pen-a"),
+            QoS::AtLeastOnce,
+            heartbeat("pen-a", u64::from(seq)).encode_to_vec(),
+        );
+        p.pkid = seq;
+        Packet::Publish(p).write(&mut out, 1 << 20).expect("encode");
+    }
+    stream.write_all(&out).await.expect("publish");
+    // Stop while they are in flight.
+    eventually(Duration::from_secs(10), "some stored", || async {
+        stored(&app, "pen-a").await > 0
+    })
+    .await;
+    assert!(app.stop().success());
+    let mut bytes = BytesMut::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while stream.read_buf(&mut bytes).await.is_ok_and(|n| n > 0) {}
+    })
+    .await
+    .expect("closed within 10 s");
+    let mut acked = Vec::new();
+    while let Ok(packet) = Packet::read(&mut bytes, 1 << 20) {
+        if let Packet::PubAck(ack) = packet {
+            acked.push(i64::from(ack.pkid));
+        }
+    }
+    let stored_seqs: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM device_messages WHERE device_id = 'pen-a' ORDER BY seq",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .expect("seqs");
+    // Everything taken before the stop was settled: each stored one
+    // acknowledged, in arrival order, and nothing else.
+    assert!(!acked.is_empty(), "nothing acknowledged");
+    assert_eq!(acked, stored_seqs);
+    assert_eq!(acked, (1..=acked.len() as i64).collect::<Vec<_>>());
+}
+
+/// A raw MQTT 3.1.1 connection (rumqttc's codec), for what a client
+/// library would not do: go silent.
+async fn raw_connect(
+    port: u16,
+    client_id: &str,
+    secret: &str,
+    keep_alive: u16,
+) -> tokio::net::TcpStream {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut connect = Connect::new(client_id);
+    connect.keep_alive = keep_alive;
+    connect.set_login(client_id, secret);
+    let mut out = BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, 1 << 20)
+        .expect("encode");
+    stream.write_all(&out).await.expect("write");
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.expect("a CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
+    stream
+}
+
+/// Reads until the server closes; how long that took.
+async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_half_keep_alives() {
+    let app = spawn_app(&[]).await;
+    let port = embedded_port(&app.server.mqtt);
+    register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
+    let secret = app.pen_secret("pen-a").await;
+
+    // Keep-alive 2 s, then nothing: closed after 3 s.
+    let mut quiet = raw_connect(port, "pen-a", &secret, 2).await;
+    let took = until_closed(&mut quiet, Duration::from_secs(10))
+        .await
+        .expect("closed within 10 s");
+    assert!(
+        took >= Duration::from_millis(2900),
+        "closed after {took:?}, before 1.5 keep-alives"
+    );
+    // No CONNECT at all: closed after the connect time-out (5 s).
+    let mut mute = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    assert!(
+        until_closed(&mut mute, Duration::from_secs(10))
+            .await
+            .is_some(),
+        "a connection without CONNECT stayed open"
+    );
+    let text = metrics(&app).await;
+    assert!(
+        text.contains("pentrace_mqtt_disconnects_total{name=\"keep_alive\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pentrace_mqtt_refused_connects_total{name=\"connect_timeout\"} 1"),
+        "{text}"
+    );
 }

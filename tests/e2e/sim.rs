@@ -90,7 +90,7 @@ pub(crate) fn text(out: &Output) -> String {
 }
 
 /// Every fault kind was injected at least once.
-fn assert_every_fault_injected(truth: &str) {
+pub(crate) fn assert_every_fault_injected(truth: &str) {
     let lines = std::fs::read_to_string(truth).expect("truth file");
     for kind in FAULT_KINDS {
         assert!(

@@ -59,7 +59,8 @@ pub struct Application {
     store: Arc<dyn Store>,
     grpc: TcpListener,
     http: TcpListener,
-    /// The embedded MQTT broker, when no external one is configured.
+    /// The embedded MQTT broker (bound, served once running), when no
+    /// external one is configured.
     broker: Option<EmbeddedBroker>,
     tls: crate::tls::Resolved,
     shutdown: CancellationToken,
@@ -82,9 +83,8 @@ impl Application {
             let embedded = EmbeddedConfig {
                 port: config.mqtt.embedded_port,
                 max_message_bytes: config.max_message_bytes,
-                consumer_client_id: config.mqtt.client_id.clone(),
             };
-            let broker = EmbeddedBroker::start(&embedded)
+            let broker = EmbeddedBroker::bind(&embedded)
                 .await
                 .map_err(|e| AppError::Mqtt(e.to_string()))?;
             Some(broker)
@@ -172,20 +172,19 @@ impl Application {
         // is not committed by then is not acknowledged, and is resent.
         let (pipeline, ingest) =
             Pipeline::start(store.clone(), config.ingest_config(), shutdown.clone());
-        let mut mqtt_settings = config.mqtt.clone();
-        if let Some(broker) = &broker {
-            mqtt_settings.url = Some(broker.url());
-            // This process is the embedded broker's only consumer, and
-            // rumqttd's shared subscriptions lose unacked messages.
-            mqtt_settings.shared_subscription = false;
-            // Its sessions end with this process: nothing to end.
-            mqtt_settings.keep_session_on_shutdown = true;
-        }
         let mqtt_metrics = crate::mqtt::MqttMetrics::default();
-        let mqtt = match &mqtt_settings.url {
-            Some(_) => Some(
+        // The embedded broker feeds the pipeline itself; an external one
+        // through the consumer.
+        let mqtt = match (broker, &config.mqtt.url) {
+            (Some(broker), _) => Some(broker.spawn(
+                ingest.clone(),
+                device_auth.clone(),
+                mqtt_metrics.clone(),
+                shutdown.clone(),
+            )),
+            (None, Some(_)) => Some(
                 crate::mqtt::spawn(
-                    &mqtt_settings,
+                    &config.mqtt,
                     ingest.clone(),
                     mqtt_metrics.clone(),
                     config.max_message_bytes,
@@ -193,7 +192,7 @@ impl Application {
                 )
                 .map_err(AppError::Mqtt)?,
             ),
-            None => None,
+            (None, None) => None,
         };
         if let Some(path) = &config.audit.checkpoint_key {
             let key = crate::audit_trail::read_key(path)?;
@@ -271,12 +270,10 @@ impl Application {
         };
         let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
         tracing::info!("listeners closed; draining the ingest pipeline");
+        // The consumer, or the embedded broker's connections, settle what
+        // they took and let go of the pipeline.
         if let Some(mqtt) = mqtt {
             let _ = mqtt.await;
-        }
-        // Only once the consumer has acked and disconnected.
-        if let Some(broker) = broker {
-            broker.stop().await;
         }
         pipeline.drained().await;
         grpc_result?;

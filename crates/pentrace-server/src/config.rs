@@ -14,7 +14,6 @@ use pentrace_ingest::IngestConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::mqtt::embedded::TOPIC_ALLOWANCE;
 use crate::mqtt::{MqttSettings, parse_url};
 
 /// Everything `pentrace serve` can be told.
@@ -368,19 +367,6 @@ impl Config {
                 "must exceed max_message_bytes",
             ));
         }
-        // The embedded broker lets through packets up to this size; the
-        // consumer must read them, or one would break its connection over
-        // and over.
-        if self.mqtt.uses_embedded()
-            && self.mqtt.max_packet_bytes < self.max_message_bytes + TOPIC_ALLOWANCE
-        {
-            return Err(ConfigError::Invalid {
-                key: "mqtt.max_packet_bytes",
-                problem: format!(
-                    "must be at least max_message_bytes + {TOPIC_ALLOWANCE} with the embedded broker"
-                ),
-            });
-        }
         if self.tls.plaintext
             && !(self.grpc_addr.ip().is_loopback() && self.http_addr.ip().is_loopback())
         {
@@ -520,8 +506,6 @@ mod tests {
         let config = Config::load(None, &Overrides::default()).expect("defaults");
         assert!(config.mqtt.uses_embedded());
         assert_eq!(config.mqtt.embedded_port, 1883);
-        // Not a key: set only by the application for the embedded broker.
-        assert!(config.mqtt.shared_subscription);
         let with = |mqtt: MqttOverrides| Overrides {
             mqtt: Some(mqtt),
             ..Overrides::default()

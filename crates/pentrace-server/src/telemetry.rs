@@ -6,11 +6,8 @@ use tracing_subscriber::prelude::*;
 
 use crate::config::LogFormat;
 
-/// Without `RUST_LOG`: `info`, but of the embedded MQTT broker (rumqttd)
-/// only the warning that a lagging consumer lost messages (its commit log
-/// dropped them, `rumqttd::segments`): rumqttd reports every ordinary
-/// disconnect at ERROR level, twice. `RUST_LOG=info` shows them all.
-pub const DEFAULT_FILTER: &str = "info,rumqttd=off,rumqttd::segments=warn";
+/// Without `RUST_LOG`: `info`.
+pub const DEFAULT_FILTER: &str = "info";
 
 /// Installs the global subscriber; `RUST_LOG` filters (default
 /// [`DEFAULT_FILTER`]).

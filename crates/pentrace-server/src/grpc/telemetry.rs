@@ -187,14 +187,13 @@ impl IngestStream {
                 }
                 flag = self.flags.recv(), if self.flags_open => self.on_flag(flag).await,
                 _ = revalidate.tick(), if reading => {
-                    match self.auth.still_valid(&self.identity).await {
-                        Err(failure @ (AuthFailure::Revoked { .. } | AuthFailure::Expired { .. } | AuthFailure::Unknown)) => {
-                            self.auth.refused(&failure, "grpc", self.peer).await;
-                            end = Some(refusal_status(&failure));
-                            reading = false;
-                        }
-                        // A store outage does not end a stream of a valid pen.
-                        _ => {}
+                    // A store outage does not end a stream of a valid pen.
+                    if let Err(failure @ (AuthFailure::Revoked { .. } | AuthFailure::Expired { .. } | AuthFailure::Unknown)) =
+                        self.auth.still_valid(&self.identity).await
+                    {
+                        self.auth.refused(&failure, "grpc", self.peer).await;
+                        end = Some(refusal_status(&failure));
+                        reading = false;
                     }
                     Ok(())
                 }

@@ -85,7 +85,7 @@ pub fn spawn(
     let (events_tx, events_rx) = mpsc::channel(READ_AHEAD);
     let stop_polling = CancellationToken::new();
     let leave = !settings.keep_session_on_shutdown;
-    let filter = settings.subscription();
+    let filter = super::SUBSCRIPTION;
     let poller = tokio::spawn(
         Poller {
             eventloop,

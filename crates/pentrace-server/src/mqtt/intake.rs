@@ -11,20 +11,20 @@
 //! never acknowledged (their redelivered copies are), so one packet id is
 //! never acknowledged twice.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use chrono::Utc;
 use pentrace_ingest::{Disposition, Envelope, IngestHandle, Outcome};
-use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_downlink::Body;
 use prost::Message;
 use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::order::{ArrivalOrder, Settled};
+use super::uplink::{self, Refused};
 use super::{device_of_topic, down_topic};
-use crate::convert;
-use crate::downlink::{self, AckRound, downlink};
+use crate::downlink::{AckRound, downlink};
 
 /// What the poll loop hands over, in arrival order.
 #[derive(Debug)]
@@ -38,22 +38,11 @@ pub enum Inbound {
 /// intake stops taking publishes (the broker holds the rest).
 const MAX_WAITING: usize = 10_000;
 
-/// Final state of one received publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Outcome not known yet.
-    Waiting,
-    /// Acknowledge: stored, or refused for good (counted).
-    Ack,
-    /// Do not acknowledge: the broker must deliver it again.
-    Hold,
-}
-
+/// A received publish and the connection it came on.
 #[derive(Debug)]
 struct Entry {
     publish: Publish,
     connection: u64,
-    state: State,
 }
 
 /// The intake task's state.
@@ -63,42 +52,10 @@ pub struct Intake {
     ingest: IngestHandle,
     max_message_bytes: usize,
     connection: u64,
-    /// Received publishes in arrival order; `first_id` is the id of the front.
-    entries: VecDeque<Entry>,
-    first_id: u64,
-    /// Entry ids waiting for the outcome of `(device_id, seq)`.
-    waiting: HashMap<(String, u64), Vec<u64>>,
+    /// Received publishes in arrival order, with their outcome once known.
+    order: ArrivalOrder<Entry>,
     to_submit: VecDeque<Envelope>,
     round: AckRound,
-}
-
-/// A publish refused before the pipeline: counted under `label`, answered
-/// on the topic's device's `down` topic when there is one.
-struct Refused {
-    label: &'static str,
-    answer: Option<pb::Rejection>,
-}
-
-impl Refused {
-    fn silent(label: &'static str) -> Refused {
-        Refused {
-            label,
-            answer: None,
-        }
-    }
-
-    fn answered(
-        label: &'static str,
-        device_id: &str,
-        seq: u64,
-        code: pb::RejectCode,
-        detail: String,
-    ) -> Refused {
-        Refused {
-            label,
-            answer: Some(downlink::refusal(device_id, seq, code, detail)),
-        }
-    }
 }
 
 impl Intake {
@@ -108,9 +65,7 @@ impl Intake {
             ingest,
             max_message_bytes,
             connection: 0,
-            entries: VecDeque::new(),
-            first_id: 0,
-            waiting: HashMap::new(),
+            order: ArrivalOrder::default(),
             to_submit: VecDeque::new(),
             round: AckRound::default(),
         }
@@ -121,7 +76,7 @@ impl Intake {
         let (reply, mut outcomes) = mpsc::unbounded_channel();
         let mut accepting = true;
         loop {
-            if !accepting && self.to_submit.is_empty() && self.waiting.is_empty() {
+            if !accepting && self.to_submit.is_empty() && self.order.waiting() == 0 {
                 break;
             }
             let ingest = self.ingest.clone();
@@ -162,133 +117,65 @@ impl Intake {
     /// Validates one publish; a refused one is counted, answered and
     /// acknowledged so it is not redelivered forever.
     async fn receive(&mut self, publish: Publish, reply: &mpsc::UnboundedSender<Outcome>) {
-        let id = self.first_id + self.entries.len() as u64;
         let received_at = Utc::now();
-        let state = match self.validate(&publish, received_at) {
+        let checked = device_of_topic(&publish.topic)
+            .ok_or(Refused::silent("bad_topic"))
+            .and_then(|device| {
+                uplink::message(
+                    device,
+                    &publish.payload,
+                    self.max_message_bytes,
+                    received_at,
+                )
+            });
+        let entry = Entry {
+            publish,
+            connection: self.connection,
+        };
+        match checked {
             Ok(message) => {
                 tracing::trace!(device_id = %message.device_id, seq = message.seq, "mqtt message received");
                 let key = (message.device_id.clone(), message.seq);
-                self.waiting.entry(key).or_default().push(id);
                 let envelope = Envelope {
                     message,
                     received_at,
-                    payload: publish.payload.clone(),
+                    payload: entry.publish.payload.clone(),
                     transport: "mqtt",
                     reply: reply.clone(),
                 };
                 self.to_submit.push_back(envelope);
-                State::Waiting
+                self.order.push_waiting(key, entry);
             }
             Err(refused) => {
                 self.ingest.metrics().reject(refused.label);
-                tracing::debug!(topic = %publish.topic, reason = refused.label, "mqtt message refused");
+                tracing::debug!(topic = %entry.publish.topic, reason = refused.label, "mqtt message refused");
                 if let Some(answer) = refused.answer {
                     let device_id = answer.device_id.clone();
                     self.publish_down(&device_id, Body::Rejection(answer)).await;
                 }
-                State::Ack
+                self.order.push_settled(entry, Settled::Ack);
             }
-        };
-        self.entries.push_back(Entry {
-            publish,
-            connection: self.connection,
-            state,
-        });
-    }
-
-    fn validate(
-        &self,
-        p: &Publish,
-        received_at: chrono::DateTime<Utc>,
-    ) -> Result<pentrace_domain::message::DeviceMessage, Refused> {
-        use pb::RejectCode as C;
-        let topic_device = device_of_topic(&p.topic).ok_or(Refused::silent("bad_topic"))?;
-        if p.payload.len() > self.max_message_bytes {
-            let detail = format!(
-                "message of {} bytes; at most {}",
-                p.payload.len(),
-                self.max_message_bytes
-            );
-            return Err(Refused::answered(
-                "oversized",
-                topic_device,
-                0,
-                C::Oversized,
-                detail,
-            ));
         }
-        let wire = pb::DeviceMessage::decode(p.payload.as_ref()).map_err(|e| {
-            let detail = format!("not a DeviceMessage: {e}");
-            Refused::answered("undecodable", topic_device, 0, C::Undecodable, detail)
-        })?;
-        // The topic is what the broker authenticated (ACL); a payload naming
-        // another device is spoofing. Answered to the topic's device only.
-        if wire.device_id != topic_device {
-            let detail = format!(
-                "the payload names device {:?}, the topic device {topic_device:?}",
-                wire.device_id
-            );
-            return Err(Refused::answered(
-                "device_mismatch",
-                topic_device,
-                wire.seq,
-                C::DeviceMismatch,
-                detail,
-            ));
-        }
-        let seq = wire.seq;
-        convert::device_message(wire, received_at).map_err(|e| {
-            Refused::answered(
-                "invalid_message",
-                topic_device,
-                seq,
-                C::Invalid,
-                e.to_string(),
-            )
-        })
     }
 
     async fn settle(&mut self, o: Outcome) {
         let state = match &o.disposition {
-            Disposition::Rejected(reason) if reason.is_retryable() => State::Hold,
-            _ => State::Ack,
+            Disposition::Rejected(reason) if reason.is_retryable() => Settled::Hold,
+            _ => Settled::Ack,
         };
         tracing::trace!(device_id = %o.device_id, seq = o.seq, disposition = ?o.disposition, "mqtt message settled");
         if let Some(rejection) = self.round.add(&o) {
             self.publish_down(&o.device_id, Body::Rejection(rejection))
                 .await;
         }
-        let key = (o.device_id, o.seq);
-        let Some(ids) = self.waiting.get_mut(&key) else {
-            return;
-        };
-        if !ids.is_empty() {
-            let id = ids.remove(0);
-            if let Some(e) = id
-                .checked_sub(self.first_id)
-                .and_then(|i| self.entries.get_mut(i as usize))
-            {
-                e.state = state;
-            }
-        }
-        if ids.is_empty() {
-            self.waiting.remove(&key);
-        }
+        self.order.settle(&(o.device_id, o.seq), state);
     }
 
     /// PUBACKs every settled entry at the front, in order.
     async fn flush(&mut self) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|e| e.state != State::Waiting)
-        {
-            let Some(entry) = self.entries.pop_front() else {
-                break;
-            };
-            self.first_id += 1;
+        while let Some((entry, state)) = self.order.pop_settled() {
             let current = entry.connection == self.connection;
-            if entry.state == State::Ack
+            if state == Settled::Ack
                 && current
                 && let Err(e) = self.client.ack(&entry.publish).await
             {

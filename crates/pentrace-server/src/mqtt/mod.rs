@@ -1,12 +1,19 @@
-//! MQTT ingest (DESIGN §3, §6): a shared subscription on the devices' `up`
-//! topics feeding the same pipeline as gRPC, with PUBACKs only after commit
-//! and in arrival order; acks, cartridge rejections and flags published back.
+//! MQTT ingest (DESIGN §3, §6), two ways into the same pipeline as gRPC,
+//! with PUBACKs only after commit and in arrival order and acks, rejections
+//! and cartridge rejections published back:
+//!
+//! - behind an external broker (Mosquitto): a shared subscription on the
+//!   devices' `up` topics (`consumer`, `intake`), flags published to the
+//!   clinics' topics;
+//! - the embedded broker (`embedded`): pentrace's own MQTT front end, each
+//!   authenticated device connection feeding the pipeline itself.
 
 use std::time::Duration;
 
 use pentrace_ingest::metrics::Label;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet};
 use secrecy::{ExposeSecret, SecretString};
@@ -17,14 +24,16 @@ mod downlink;
 pub mod dynsec;
 pub mod embedded;
 mod intake;
+mod order;
+mod uplink;
 
 pub use consumer::spawn;
 
 /// The shared subscription every pentrace process joins.
 pub const SUBSCRIPTION: &str = "$share/pentrace/pentrace/v1/devices/+/up";
 
-/// The same topics without the shared group, for the embedded broker (see
-/// [`MqttSettings::shared_subscription`]).
+/// Every device's `up` topic, the topics of what the shared subscription
+/// delivers.
 pub const PLAIN_SUBSCRIPTION: &str = "pentrace/v1/devices/+/up";
 
 /// Topic a device publishes on.
@@ -55,7 +64,8 @@ pub fn device_of_topic(topic: &str) -> Option<&str> {
 #[serde(default, deny_unknown_fields)]
 pub struct MqttSettings {
     /// `mqtt://host:port` of an external broker; unset = the embedded
-    /// broker (unless `embedded` is false).
+    /// broker (unless `embedded` is false), which needs none of the
+    /// consumer settings below.
     pub url: Option<String>,
     /// Start the embedded broker when no `url` is set; false (and no
     /// `url`) = no MQTT ingest at all.
@@ -73,14 +83,6 @@ pub struct MqttSettings {
     /// message limit so an oversized payload is counted and acked instead of
     /// breaking the connection (and being redelivered forever).
     pub max_packet_bytes: usize,
-    /// Consume through [`SUBSCRIPTION`] (shared) rather than
-    /// [`PLAIN_SUBSCRIPTION`]. Not a configuration key: the application
-    /// turns it off for the embedded broker, whose only consumer is this
-    /// process, because rumqttd 0.20's shared subscriptions lose a
-    /// persistent session's unacknowledged messages (its router panics
-    /// when such a consumer disconnects with messages in flight).
-    #[serde(skip)]
-    pub shared_subscription: bool,
     /// On a graceful shutdown, keep the persistent session at the broker
     /// (it goes on queueing this client id's share of the messages until
     /// the same id comes back): for rolling restarts only. false (the
@@ -119,7 +121,6 @@ impl Default for MqttSettings {
             username: None,
             password: None,
             max_packet_bytes: 4 * 1024 * 1024,
-            shared_subscription: true,
             keep_session_on_shutdown: false,
             keep_alive_s: 30,
             dynsec_admin: None,
@@ -173,15 +174,6 @@ impl MqttSettings {
         )
         .await?;
         Ok(Some(accounts))
-    }
-
-    /// The filter the consumer subscribes to.
-    pub fn subscription(&self) -> &'static str {
-        if self.shared_subscription {
-            SUBSCRIPTION
-        } else {
-            PLAIN_SUBSCRIPTION
-        }
     }
 }
 
@@ -278,7 +270,8 @@ pub async fn end_session(
         .map_err(|_| SessionError::Timeout(timeout))?
 }
 
-/// Counters of the MQTT consumer (`pentrace_mqtt_*`).
+/// Counters of the MQTT consumer and of the embedded broker
+/// (`pentrace_mqtt_*`).
 #[derive(Debug, Clone, Default)]
 pub struct MqttMetrics {
     /// SUBSCRIBEs sent, by why: `connected`, `idle` (nothing delivered for
@@ -289,6 +282,21 @@ pub struct MqttMetrics {
     /// Connections released because the intake stayed full for two
     /// keep-alives (see `consumer`).
     pub stalls: Counter,
+    /// Embedded broker: device connections open (authenticated).
+    pub connections: Gauge,
+    /// Embedded broker: connections refused before or at CONNECT, by
+    /// reason (an authentication failure's reason, `protocol_version`,
+    /// `connect_timeout`, `too_many_connections`, ...).
+    pub refused_connects: Family<Label, Counter>,
+    /// Embedded broker: publishes and subscriptions denied (`publish`,
+    /// `subscribe`).
+    pub denials: Family<Label, Counter>,
+    /// Embedded broker: connections closed because another with the same
+    /// client id connected.
+    pub takeovers: Counter,
+    /// Embedded broker: authenticated connections ended, by why
+    /// (`disconnect`, `closed`, `keep_alive`, `revoked`, `denied`, ...).
+    pub disconnects: Family<Label, Counter>,
 }
 
 impl MqttMetrics {
@@ -309,6 +317,31 @@ impl MqttMetrics {
             "stalls",
             "Connections released because the intake stayed full",
             self.stalls.clone(),
+        );
+        r.register(
+            "connections",
+            "Device connections open on the embedded broker",
+            self.connections.clone(),
+        );
+        r.register(
+            "refused_connects",
+            "Connections the embedded broker refused, by reason",
+            self.refused_connects.clone(),
+        );
+        r.register(
+            "denials",
+            "Publishes and subscriptions the embedded broker denied",
+            self.denials.clone(),
+        );
+        r.register(
+            "takeovers",
+            "Embedded broker connections taken over by one with the same client id",
+            self.takeovers.clone(),
+        );
+        r.register(
+            "disconnects",
+            "Embedded broker device connections ended, by reason",
+            self.disconnects.clone(),
         );
     }
 }
