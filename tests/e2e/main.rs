@@ -11,6 +11,7 @@ mod embedded;
 mod faults;
 mod fuzz;
 mod helpers;
+mod identity;
 mod ingest;
 mod mosquitto_identity;
 mod mqtt;

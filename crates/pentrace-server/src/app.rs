@@ -244,6 +244,7 @@ impl Application {
                 store.clone(),
                 flags,
                 tls.ca.clone(),
+                config.mqtt.clone(),
             )))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc),

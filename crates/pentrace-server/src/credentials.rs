@@ -6,6 +6,8 @@ use pentrace_domain::audit::Actor;
 use pentrace_store::{CredentialKind, DeviceCredential, NewDeviceCredential, Store, StoreError};
 
 use crate::device_auth::{check_principal, fingerprint, new_secret};
+use crate::mqtt::MqttSettings;
+use crate::mqtt::dynsec::DynsecError;
 use crate::pki::{CertificateAuthority, IssuedCertificate, PkiError};
 
 /// What to issue.
@@ -42,11 +44,50 @@ pub enum IssueError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "the MQTT broker did not take the pen's account ({0}); the credential was revoked again — \
+         retry when the broker is reachable"
+    )]
+    Broker(String),
+}
+
+/// Gives the pen's MQTT account its new secret at the broker pentrace
+/// manages (Mosquitto's dynamic security, `mqtt.dynsec_admin`), so it can
+/// connect at once; nothing to do without one.
+async fn provision(mqtt: &MqttSettings, device_id: &str, secret: &str) -> Result<(), String> {
+    let accounts = mqtt.broker_accounts().await.map_err(|e| e.to_string())?;
+    match accounts {
+        Some(accounts) => accounts
+            .set_pen(device_id, secret)
+            .await
+            .map_err(|e: DynsecError| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+/// Revokes a credential; a pen secret's MQTT account at a managed broker
+/// is removed too (its open connection is cut).
+pub async fn revoke(
+    store: &dyn Store,
+    mqtt: &MqttSettings,
+    id: uuid::Uuid,
+    reason: &str,
+    actor: &Actor,
+) -> Result<DeviceCredential, IssueError> {
+    let revoked = store.revoke_device_credential(id, reason, actor).await?;
+    if revoked.kind == CredentialKind::PenSecret
+        && let Ok(Some(accounts)) = mqtt.broker_accounts().await
+        && let Err(e) = accounts.remove_pen(&revoked.principal).await
+    {
+        return Err(IssueError::Broker(e.to_string()));
+    }
+    Ok(revoked)
 }
 
 pub async fn issue(
     store: &dyn Store,
     ca: Option<&CertificateAuthority>,
+    mqtt: &MqttSettings,
     request: &IssueRequest,
     actor: &Actor,
 ) -> Result<Issued, IssueError> {
@@ -74,6 +115,16 @@ pub async fn issue(
         replace: request.replace,
     };
     let (credential, revoked) = store.issue_device_credential(&new, actor).await?;
+    if let (CredentialKind::PenSecret, Some(secret)) = (request.kind, &secret)
+        && let Err(e) = provision(mqtt, &credential.principal, secret).await
+    {
+        // A credential the broker does not know would fail over MQTT only:
+        // take it back rather than leave it half issued.
+        store
+            .revoke_device_credential(credential.id, "the MQTT broker did not take it", actor)
+            .await?;
+        return Err(IssueError::Broker(e));
+    }
     Ok(Issued {
         credential,
         secret,

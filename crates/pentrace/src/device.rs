@@ -191,10 +191,16 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
                 issue(&args.common, &request, Path::new(".")).await
             }
             DeviceCommand::Revoke(args) => {
+                let config = config_of(&args.common)?;
                 let store = open_store(&args.common).await?;
-                let c = store
-                    .revoke_device_credential(args.credential, args.reason.trim(), &operator())
-                    .await?;
+                let c = credentials::revoke(
+                    store.as_ref(),
+                    &config.mqtt,
+                    args.credential,
+                    args.reason.trim(),
+                    &operator(),
+                )
+                .await?;
                 println!("credential {} of {} revoked", c.id, c.principal);
                 Ok(())
             }
@@ -237,7 +243,14 @@ async fn issue(common: &ConfigArgs, request: &IssueRequest, out: &Path) -> anyho
         } else {
             None
         };
-    let issued = credentials::issue(store.as_ref(), ca.as_ref(), request, &operator()).await?;
+    let issued = credentials::issue(
+        store.as_ref(),
+        ca.as_ref(),
+        &config.mqtt,
+        request,
+        &operator(),
+    )
+    .await?;
     report(&issued, out)
 }
 

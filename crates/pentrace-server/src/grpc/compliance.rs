@@ -63,7 +63,8 @@ impl ComplianceService {
             Ok(pb::SignatureMeaning::Responsible) => SignatureMeaning::Responsible,
             _ => return Err(invalid("meaning must be REVIEWED, APPROVED or RESPONSIBLE")),
         };
-        if r.reason.trim().is_empty() {
+        let reason = super::registry::reason("reason", &r.reason)?;
+        if reason.is_empty() {
             return Err(invalid("a reason is mandatory for a signed action"));
         }
         let action = FlagAction {
@@ -71,7 +72,7 @@ impl ComplianceService {
             step,
             signer: caller.user,
             meaning,
-            reason: r.reason,
+            reason,
         };
         let flag = self.store.sign_flag(&action).await.map_err(status)?;
         Ok(Response::new(convert::flag(&flag)))

@@ -27,6 +27,8 @@ pub struct RegistryService {
     flags: broadcast::Sender<Arc<FlagRecord>>,
     /// Signs pen certificates; None = certificates cannot be issued.
     ca: Option<Arc<CertificateAuthority>>,
+    /// The broker whose pen accounts pentrace manages, if any.
+    mqtt: crate::mqtt::MqttSettings,
 }
 
 impl RegistryService {
@@ -34,6 +36,7 @@ impl RegistryService {
         store: Arc<dyn Store>,
         flags: broadcast::Sender<Arc<FlagRecord>>,
         ca: Option<Arc<CertificateAuthority>>,
+        mqtt: crate::mqtt::MqttSettings,
     ) -> Self {
         let auth = Authenticator::new(store.clone());
         RegistryService {
@@ -41,6 +44,7 @@ impl RegistryService {
             auth,
             flags,
             ca,
+            mqtt,
         }
     }
 
@@ -141,6 +145,7 @@ fn issue_status(e: IssueError) -> Status {
             Status::internal("cannot issue a certificate")
         }
         IssueError::Store(e) => status(e),
+        IssueError::Broker(why) => Status::unavailable(why),
     }
 }
 
@@ -192,6 +197,7 @@ impl Registry for RegistryService {
         let issued = credentials::issue(
             self.store.as_ref(),
             self.ca.as_deref(),
+            &self.mqtt,
             &issue,
             &caller.actor(),
         )
@@ -225,11 +231,10 @@ impl Registry for RegistryService {
         } else {
             why
         };
-        let revoked = self
-            .store
-            .revoke_device_credential(id, &why, &caller.actor())
-            .await
-            .map_err(status)?;
+        let revoked =
+            credentials::revoke(self.store.as_ref(), &self.mqtt, id, &why, &caller.actor())
+                .await
+                .map_err(issue_status)?;
         Ok(Response::new(credential_out(revoked)))
     }
 
@@ -419,5 +424,23 @@ impl Registry for RegistryService {
         Ok(Response::new(pb::ListLotsResponse {
             lots: lots.into_iter().map(lot_out).collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_text_reasons_are_bounded_and_printable() {
+        assert_eq!(reason("reason", "  lost pen \n").ok().as_deref(), Some("lost pen"));
+        assert!(reason("reason", "two\nlines").is_ok());
+        let long = "x".repeat(MAX_REASON_CHARS + 1);
+        let refused = reason("reason", &long).expect_err("too long");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("at most 1000"));
+        assert!(reason("reason", "bell\u{7}").is_err());
+        // A 1 MiB signature reason (issue 13) is refused, not stored.
+        assert!(reason("reason", &"y".repeat(1 << 20)).is_err());
     }
 }

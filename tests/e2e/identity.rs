@@ -1,0 +1,275 @@
+//! Device identity on gRPC (issue 13): only an authenticated pen writes its
+//! own record — by its secret or by its certificate over mTLS — and a
+//! gateway only its clinic's pens'. Every refusal is counted and audited.
+
+use std::time::Duration;
+
+use pentrace_proto::v1 as pb;
+use pentrace_proto::v1::registry_client::RegistryClient;
+use pentrace_proto::v1::telemetry_client::TelemetryClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::helpers::{TestApp, eventually, exchange, register, spawn_app, spawn_app_with};
+use crate::mqtt::heartbeat;
+
+async fn stored(app: &TestApp, device: &str) -> i64 {
+    app.count(&format!(
+        "SELECT count(*) FROM device_messages WHERE device_id = '{device}'"
+    ))
+    .await
+}
+
+async fn two_clinics() -> TestApp {
+    let app = spawn_app(&["--no-mqtt"]).await;
+    register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
+    register(&app, "clinic-b", &[("pen-b", 0)], &[], &[]).await;
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_without_a_valid_credential_is_refused_and_nothing_is_stored() {
+    let app = two_clinics().await;
+    // No credential at all.
+    let mut anonymous = TelemetryClient::new(app.channel().await);
+    let refused = anonymous
+        .ingest(tokio_stream::iter(vec![heartbeat("pen-a", 1)]))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // Garbage, a people token, and a revoked pen secret.
+    let revoked = app.issue(pb::CredentialKind::PenSecret, "pen-a", "").await;
+    app.registry()
+        .await
+        .revoke_device_credential(pb::RevokeDeviceCredentialRequest {
+            credential_id: revoked
+                .credential
+                .clone()
+                .expect("credential")
+                .credential_id,
+            reason: "lost".into(),
+        })
+        .await
+        .expect("revoke");
+    for secret in [
+        "pds_nonsense",
+        app.admin_token.as_str(),
+        revoked.secret.as_str(),
+    ] {
+        let mut client = app.telemetry_with(secret).await;
+        let down = exchange(&mut client, vec![heartbeat("pen-a", 1)]).await;
+        let status = down.end.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "{secret}: {status:?}"
+        );
+    }
+    assert_eq!(stored(&app, "pen-a").await, 0);
+    let metrics = reqwest_get(&format!("{}/metrics", app.http)).await;
+    assert!(
+        metrics.contains("pentrace_device_auth_refused_total{name=\"revoked\"} 1"),
+        "{metrics}"
+    );
+    let audited = app
+        .count("SELECT count(*) FROM audit_events WHERE action = 'device.auth_refused'")
+        .await;
+    assert!(audited >= 2, "refusals audited: {audited}");
+}
+
+/// A plain HTTP GET of the metrics (plaintext test server).
+async fn reqwest_get(url: &str) -> String {
+    crate::ingest::http_get(url).await.expect("http get")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics() {
+    let app = two_clinics().await;
+    // Pen A's credential carrying pen B's messages: refused one by one,
+    // nothing stored, and the stream goes on for A's own.
+    let a = app.pen_secret("pen-a").await;
+    let mut client = app.telemetry_with(&a).await;
+    let down = exchange(
+        &mut client,
+        vec![
+            heartbeat("pen-b", 4),
+            heartbeat("pen-b", 5),
+            heartbeat("pen-a", 1),
+        ],
+    )
+    .await;
+    assert!(down.end.is_ok(), "{:?}", down.end);
+    for seq in [4, 5] {
+        let r = down.rejection("pen-b", seq).expect("rejected");
+        assert_eq!(r.code, pb::RejectCode::PermissionDenied as i32, "{r:?}");
+        assert!(!r.retry);
+    }
+    assert_eq!(down.watermark("pen-a"), 1);
+    assert_eq!(stored(&app, "pen-b").await, 0);
+    // The real pen B's own seqs 4 and 5 are then stored, not "duplicates".
+    let b = app.pen_secret("pen-b").await;
+    let mut client = app.telemetry_with(&b).await;
+    let down = exchange(
+        &mut client,
+        (1..=5).map(|s| heartbeat("pen-b", s)).collect(),
+    )
+    .await;
+    assert_eq!(down.watermark("pen-b"), 5);
+    assert_eq!(stored(&app, "pen-b").await, 5);
+    // A gateway of clinic A: A's pens yes, B's no.
+    let mut gateway = app.telemetry_for("clinic-a").await;
+    let down = exchange(
+        &mut gateway,
+        vec![heartbeat("pen-a", 2), heartbeat("pen-b", 6)],
+    )
+    .await;
+    assert_eq!(down.watermark("pen-a"), 2);
+    let r = down.rejection("pen-b", 6).expect("rejected");
+    assert_eq!(r.code, pb::RejectCode::PermissionDenied as i32);
+    assert_eq!(stored(&app, "pen-b").await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_credential_ends_its_open_stream() {
+    let app = two_clinics().await;
+    let issued = app.issue(pb::CredentialKind::PenSecret, "pen-a", "").await;
+    let mut client = app.telemetry_with(&issued.secret).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(heartbeat("pen-a", 1)).await.expect("queue");
+    let mut inbound = client
+        .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("ingest")
+        .into_inner();
+    eventually(Duration::from_secs(10), "pen-a's first message", || async {
+        stored(&app, "pen-a").await == 1
+    })
+    .await;
+    app.registry()
+        .await
+        .revoke_device_credential(pb::RevokeDeviceCredentialRequest {
+            credential_id: issued.credential.expect("credential").credential_id,
+            reason: "stolen".into(),
+        })
+        .await
+        .expect("revoke");
+    let end = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 15 s of the revocation");
+    let status = end.expect_err("ended with a status");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    drop(tx);
+}
+
+/// A TLS server (its CA and certificate made in its data directory on
+/// first start) and a pen authenticating by its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_pen_authenticates_by_its_certificate() {
+    let dir = std::env::temp_dir().join(format!("pentrace-tls-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir = dir.to_string_lossy().into_owned();
+    let app = spawn_app_with(
+        &["--no-mqtt"],
+        &[
+            ("PENTRACE_DATA_DIR", &data_dir),
+            ("PENTRACE_TLS__PLAINTEXT", "false"),
+        ],
+    )
+    .await;
+    let ca = std::fs::read_to_string(dir.join("pki/ca.pem")).expect("the server made its CA");
+    let https = app.grpc.replace("http://", "https://");
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
+    let connect = |tls: ClientTlsConfig| {
+        let https = https.clone();
+        async move {
+            Channel::from_shared(https)
+                .expect("url")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .expect("tls connect")
+        }
+    };
+    // Plaintext to a TLS listener fails.
+    assert!(
+        Channel::from_shared(app.grpc.clone())
+            .expect("url")
+            .connect()
+            .await
+            .map(|c| c)
+            .is_err()
+            || TelemetryClient::new(app.channel().await)
+                .ingest(tokio_stream::iter(vec![heartbeat("pen-c", 1)]))
+                .await
+                .is_err()
+    );
+    let admin = connect(tls.clone()).await;
+    let mut registry = RegistryClient::with_interceptor(admin, TestApp::bearer(&app.admin_token));
+    registry
+        .register_clinic(pb::RegisterClinicRequest {
+            clinic: Some(pb::Clinic {
+                clinic_id: "clinic-c".into(),
+                name: "C".into(),
+                time_zone: "UTC".into(),
+            }),
+        })
+        .await
+        .expect("clinic");
+    for pen in ["pen-c", "pen-d"] {
+        registry
+            .register_device(pb::RegisterDeviceRequest {
+                device: Some(pb::Device {
+                    device_id: pen.into(),
+                    clinic_id: "clinic-c".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("device");
+    }
+    let issued = registry
+        .issue_device_credential(pb::IssueDeviceCredentialRequest {
+            kind: pb::CredentialKind::PenCertificate as i32,
+            principal: "pen-c".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("certificate")
+        .into_inner();
+    assert!(issued.secret.is_empty() && !issued.private_key_pem.is_empty());
+    let identity = Identity::from_pem(&issued.certificate_pem, &issued.private_key_pem);
+    let pen = connect(tls.clone().identity(identity)).await;
+    let mut client = TelemetryClient::new(pen);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for m in [heartbeat("pen-c", 1), heartbeat("pen-d", 1)] {
+        tx.send(m).await.expect("queue");
+    }
+    drop(tx);
+    let mut inbound = client
+        .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("a pen with its certificate is let in")
+        .into_inner();
+    let (mut acked, mut denied) = (false, false);
+    while let Some(down) = inbound.message().await.expect("stream") {
+        match down.body {
+            Some(pb::device_downlink::Body::Ack(a)) if a.device_id == "pen-c" => {
+                acked |= a.committed_seq == 1
+            }
+            Some(pb::device_downlink::Body::Rejection(r)) if r.device_id == "pen-d" => {
+                denied = r.code == pb::RejectCode::PermissionDenied as i32
+            }
+            _ => {}
+        }
+    }
+    assert!(acked && denied, "acked {acked}, denied {denied}");
+    assert_eq!(stored(&app, "pen-c").await, 1);
+    assert_eq!(stored(&app, "pen-d").await, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
