@@ -433,7 +433,10 @@ mod tests {
 
     #[test]
     fn free_text_reasons_are_bounded_and_printable() {
-        assert_eq!(reason("reason", "  lost pen \n").ok().as_deref(), Some("lost pen"));
+        assert_eq!(
+            reason("reason", "  lost pen \n").ok().as_deref(),
+            Some("lost pen")
+        );
         assert!(reason("reason", "two\nlines").is_ok());
         let long = "x".repeat(MAX_REASON_CHARS + 1);
         let refused = reason("reason", &long).expect_err("too long");
