@@ -689,6 +689,20 @@ async fn a_gateway_speaks_for_its_clinics_pens_only() {
     assert_eq!(stored(&app, "pen-a1").await, 1);
     assert_eq!(stored(&app, "pen-a2").await, 1);
 
+    // A device registered nowhere: the pipeline's answer (UNKNOWN_DEVICE),
+    // heard through `+/down`; the connection goes on.
+    gw.send(&heartbeat("pen-nowhere", 1)).await;
+    gw.send(&heartbeat("pen-a1", 2)).await;
+    let mut seen = gw.wait_ack("pen-a1", 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rejection_codes(&seen).contains(&pb::RejectCode::UnknownDevice) {
+        assert!(Instant::now() < deadline, "no UNKNOWN_DEVICE: {seen:?}");
+        if let Some(Incoming::Publish(p)) = gw.next(Duration::from_millis(200)).await {
+            seen.push(pb::DeviceDownlink::decode(p.payload.as_ref()).expect("downlink"));
+        }
+    }
+    assert_eq!(stored(&app, "pen-nowhere").await, 0);
+
     // Another clinic's pen: nothing stored, the gateway disconnected.
     gw.send(&heartbeat("pen-b1", 1)).await;
     assert!(

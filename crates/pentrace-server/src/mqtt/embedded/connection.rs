@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::access::{self, FilterRequest, Grant};
 use super::wire::{PacketReader, PacketWriter, WireError};
 use super::{Sessions, TRANSPORT};
-use crate::device_auth::{AuthFailure, DeviceAuthenticator, DeviceIdentity};
+use crate::device_auth::{AuthFailure, DeviceAuthenticator, DeviceIdentity, Permit};
 use crate::downlink::{self, AckRound, downlink};
 use crate::mqtt::MqttMetrics;
 use crate::mqtt::down_topic;
@@ -521,10 +521,16 @@ impl Connection {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         for filter in &subscribe.filters {
             let granted = match access::filter_request(&filter.path) {
-                FilterRequest::Down(device_id) => self
-                    .may_send_for(device_id)
-                    .await
-                    .map(|()| Grant::Device(device_id.to_owned())),
+                FilterRequest::Down(device_id) => match self.may_send_for(device_id).await {
+                    Ok(Permit::Registered) => Ok(Grant::Device(device_id.to_owned())),
+                    // Nothing to hear yet; once registered to the clinic,
+                    // subscribe again.
+                    Ok(Permit::Unregistered) => Err(self.not_permitted(format!(
+                        "subscribe to {:?}: not a registered pen of its clinic",
+                        filter.path
+                    ))),
+                    Err(failure) => Err(failure),
+                },
                 FilterRequest::EveryDown if access::may_subscribe_every_down(&self.identity) => {
                     Ok(Grant::EveryDevice)
                 }
@@ -556,18 +562,24 @@ impl Connection {
             .queue(&Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
     }
 
-    /// Whether the identity may send for (and hear) `device_id`, asking the
-    /// authenticator once per device between re-checks.
-    async fn may_send_for(&mut self, device_id: &str) -> Result<(), AuthFailure> {
+    /// Whether the identity may send for `device_id`, asking the
+    /// authenticator once per registered device between re-checks. A
+    /// gateway may send for a device registered nowhere (the pipeline
+    /// answers UNKNOWN_DEVICE, or registers it), which is asked every time:
+    /// it may be registered to another clinic meanwhile.
+    async fn may_send_for(&mut self, device_id: &str) -> Result<Permit, AuthFailure> {
         if self.speaks_for.contains(device_id) {
-            return Ok(());
+            return Ok(Permit::Registered);
         }
-        self.shared
+        let permit = self
+            .shared
             .auth
             .may_send_for(&self.identity, device_id)
             .await?;
-        self.speaks_for.insert(device_id.to_owned());
-        Ok(())
+        if permit == Permit::Registered {
+            self.speaks_for.insert(device_id.to_owned());
+        }
+        Ok(permit)
     }
 
     fn not_permitted(&self, what: String) -> AuthFailure {
