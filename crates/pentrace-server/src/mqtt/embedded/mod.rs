@@ -21,7 +21,9 @@
 //!   once.
 //! - Topics (`access`): a pen publishes only on its own `up` topic and
 //!   subscribes only to its own `down` topic; a gateway may do both for
-//!   every pen of its clinic (`pentrace/v1/devices/+/down` meaning those).
+//!   every pen of its clinic (`pentrace/v1/devices/+/down` meaning those;
+//!   a publish for a device registered nowhere goes on to the pipeline,
+//!   which answers UNKNOWN_DEVICE).
 //!   A PUBLISH anywhere else stores nothing and closes the connection
 //!   (§3.3.5); any other subscription filter (`#`, `$share/…`, `$SYS/…`,
 //!   another pen's, the clinics' flags) gets return code 0x80. Both are
