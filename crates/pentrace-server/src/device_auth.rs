@@ -276,8 +276,13 @@ impl AuditLimiter {
         if now.duration_since(self.window_start) >= AUDIT_WINDOW {
             self.window_start = now;
             self.written = 0;
-            self.keys
-                .retain(|_, (at, _)| now.duration_since(*at) < AUDIT_WINDOW);
+            // Keep keys with suppressed attempts, so their count reaches
+            // the next event; past a bound (an attacker rotating
+            // addresses) only recent keys stay.
+            let crowded = self.keys.len() > 10_000;
+            self.keys.retain(|_, (at, suppressed)| {
+                now.duration_since(*at) < AUDIT_WINDOW || (*suppressed > 0 && !crowded)
+            });
         }
         let entry = self.keys.entry(key).or_insert((now - AUDIT_WINDOW * 2, 0));
         let quiet = now.duration_since(entry.0) >= AUDIT_WINDOW;
