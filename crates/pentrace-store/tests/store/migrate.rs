@@ -9,13 +9,14 @@ crate::conformance!(
 );
 
 /// Every table of pentrace's schema, on either store.
-const TABLES: [&str; 18] = [
+const TABLES: [&str; 19] = [
     "api_tokens",
     "audit_checkpoints",
     "audit_events",
     "audit_heads",
     "cartridges",
     "clinics",
+    "device_credentials",
     "device_messages",
     "devices",
     "flag_actions",
