@@ -636,3 +636,92 @@ async fn pentrace_serve_consumes_from_the_dynsec_broker_set_up_by_prepare_broker
         "{log}"
     );
 }
+
+/// The real path: the Registry issues a pen's secret and pentrace gives
+/// the managed broker the pen's account at once; a second secret replaces
+/// the first (the broker has one password per pen, so the store revokes
+/// the first too); a revocation removes the account; and a revocation the
+/// broker does not hear of is an error, not a silent success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuing_and_revoking_through_pentrace_reach_the_managed_broker_at_once() {
+    use pentrace_proto::v1 as pb;
+    let broker = Broker::start_with_dynsec();
+    admin(&broker)
+        .await
+        .prepare(&[(CONSUMER.into(), SecretString::from(CONSUMER_PASSWORD))])
+        .await
+        .expect("prepare");
+    let args = [
+        "--mqtt-url",
+        broker.url.as_str(),
+        "--mqtt-client-id",
+        CONSUMER,
+    ];
+    let envs = [
+        ("PENTRACE_MQTT__USERNAME", CONSUMER),
+        ("PENTRACE_MQTT__PASSWORD", CONSUMER_PASSWORD),
+        ("PENTRACE_MQTT__DYNSEC_ADMIN__USERNAME", DYNSEC_ADMIN.0),
+        ("PENTRACE_MQTT__DYNSEC_ADMIN__PASSWORD", DYNSEC_ADMIN.1),
+    ];
+    let app = spawn_app_with(&args, &envs).await;
+    register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
+
+    let first = app.issue(pb::CredentialKind::PenSecret, "pen-a", "").await;
+    let conn = connect(&broker, "pen-a", Some(("pen-a", &first.secret)))
+        .await
+        .expect("a pen issued a secret connects at once");
+    drop(conn);
+    let second = app.issue(pb::CredentialKind::PenSecret, "pen-a", "").await;
+    let first_id = first.credential.expect("credential").credential_id;
+    assert_eq!(second.revoked_credential_ids, vec![first_id]);
+    assert_eq!(
+        refused(connect(&broker, "pen-a", Some(("pen-a", &first.secret))).await),
+        ConnectReturnCode::NotAuthorized
+    );
+    let mut conn = connect(&broker, "pen-a", Some(("pen-a", &second.secret)))
+        .await
+        .expect("the new secret connects");
+
+    let second_id = second.credential.expect("credential").credential_id;
+    app.registry()
+        .await
+        .revoke_device_credential(pb::RevokeDeviceCredentialRequest {
+            credential_id: second_id.clone(),
+            reason: "lost".into(),
+        })
+        .await
+        .expect("revoke");
+    // The open connection is cut and the secret no longer connects.
+    let cut = tokio::time::timeout(WAIT, async {
+        loop {
+            match conn.events.recv().await {
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the revoked pen's connection stayed open");
+    assert_eq!(
+        refused(connect(&broker, "pen-a", Some(("pen-a", &second.secret))).await),
+        ConnectReturnCode::NotAuthorized
+    );
+
+    // With the broker gone, revoking says so instead of claiming success.
+    let third = app.issue(pb::CredentialKind::PenSecret, "pen-a", "").await;
+    drop(broker);
+    let error = app
+        .registry()
+        .await
+        .revoke_device_credential(pb::RevokeDeviceCredentialRequest {
+            credential_id: third.credential.expect("credential").credential_id,
+            reason: "lost".into(),
+        })
+        .await
+        .expect_err("the broker did not hear of it");
+    assert_eq!(error.code(), tonic::Code::Unavailable, "{error:?}");
+    assert!(
+        error.message().contains("still has the pen's account"),
+        "{error:?}"
+    );
+}

@@ -7,7 +7,7 @@ use pentrace_store::{CredentialKind, DeviceCredential, NewDeviceCredential, Stor
 
 use crate::device_auth::{check_principal, fingerprint, new_secret};
 use crate::mqtt::MqttSettings;
-use crate::mqtt::dynsec::DynsecError;
+use crate::mqtt::dynsec::{BrokerAccounts, DynsecError};
 use crate::pki::{CertificateAuthority, IssuedCertificate, PkiError};
 
 /// What to issue.
@@ -49,14 +49,23 @@ pub enum IssueError {
          retry when the broker is reachable"
     )]
     Broker(String),
+    #[error(
+        "revoked in pentrace, but the MQTT broker still has the pen's account ({0}); run the \
+         revocation again when the broker is reachable (it is idempotent)"
+    )]
+    BrokerRemove(String),
+}
+
+/// The managed broker's accounts, if pentrace manages one.
+async fn broker(mqtt: &MqttSettings) -> Result<Option<BrokerAccounts>, String> {
+    mqtt.broker_accounts().await.map_err(|e| e.to_string())
 }
 
 /// Gives the pen's MQTT account its new secret at the broker pentrace
 /// manages (Mosquitto's dynamic security, `mqtt.dynsec_admin`), so it can
 /// connect at once; nothing to do without one.
 async fn provision(mqtt: &MqttSettings, device_id: &str, secret: &str) -> Result<(), String> {
-    let accounts = mqtt.broker_accounts().await.map_err(|e| e.to_string())?;
-    match accounts {
+    match broker(mqtt).await? {
         Some(accounts) => accounts
             .set_pen(device_id, secret)
             .await
@@ -75,11 +84,14 @@ pub async fn revoke(
     actor: &Actor,
 ) -> Result<DeviceCredential, IssueError> {
     let revoked = store.revoke_device_credential(id, reason, actor).await?;
-    if revoked.kind == CredentialKind::PenSecret
-        && let Ok(Some(accounts)) = mqtt.broker_accounts().await
-        && let Err(e) = accounts.remove_pen(&revoked.principal).await
-    {
-        return Err(IssueError::Broker(e.to_string()));
+    if revoked.kind == CredentialKind::PenSecret {
+        // An unreachable broker is an error here, not a skip: the pen
+        // could otherwise go on publishing with the revoked secret.
+        let removed = match broker(mqtt).await.map_err(IssueError::BrokerRemove)? {
+            Some(accounts) => accounts.remove_pen(&revoked.principal).await,
+            None => Ok(()),
+        };
+        removed.map_err(|e| IssueError::BrokerRemove(e.to_string()))?;
     }
     Ok(revoked)
 }
@@ -106,13 +118,17 @@ pub async fn issue(
             (None, Some(cert), Some(ca_pem), fp, Some(not_after))
         }
     };
+    // A managed broker holds one password per pen: a new pen secret
+    // replaces the old ones there, so it must replace them here too, or
+    // the store would call valid a secret the broker no longer takes.
+    let managed = mqtt.dynsec_admin.is_some() && request.kind == CredentialKind::PenSecret;
     let new = NewDeviceCredential {
         kind: request.kind,
         principal: request.principal.clone(),
         clinic_id: request.clinic_id.clone(),
         fingerprint: fp,
         not_after,
-        replace: request.replace,
+        replace: request.replace || managed,
     };
     let (credential, revoked) = store.issue_device_credential(&new, actor).await?;
     if let (CredentialKind::PenSecret, Some(secret)) = (request.kind, &secret)

@@ -42,7 +42,7 @@ pub mod verify;
 mod wire;
 
 pub use config::{ProgressMode, SimConfig, Transport};
-pub use driver::{Counters, Reject};
+pub use driver::{Counters, Reject, grpc_channel};
 pub use error::SimError;
 pub use faults::{FaultKind, FaultRates};
 pub use report::{ExpectedSession, SimReport};

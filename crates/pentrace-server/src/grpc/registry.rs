@@ -145,7 +145,7 @@ fn issue_status(e: IssueError) -> Status {
             Status::internal("cannot issue a certificate")
         }
         IssueError::Store(e) => status(e),
-        IssueError::Broker(why) => Status::unavailable(why),
+        IssueError::Broker(_) | IssueError::BrokerRemove(_) => Status::unavailable(e.to_string()),
     }
 }
 

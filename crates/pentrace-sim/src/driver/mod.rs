@@ -18,7 +18,8 @@ mod link;
 mod mqtt;
 mod pen;
 
-pub(crate) use grpc::{ca_pem, channel as grpc_channel};
+pub(crate) use grpc::ca_pem;
+pub use grpc::channel as grpc_channel;
 pub(crate) use link::backoff;
 pub use pen::Reject;
 pub(crate) use pen::{PenOutcome, run_pen};

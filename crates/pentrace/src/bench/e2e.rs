@@ -3,6 +3,7 @@
 //! path from a pen's send to the flag's `WatchFlags` delivery.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,8 @@ pub struct Spec {
     pub prefill: u64,
     /// Whether to time the compliance queries after the load.
     pub queries: bool,
+    /// TLS on the server (the default), or plaintext for comparison.
+    pub tls: bool,
 }
 
 impl Spec {
@@ -138,7 +141,7 @@ async fn run_in(spec: &Spec, broker: &Mosquitto, store: &ServerStore) -> anyhow:
         (ServerStore::Postgres(url), rows) if rows > 0 => Some(prefill(url, rows).await?),
         _ => None,
     };
-    let server = Server::start(store, &broker.url())?;
+    let server = Server::start(store, &broker.url(), spec.tls)?;
     let result = drive(spec, broker, &server, &token).await;
     let mut server = server;
     server.process.stop(Duration::from_secs(20));
@@ -192,13 +195,20 @@ async fn drive(
     token: &str,
 ) -> anyhow::Result<Run> {
     let grpc = server.grpc_url();
-    let channel = connect(&grpc).await?;
+    let ca = server.ca_cert.clone();
+    let ca_pem = match &ca {
+        Some(path) => Some(std::fs::read_to_string(path).context("the server's CA")?),
+        None => None,
+    };
+    let channel = pentrace_sim::grpc_channel(&grpc, ca_pem.as_deref())
+        .await
+        .context("cannot reach the server's gRPC port")?;
     let bearer: MetadataValue<Ascii> = format!("Bearer {token}")
         .parse()
         .context("token as a header")?;
     let deliveries = watch_flags(channel.clone(), bearer.clone()).await?;
 
-    let probe = sim_config(&grpc, broker, token, spec.seed ^ 0x5eed);
+    let probe = sim_config(&grpc, ca.clone(), broker, token, spec.seed ^ 0x5eed);
     let probe = SimConfig {
         devices: PROBE_PENS,
         transport: Transport::Mqtt,
@@ -227,7 +237,7 @@ async fn drive(
         sessions: spec.sessions,
         compression: spec.compression,
         faults: FaultRates::default(),
-        ..sim_config(&grpc, broker, token, spec.seed)
+        ..sim_config(&grpc, ca, broker, token, spec.seed)
     };
     let pid = server.process.pid().to_string();
     let broker_pid = broker.process.pid().to_string();
@@ -286,9 +296,16 @@ fn probe_sessions(spec: &Spec) -> u32 {
     (expected_s * 10.0 / 0.2).clamp(50.0, 5_000.0) as u32
 }
 
-fn sim_config(grpc: &str, broker: &Mosquitto, token: &str, seed: u64) -> SimConfig {
+fn sim_config(
+    grpc: &str,
+    ca_cert: Option<PathBuf>,
+    broker: &Mosquitto,
+    token: &str,
+    seed: u64,
+) -> SimConfig {
     SimConfig {
         grpc_url: grpc.to_owned(),
+        ca_cert,
         token: Some(token.to_owned()),
         mqtt_url: broker.url(),
         batches: BATCHES,
@@ -297,13 +314,6 @@ fn sim_config(grpc: &str, broker: &Mosquitto, token: &str, seed: u64) -> SimConf
         progress: ProgressMode::Off,
         ..SimConfig::default()
     }
-}
-
-async fn connect(grpc: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(grpc.to_owned())?
-        .connect()
-        .await
-        .context("cannot reach the server's gRPC port")
 }
 
 type Key = (String, u64);

@@ -179,6 +179,8 @@ pub enum ServerStore {
 #[derive(Debug)]
 pub struct Server {
     pub grpc_port: u16,
+    /// The CA its TLS certificate chains to; None = plaintext.
+    pub ca_cert: Option<PathBuf>,
     /// Its MQTT client id (persistent session).
     pub client_id: String,
     pub process: Owned,
@@ -186,8 +188,10 @@ pub struct Server {
 
 impl Server {
     /// Starts the server on free ports, consuming MQTT from `mqtt_url`;
-    /// its log goes to `serve.log` in a scratch directory.
-    pub fn start(store: &ServerStore, mqtt_url: &str) -> anyhow::Result<Server> {
+    /// its log goes to `serve.log` in a scratch directory. With `tls` it
+    /// serves TLS with the CA and certificate it creates in its data
+    /// directory (as a fresh `pentrace serve` does); else `--plaintext`.
+    pub fn start(store: &ServerStore, mqtt_url: &str, tls: bool) -> anyhow::Result<Server> {
         let (grpc_port, http_port) = (free_port()?, free_port()?);
         let client_id = format!("pentrace-bench-{grpc_port}");
         let dir = scratch_dir("serve")?;
@@ -208,13 +212,16 @@ impl Server {
             .env_remove("PENTRACE_CONFIG")
             .stdout(Stdio::null())
             .stderr(log);
-        match store {
+        let data_dir = match store {
             ServerStore::Postgres(url) => {
                 command.env("DATABASE_URL", url);
+                dir.clone()
             }
-            ServerStore::Sqlite(data_dir) => {
-                command.env("PENTRACE_DATA_DIR", data_dir);
-            }
+            ServerStore::Sqlite(data_dir) => data_dir.clone(),
+        };
+        command.env("PENTRACE_DATA_DIR", &data_dir);
+        if !tls {
+            command.arg("--plaintext");
         }
         let child = command.spawn().context("cannot start pentrace serve")?;
         let mut process = Owned {
@@ -225,14 +232,21 @@ impl Server {
         wait_for_port(&mut process.child, grpc_port, "pentrace serve")?;
         Ok(Server {
             grpc_port,
+            ca_cert: tls.then(|| data_dir.join("pki").join("ca.pem")),
             client_id,
             process,
         })
     }
 
-    /// `http://127.0.0.1:PORT` of the gRPC services.
+    /// `https://127.0.0.1:PORT` (or `http://` in plaintext) of the gRPC
+    /// services.
     pub fn grpc_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        let scheme = if self.ca_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.grpc_port)
     }
 }
 

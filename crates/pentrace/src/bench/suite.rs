@@ -44,8 +44,10 @@ pub struct SuiteArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
-    /// Parts to run, comma-separated: baseline-copy, baseline-broker, grpc,
-    /// mqtt, half (flag latency at half of grpc's load), growth.
+    /// Parts to run, comma-separated: baseline-copy, baseline-broker, grpc
+    /// (TLS and device credentials, as deployed), grpc-plaintext (the same
+    /// without TLS, for the cost of TLS), mqtt, half (flag latency at half
+    /// of grpc's load), growth.
     #[arg(
         long,
         value_delimiter = ',',
@@ -76,6 +78,7 @@ pub enum Part {
     BaselineCopy,
     BaselineBroker,
     Grpc,
+    GrpcPlaintext,
     Mqtt,
     Half,
     Growth,
@@ -144,6 +147,16 @@ pub fn run(args: SuiteArgs) -> anyhow::Result<()> {
                 }
                 sections.push(section);
             }
+        }
+        if wants(Part::GrpcPlaintext) {
+            let mut section = end_to_end_tls(&args, &broker, Transport::Grpc, false).await?;
+            if let (Some(tls), Some(plain)) = (grpc_rate, section.median("samples_per_s")) {
+                section.notes.push(format!(
+                    "grpc (TLS, device credentials) / grpc-plaintext = {:.3}",
+                    tls / plain
+                ));
+            }
+            sections.push(section);
         }
         if wants(Part::Half) {
             sections.push(half_load(&args, &broker, grpc_rate).await?);
@@ -271,7 +284,19 @@ async fn end_to_end(
     broker: &Mosquitto,
     transport: Transport,
 ) -> anyhow::Result<Section> {
-    let name = transport.as_str();
+    end_to_end_tls(args, broker, transport, true).await
+}
+
+async fn end_to_end_tls(
+    args: &SuiteArgs,
+    broker: &Mosquitto,
+    transport: Transport,
+    tls: bool,
+) -> anyhow::Result<Section> {
+    let name = match (transport, tls) {
+        (Transport::Grpc, false) => "grpc-plaintext",
+        (t, _) => t.as_str(),
+    };
     let spec = Spec {
         transport,
         devices: args.devices,
@@ -281,6 +306,7 @@ async fn end_to_end(
         seed: args.seed,
         prefill: 0,
         queries: false,
+        tls,
     };
     let runs = repeat(args, name, spec, broker).await?;
     Ok(section_of(name, args, &runs))
@@ -312,6 +338,7 @@ async fn half_load(
         seed: args.seed,
         prefill: 0,
         queries: false,
+        tls: true,
     };
     let runs = repeat(args, "half", spec, broker).await?;
     let mut s = section_of("half", args, &runs);
@@ -334,6 +361,7 @@ async fn growth(args: &SuiteArgs, broker: &Mosquitto, size: u64) -> anyhow::Resu
         seed: args.seed,
         prefill: size,
         queries: true,
+        tls: true,
     };
     let name = format!("growth-{size}");
     let runs = repeat(args, &name, spec, broker).await?;
