@@ -530,6 +530,53 @@ pub struct NewDeviceCredential {
     pub replace: bool,
 }
 
+/// What the registry says about a new credential's principal, looked up
+/// by each store; [`RegistryFacts::clinic_of`] decides.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryFacts {
+    /// The clinic of the device whose id is the principal, if one is.
+    pub device_clinic: Option<String>,
+    /// Whether the gateway's clinic is registered.
+    pub clinic_exists: bool,
+    /// Another clinic the principal already holds credentials for.
+    pub other_clinic: Option<String>,
+}
+
+impl RegistryFacts {
+    /// The clinic the credential belongs to: a pen's is its device's; a
+    /// gateway needs a registered clinic, a name no device has, and no
+    /// credentials of another clinic under the same name (its MQTT
+    /// username would be ambiguous).
+    pub fn clinic_of(self, new: &NewDeviceCredential) -> crate::StoreResult<String> {
+        use crate::StoreError::{Invalid, NotFound};
+        if new.kind.is_pen() {
+            return self
+                .device_clinic
+                .ok_or_else(|| NotFound(format!("device {:?}", new.principal)));
+        }
+        if self.device_clinic.is_some() {
+            return Err(Invalid(format!(
+                "{:?} is a device id; a gateway needs a name of its own",
+                new.principal
+            )));
+        }
+        let clinic = new
+            .clinic_id
+            .clone()
+            .ok_or_else(|| Invalid("a gateway credential needs its clinic".into()))?;
+        if !self.clinic_exists {
+            return Err(NotFound(format!("clinic {clinic:?}")));
+        }
+        match self.other_clinic {
+            Some(c) => Err(Invalid(format!(
+                "gateway {:?} already speaks for clinic {c:?}",
+                new.principal
+            ))),
+            None => Ok(clinic),
+        }
+    }
+}
+
 /// A device credential as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceCredential {

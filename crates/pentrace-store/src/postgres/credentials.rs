@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use super::audit;
 use super::convert::corrupt;
-use crate::{CredentialKind, DeviceCredential, NewDeviceCredential, StoreError, StoreResult};
+use crate::{
+    CredentialKind, DeviceCredential, NewDeviceCredential, RegistryFacts, StoreError, StoreResult,
+};
 
 const COLUMNS: &str =
     "id, kind, principal, clinic_id, fingerprint, not_after, created_at, revoked_at";
@@ -40,46 +42,30 @@ fn credential(row: Row) -> StoreResult<DeviceCredential> {
     })
 }
 
-/// The clinic the new credential belongs to, checked against the registry.
+/// What [`RegistryFacts::clinic_of`] decides on, in three lookups.
 async fn clinic_of(conn: &mut PgConnection, new: &NewDeviceCredential) -> StoreResult<String> {
-    let device_clinic: Option<String> =
-        sqlx::query_scalar("SELECT clinic_id FROM devices WHERE id = $1")
-            .bind(&new.principal)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if new.kind.is_pen() {
-        return device_clinic
-            .ok_or_else(|| StoreError::NotFound(format!("device {:?}", new.principal)));
-    }
-    if device_clinic.is_some() {
-        return Err(StoreError::Invalid(format!(
-            "{:?} is a device id; a gateway needs a name of its own",
-            new.principal
-        )));
-    }
-    let clinic = new
-        .clinic_id
-        .clone()
-        .ok_or_else(|| StoreError::Invalid("a gateway credential needs its clinic".into()))?;
-    let known: Option<String> = sqlx::query_scalar("SELECT id FROM clinics WHERE id = $1")
-        .bind(&clinic)
+    let device_clinic = sqlx::query_scalar("SELECT clinic_id FROM devices WHERE id = $1")
+        .bind(&new.principal)
         .fetch_optional(&mut *conn)
         .await?;
-    known.ok_or_else(|| StoreError::NotFound(format!("clinic {clinic:?}")))?;
-    let other: Option<String> = sqlx::query_scalar(
+    let clinic = new.clinic_id.as_deref().unwrap_or_default();
+    let clinic_exists: Option<String> = sqlx::query_scalar("SELECT id FROM clinics WHERE id = $1")
+        .bind(clinic)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let other_clinic = sqlx::query_scalar(
         "SELECT clinic_id FROM device_credentials WHERE principal = $1 AND clinic_id <> $2 LIMIT 1",
     )
     .bind(&new.principal)
-    .bind(&clinic)
+    .bind(clinic)
     .fetch_optional(&mut *conn)
     .await?;
-    match other {
-        Some(c) => Err(StoreError::Invalid(format!(
-            "gateway {:?} already speaks for clinic {c:?}",
-            new.principal
-        ))),
-        None => Ok(clinic),
+    RegistryFacts {
+        device_clinic,
+        clinic_exists: clinic_exists.is_some(),
+        other_clinic,
     }
+    .clinic_of(new)
 }
 
 pub(super) async fn issue(

@@ -46,6 +46,7 @@ macro_rules! conformance {
 
 mod audit;
 mod commit;
+mod credentials;
 mod delivery;
 mod fixture;
 mod helpers;
