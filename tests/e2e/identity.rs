@@ -167,6 +167,39 @@ async fn revoking_a_credential_ends_its_open_stream() {
     drop(tx);
 }
 
+/// `GET path` over HTTPS, trusting only `ca_pem`; the whole response.
+async fn https_get(http: &str, path: &str, ca_pem: &str) -> String {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let host = http.strip_prefix("http://").expect("http url");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("ca pem")).expect("ca");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(host).await.expect("connect");
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the server's certificate chains to its CA");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    // A peer closing without close_notify is fine once the body is in.
+    let _ = tls.read_to_string(&mut response).await;
+    response
+}
+
 /// A TLS server (its CA and certificate made in its data directory on
 /// first start) and a pen authenticating by its certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,17 +229,21 @@ async fn over_tls_a_pen_authenticates_by_its_certificate() {
                 .expect("tls connect")
         }
     };
-    // Plaintext to a TLS listener fails.
+    // Plaintext to the TLS listeners fails: gRPC and HTTP.
+    let plain = TelemetryClient::new(app.channel().await)
+        .ingest(tokio_stream::iter(vec![heartbeat("pen-c", 1)]))
+        .await;
+    assert!(plain.is_err(), "plaintext gRPC to a TLS listener");
+    let health = format!("{}/healthz", app.http);
+    assert_eq!(
+        crate::ingest::http_get(&health).await,
+        None,
+        "plaintext HTTP"
+    );
     assert!(
-        Channel::from_shared(app.grpc.clone())
-            .expect("url")
-            .connect()
+        https_get(&app.http, "/healthz", &ca)
             .await
-            .is_err()
-            || TelemetryClient::new(app.channel().await)
-                .ingest(tokio_stream::iter(vec![heartbeat("pen-c", 1)]))
-                .await
-                .is_err()
+            .starts_with("HTTP/1.1 200")
     );
     let admin = connect(tls.clone()).await;
     let mut registry = RegistryClient::with_interceptor(admin, TestApp::bearer(&app.admin_token));

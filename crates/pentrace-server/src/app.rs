@@ -255,9 +255,12 @@ impl Application {
         let http_server = async move {
             match &tls.tls {
                 Some(server_tls) => {
-                    let config = crate::tls::rustls_config(server_tls)
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    axum::serve(crate::tls::TlsListener::new(http, config), router)
+                    let listener = crate::tls::TlsListener::new(
+                        http,
+                        server_tls.http.clone(),
+                        shutdown.clone(),
+                    );
+                    axum::serve(listener, router)
                         .with_graceful_shutdown(http_stopped)
                         .await
                 }

@@ -14,6 +14,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::pki::{self, CertificateAuthority, PkiError};
@@ -37,6 +38,9 @@ pub struct ServerTls {
     pub key_pem: String,
     /// The CA of the pens' client certificates.
     pub client_ca_pem: Option<String>,
+    /// The HTTP listener's rustls configuration, built (and so checked)
+    /// at start-up.
+    pub http: Arc<rustls::ServerConfig>,
 }
 
 /// What `pentrace serve` listens with, and the CA it signs pen
@@ -70,13 +74,18 @@ pub fn resolve(config: &Config) -> Result<Resolved, TlsError> {
     } else {
         None
     };
-    let tls = ServerTls {
-        cert_pem: pki::read(&paths.server_cert)?,
-        key_pem: pki::read(&paths.server_key)?,
-        client_ca_pem,
-    };
+    let (cert_pem, key_pem) = (
+        pki::read(&paths.server_cert)?,
+        pki::read(&paths.server_key)?,
+    );
     // Fail at start-up, not at the first handshake.
-    rustls_config(&tls)?;
+    let http = rustls_config(&cert_pem, &key_pem)?;
+    let tls = ServerTls {
+        cert_pem,
+        key_pem,
+        client_ca_pem,
+        http,
+    };
     Ok(Resolved { tls: Some(tls), ca })
 }
 
@@ -102,8 +111,8 @@ fn invalid(what: &str, why: impl std::fmt::Display) -> TlsError {
 }
 
 /// The rustls configuration of the HTTP listener (no client certificates).
-pub fn rustls_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+fn rustls_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid("server certificate", e))?;
     if certs.is_empty() {
@@ -112,8 +121,8 @@ pub fn rustls_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsEr
             "no certificate in the PEM file",
         ));
     }
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
-        .map_err(|e| invalid("server key", e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| invalid("server key", e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -125,7 +134,8 @@ pub fn rustls_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsEr
 }
 
 /// A TLS listener for axum: handshakes run in their own tasks, so a slow
-/// or silent client never holds up the others.
+/// or silent client never holds up the others. Its accept task ends, and
+/// frees the port, at `stop`.
 #[derive(Debug)]
 pub struct TlsListener {
     local: SocketAddr,
@@ -133,7 +143,11 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        stop: CancellationToken,
+    ) -> TlsListener {
         let local = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -141,7 +155,11 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {
             loop {
-                let (tcp, peer) = match listener.accept().await {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stop.cancelled() => return,
+                };
+                let (tcp, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(error = %e, "http accept failed");
@@ -161,9 +179,6 @@ impl TlsListener {
                         Err(_) => tracing::debug!(%peer, "http tls handshake timed out"),
                     }
                 });
-                if tx.is_closed() {
-                    return;
-                }
             }
         });
         TlsListener { local, ready }
