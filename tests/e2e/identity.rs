@@ -309,3 +309,105 @@ async fn over_tls_a_pen_authenticates_by_its_certificate() {
     assert_eq!(stored(&app, "pen-d").await, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A store outage while a gateway's stream needs to check a pen it has
+/// not sent for yet is no denial: that message is refused as retryable,
+/// the stream stays open, and the resend is stored once the database is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_check_during_a_database_outage_is_retryable_not_a_denial() {
+    use crate::helpers::{Server, pentrace_cli_at};
+    use crate::pgcluster::PgCluster;
+    let mut pg = PgCluster::create();
+    let url = pg.url();
+    let server = Server::start_at(&url, "identity_db_away", &["--no-mqtt"], &[]).await;
+    pentrace_cli_at(
+        &url,
+        &["user", "add", "--name", "Ada Admin", "--role", "admin"],
+    );
+    let token = pentrace_cli_at(&url, &["token", "issue", "--user", "Ada Admin"]);
+    let channel = Channel::from_shared(server.grpc.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut registry =
+        RegistryClient::with_interceptor(channel.clone(), TestApp::bearer(token.trim()));
+    registry
+        .register_clinic(pb::RegisterClinicRequest {
+            clinic: Some(pb::Clinic {
+                clinic_id: "clinic-a".into(),
+                name: "A".into(),
+                time_zone: "UTC".into(),
+            }),
+        })
+        .await
+        .expect("clinic");
+    for pen in ["pen-1", "pen-2"] {
+        registry
+            .register_device(pb::RegisterDeviceRequest {
+                device: Some(pb::Device {
+                    device_id: pen.into(),
+                    clinic_id: "clinic-a".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("device");
+    }
+    let gateway = registry
+        .issue_device_credential(pb::IssueDeviceCredentialRequest {
+            kind: pb::CredentialKind::GatewaySecret as i32,
+            principal: "gw-a".into(),
+            clinic_id: "clinic-a".into(),
+            replace: false,
+        })
+        .await
+        .expect("gateway")
+        .into_inner()
+        .secret;
+    let mut client = TelemetryClient::with_interceptor(channel, TestApp::bearer(&gateway));
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut inbound = client
+        .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("ingest")
+        .into_inner();
+    let mut next = async || -> pb::device_downlink::Body {
+        tokio::time::timeout(Duration::from_secs(30), inbound.message())
+            .await
+            .expect("a downlink within 30 s")
+            .expect("the stream stays open")
+            .expect("not ended")
+            .body
+            .expect("a body")
+    };
+    use pb::device_downlink::Body;
+    tx.send(heartbeat("pen-1", 1)).await.expect("queue");
+    assert!(matches!(next().await, Body::Ack(a) if a.device_id == "pen-1" && a.committed_seq == 1));
+
+    pg.stop_immediate();
+    tx.send(heartbeat("pen-2", 1)).await.expect("queue");
+    match next().await {
+        Body::Rejection(r) => {
+            assert_eq!(r.device_id, "pen-2");
+            assert_eq!(r.code, pb::RejectCode::Unavailable as i32, "{r:?}");
+            assert!(r.retry, "{r:?}");
+        }
+        other => panic!("expected a retryable rejection, got {other:?}"),
+    }
+    pg.start();
+    tx.send(heartbeat("pen-2", 1)).await.expect("queue");
+    loop {
+        match next().await {
+            Body::Ack(a) if a.device_id == "pen-2" && a.committed_seq == 1 => break,
+            Body::Rejection(r) if r.retry => {
+                // The pool may need a moment to reconnect: resend, as a pen does.
+                tx.send(heartbeat("pen-2", 1)).await.expect("queue");
+            }
+            Body::Rejection(r) => panic!("refused for good: {r:?}"),
+            _ => {}
+        }
+    }
+    drop(tx);
+}

@@ -27,6 +27,30 @@ use uuid::Uuid;
 /// Prefix of device secrets.
 pub const SECRET_PREFIX: &str = "pds_";
 
+/// How long a credential check or an audit write may wait for the store:
+/// with the database away, sqlx waits for a connection far longer (its
+/// acquire timeout), and a handshake must not hang that long.
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A store call bounded by [`STORE_TIMEOUT`]; an error or a timeout is
+/// [`AuthFailure::Unavailable`].
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, AuthFailure> {
+    match tokio::time::timeout(STORE_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot {what}");
+            Err(AuthFailure::Unavailable)
+        }
+        Err(_) => {
+            tracing::warn!("cannot {what}: the store did not answer within {STORE_TIMEOUT:?}");
+            Err(AuthFailure::Unavailable)
+        }
+    }
+}
+
 /// Audit events of refused attempts written per minute, all keys together.
 pub const AUDIT_PER_MINUTE: u32 = 60;
 const AUDIT_WINDOW: Duration = Duration::from_secs(60);
@@ -348,16 +372,12 @@ impl DeviceAuthenticator {
     }
 
     async fn by_fingerprint(&self, fp: &[u8; 32]) -> Result<DeviceIdentity, AuthFailure> {
-        let credential = self
-            .inner
-            .store
-            .device_credential(fp)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "cannot check a device credential");
-                AuthFailure::Unavailable
-            })?
-            .ok_or(AuthFailure::Unknown)?;
+        let credential = bounded(
+            "check a device credential",
+            self.inner.store.device_credential(fp),
+        )
+        .await?
+        .ok_or(AuthFailure::Unknown)?;
         valid(&credential)?;
         if let Ok(mut known) = self.inner.fingerprints.lock() {
             known.insert(credential.id, credential.fingerprint);
@@ -402,12 +422,11 @@ impl DeviceAuthenticator {
             }
             DeviceIdentity::Pen { .. } => Err(refuse("a pen sends only its own messages")),
             DeviceIdentity::Gateway { clinic_id, .. } => {
-                let clinic = self
-                    .inner
-                    .store
-                    .device_clinic(device_id)
-                    .await
-                    .map_err(|_| AuthFailure::Unavailable)?;
+                let clinic = bounded(
+                    "look up a device's clinic",
+                    self.inner.store.device_clinic(device_id),
+                )
+                .await?;
                 match clinic {
                     Some(c) if &c == clinic_id => Ok(Permit::Registered),
                     None => Ok(Permit::Unregistered),
@@ -467,9 +486,12 @@ impl DeviceAuthenticator {
             })),
             reason: Some(failure.to_string()),
         };
-        if let Err(e) = self.inner.store.append_audit(&[draft]).await {
-            tracing::warn!(error = %e, "cannot audit a refused device attempt");
-        }
+        // Logged by `bounded`; the count above stands either way.
+        let _ = bounded(
+            "audit a refused device attempt",
+            self.inner.store.append_audit(&[draft]),
+        )
+        .await;
     }
 
     /// Tracks an open connection of the identity's credential until the
@@ -528,9 +550,11 @@ impl DeviceAuthenticator {
             })),
             reason: Some(failure.to_string()),
         };
-        if let Err(e) = self.inner.store.append_audit(&[draft]).await {
-            tracing::warn!(error = %e, "cannot audit a shared credential");
-        }
+        let _ = bounded(
+            "audit a shared credential",
+            self.inner.store.append_audit(&[draft]),
+        )
+        .await;
     }
 
     /// Open connections of a credential now.

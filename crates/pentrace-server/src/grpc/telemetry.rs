@@ -226,12 +226,14 @@ impl IngestStream {
         let received_at = Utc::now();
         let (device_id, seq) = (m.device_id.clone(), m.seq);
         if let Err(failure) = self.permit(&device_id).await {
-            self.ingest.metrics().reject("permission_denied");
-            let code = match failure {
-                AuthFailure::Unavailable => pb::RejectCode::Unavailable,
-                _ => pb::RejectCode::PermissionDenied,
-            };
+            // A store outage is no denial: resend later.
             let retry = matches!(failure, AuthFailure::Unavailable);
+            let (label, code) = if retry {
+                ("unavailable", pb::RejectCode::Unavailable)
+            } else {
+                ("permission_denied", pb::RejectCode::PermissionDenied)
+            };
+            self.ingest.metrics().reject(label);
             if !retry {
                 self.auth.refused(&failure, "grpc", self.peer).await;
             }

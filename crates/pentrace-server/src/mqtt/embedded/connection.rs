@@ -91,6 +91,9 @@ enum Close {
     Revoked,
     /// A PUBLISH on a topic the identity may not use (MQTT 3.1.1 §3.3.5).
     Denied,
+    /// Whether a gateway may send for a device could not be checked (the
+    /// store is away): not a denial; the pen resends what was not PUBACKed.
+    Unavailable,
     /// No packet for 1.5 × the keep-alive.
     KeepAlive,
     /// A packet a client must not send (QoS 2 flows, a second CONNECT, a
@@ -110,6 +113,7 @@ impl Close {
             Close::TakenOver => "taken_over",
             Close::Revoked => "revoked",
             Close::Denied => "denied",
+            Close::Unavailable => "store_unavailable",
             Close::KeepAlive => "keep_alive",
             Close::Protocol(why) => why,
             Close::PipelineGone | Close::Drained => "shutdown",
@@ -473,9 +477,13 @@ impl Connection {
             self.deny("publish", &failure).await;
             return Err(Close::Denied);
         };
-        if let Err(failure) = self.may_send_for(device_id).await {
-            self.deny("publish", &failure).await;
-            return Err(Close::Denied);
+        match self.may_send_for(device_id).await {
+            Ok(_) => {}
+            Err(AuthFailure::Unavailable) => return Err(Close::Unavailable),
+            Err(failure) => {
+                self.deny("publish", &failure).await;
+                return Err(Close::Denied);
+            }
         }
         let received_at = Utc::now();
         let pending = Pending {
@@ -586,8 +594,12 @@ impl Connection {
         denied(&self.identity, format!("may not {what}"))
     }
 
-    /// Counts and reports a denied publish or subscription.
+    /// Counts and reports a denied publish or subscription (a store outage
+    /// is no denial: nothing is reported).
     async fn deny(&self, what: &'static str, failure: &AuthFailure) {
+        if matches!(failure, AuthFailure::Unavailable) {
+            return;
+        }
         self.shared
             .metrics
             .denials
