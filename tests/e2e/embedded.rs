@@ -18,7 +18,9 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
-use crate::helpers::{Server, TestApp, TestDb, eventually, pentrace_run, register, spawn_app, ts};
+use crate::helpers::{
+    Server, TestApp, TestDb, eventually, pentrace_run, register, register_on, spawn_app, ts,
+};
 use crate::ingest::http_get;
 use crate::mqtt::{covers, heartbeat, rejection_codes, session_start};
 
@@ -955,27 +957,7 @@ async fn with_the_database_away_a_connection_is_not_read_past_its_cap_and_nothin
         .await
         .expect("connect");
     let mut registry = RegistryClient::with_interceptor(channel, TestApp::bearer(token.trim()));
-    registry
-        .register_clinic(pb::RegisterClinicRequest {
-            clinic: Some(pb::Clinic {
-                clinic_id: "clinic-a".into(),
-                name: "A".into(),
-                time_zone: "UTC".into(),
-            }),
-        })
-        .await
-        .expect("clinic");
-    registry
-        .register_device(pb::RegisterDeviceRequest {
-            device: Some(pb::Device {
-                device_id: "pen-a".into(),
-                clinic_id: "clinic-a".into(),
-                model: "m".into(),
-                max_depth_um: 0,
-            }),
-        })
-        .await
-        .expect("device");
+    register_on(&mut registry, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let secret = registry
         .issue_device_credential(pb::IssueDeviceCredentialRequest {
             kind: pb::CredentialKind::PenSecret as i32,

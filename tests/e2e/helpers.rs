@@ -436,7 +436,18 @@ pub async fn register(
     products: &[pb::Product],
     lots: &[pb::Lot],
 ) {
-    let mut r = app.registry().await;
+    register_on(&mut app.registry().await, clinic, devices, products, lots).await;
+}
+
+/// [`register`] through a given Registry client (a TLS channel, a server
+/// started without a [`TestApp`]).
+pub async fn register_on(
+    r: &mut RegistryClient<Authed>,
+    clinic: &str,
+    devices: &[(&str, u32)],
+    products: &[pb::Product],
+    lots: &[pb::Lot],
+) {
     r.register_clinic(pb::RegisterClinicRequest {
         clinic: Some(pb::Clinic {
             clinic_id: clinic.into(),

@@ -9,7 +9,9 @@ use pentrace_proto::v1::registry_client::RegistryClient;
 use pentrace_proto::v1::telemetry_client::TelemetryClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::helpers::{TestApp, eventually, exchange, register, spawn_app, spawn_app_with};
+use crate::helpers::{
+    TestApp, eventually, exchange, register, register_on, spawn_app, spawn_app_with,
+};
 use crate::mqtt::heartbeat;
 
 async fn stored(app: &TestApp, device: &str) -> i64 {
@@ -247,28 +249,14 @@ async fn over_tls_a_pen_authenticates_by_its_certificate() {
     );
     let admin = connect(tls.clone()).await;
     let mut registry = RegistryClient::with_interceptor(admin, TestApp::bearer(&app.admin_token));
-    registry
-        .register_clinic(pb::RegisterClinicRequest {
-            clinic: Some(pb::Clinic {
-                clinic_id: "clinic-c".into(),
-                name: "C".into(),
-                time_zone: "UTC".into(),
-            }),
-        })
-        .await
-        .expect("clinic");
-    for pen in ["pen-c", "pen-d"] {
-        registry
-            .register_device(pb::RegisterDeviceRequest {
-                device: Some(pb::Device {
-                    device_id: pen.into(),
-                    clinic_id: "clinic-c".into(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("device");
-    }
+    register_on(
+        &mut registry,
+        "clinic-c",
+        &[("pen-c", 0), ("pen-d", 0)],
+        &[],
+        &[],
+    )
+    .await;
     let issued = registry
         .issue_device_credential(pb::IssueDeviceCredentialRequest {
             kind: pb::CredentialKind::PenCertificate as i32,
@@ -333,28 +321,14 @@ async fn a_gateway_check_during_a_database_outage_is_retryable_not_a_denial() {
         .expect("connect");
     let mut registry =
         RegistryClient::with_interceptor(channel.clone(), TestApp::bearer(token.trim()));
-    registry
-        .register_clinic(pb::RegisterClinicRequest {
-            clinic: Some(pb::Clinic {
-                clinic_id: "clinic-a".into(),
-                name: "A".into(),
-                time_zone: "UTC".into(),
-            }),
-        })
-        .await
-        .expect("clinic");
-    for pen in ["pen-1", "pen-2"] {
-        registry
-            .register_device(pb::RegisterDeviceRequest {
-                device: Some(pb::Device {
-                    device_id: pen.into(),
-                    clinic_id: "clinic-a".into(),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("device");
-    }
+    register_on(
+        &mut registry,
+        "clinic-a",
+        &[("pen-1", 0), ("pen-2", 0)],
+        &[],
+        &[],
+    )
+    .await;
     let gateway = registry
         .issue_device_credential(pb::IssueDeviceCredentialRequest {
             kind: pb::CredentialKind::GatewaySecret as i32,
