@@ -385,3 +385,62 @@ async fn a_gateway_check_during_a_database_outage_is_retryable_not_a_denial() {
     }
     drop(tx);
 }
+
+/// A cartridge first used in clinic B and then in clinic A: A's officer
+/// sees the reuse and when the cartridge was used before, but no id of
+/// B's — not in the flag, not in A's audit chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reuse_across_clinics_shows_no_other_clinics_ids() {
+    use crate::helpers::user_token;
+    use crate::mqtt::session_start;
+    let app = spawn_app(&["--no-mqtt"]).await;
+    let gtin = "09506000134352";
+    let product = pb::Product {
+        gtin: gtin.into(),
+        name: "n".into(),
+        ..Default::default()
+    };
+    register(&app, "clinic-a", &[("pen-a", 0)], &[product], &[]).await;
+    register(&app, "clinic-b", &[("pen-b", 0)], &[], &[]).await;
+    let udi = format!("(01){gtin}(17)301231(10)L1(21)CROSS-1");
+    let b_session = uuid::Uuid::new_v4().to_string();
+    let a_session = uuid::Uuid::new_v4().to_string();
+    let mut b = app.telemetry_for("clinic-b").await;
+    let down = exchange(&mut b, vec![session_start("pen-b", 1, &b_session, &udi)]).await;
+    assert_eq!(down.watermark("pen-b"), 1);
+    let mut a = app.telemetry_for("clinic-a").await;
+    let down = exchange(&mut a, vec![session_start("pen-a", 1, &a_session, &udi)]).await;
+    assert_eq!(down.watermark("pen-a"), 1);
+
+    let officer = user_token(&app.db, "Olga A", "compliance_officer", &["clinic-a"]);
+    let flags = app
+        .compliance_as(&officer)
+        .await
+        .list_flags(pb::ListFlagsRequest::default())
+        .await
+        .expect("flags")
+        .into_inner()
+        .flags;
+    let reuse = flags
+        .iter()
+        .find(|f| f.kind == pb::FlagKind::CartridgeReused as i32)
+        .expect("clinic A sees the reuse");
+    let seen = format!("{} {}", reuse.detail, reuse.evidence_json);
+    for foreign in ["pen-b", "clinic-b", b_session.as_str()] {
+        assert!(!seen.contains(foreign), "{foreign} in {seen}");
+    }
+    assert!(seen.contains("another clinic"), "{seen}");
+    let chain: Vec<(String,)> = sqlx::query_as(
+        "SELECT coalesce(new_value::text, '') || coalesce(reason, '') FROM audit_events \
+         WHERE clinic_id = 'clinic-a'",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .expect("audit");
+    for (text,) in chain {
+        assert!(
+            !text.contains("pen-b") && !text.contains(&b_session),
+            "{text}"
+        );
+    }
+}

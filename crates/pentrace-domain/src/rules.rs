@@ -26,6 +26,9 @@ use crate::udi::{Udi, UdiError};
 pub struct Binding {
     pub session_id: String,
     pub device_id: String,
+    /// The owner device's clinic: a reuse in another clinic is told that
+    /// the cartridge was used before, and when, but not where.
+    pub clinic_id: String,
     pub patient_ref: Option<String>,
     /// Latest device time (skew-corrected) of the owner or a resumed session.
     pub last_activity_at: DateTime<Utc>,
@@ -72,6 +75,8 @@ pub struct Facts {
     pub session: SessionFacts,
     /// The device's own depth limit; 0 = the policy default.
     pub device_max_depth_um: u32,
+    /// The judged device's clinic.
+    pub clinic_id: String,
 }
 
 /// How a session relates to the cartridge it presented.
@@ -293,6 +298,9 @@ fn relation_verdict(
 ) -> Option<Verdict> {
     let binding = facts.binding.as_ref()?;
     let cartridge = ident.cartridge.as_ref()?.to_string();
+    if binding.clinic_id != facts.clinic_id {
+        return elsewhere_verdict(ctx, binding, &cartridge, relation);
+    }
     let evidence = json!({
         "cartridge_id": cartridge,
         "owner_session_id": binding.session_id,
@@ -315,6 +323,36 @@ fn relation_verdict(
         CartridgeRelation::Owner | CartridgeRelation::Unidentified => return None,
     };
     Some(Verdict::new(kind, session_key(ctx, kind), detail, evidence))
+}
+
+/// A cartridge first used in another clinic: the flag (and the audit
+/// event that records it) belong to this clinic, so they say that it was
+/// used before and when, never the other clinic's device or session. An
+/// admin finds those in the cartridge's history.
+fn elsewhere_verdict(
+    ctx: &SessionContext,
+    binding: &Binding,
+    cartridge: &str,
+    relation: &CartridgeRelation,
+) -> Option<Verdict> {
+    let kind = match relation {
+        CartridgeRelation::Reused { .. } => FlagKind::CartridgeReused,
+        // The same pen, registered to another clinic since.
+        CartridgeRelation::Resumed { .. } => FlagKind::SessionResumed,
+        CartridgeRelation::Owner | CartridgeRelation::Unidentified => return None,
+    };
+    let last = binding.last_activity_at.to_rfc3339();
+    Some(Verdict::new(
+        kind,
+        session_key(ctx, kind),
+        format!("cartridge {cartridge} was used before, in another clinic (last activity {last})"),
+        json!({
+            "cartridge_id": cartridge,
+            "owner": "another clinic",
+            "owner_last_activity_at": last,
+            "session_started_at": ctx.started_at.to_rfc3339(),
+        }),
+    ))
 }
 
 /// The expiry that applies: the earlier of the UDI's (17) and the lot's.

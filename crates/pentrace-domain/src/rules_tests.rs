@@ -103,6 +103,8 @@ fn bound(session: &str, device: &str, last: DateTime<Utc>) -> Binding {
     Binding {
         session_id: session.into(),
         device_id: device.into(),
+        // The judged device's (Facts::default()'s) clinic.
+        clinic_id: String::new(),
         patient_ref: Some("p1".into()),
         last_activity_at: last,
     }
@@ -778,4 +780,50 @@ fn derived_session_ids_are_stable_uuids_per_device_and_raw_id() {
     let parsed = uuid::Uuid::parse_str(&a).unwrap();
     assert_eq!(parsed.to_string(), a);
     assert_eq!(parsed.get_version_num(), 8);
+}
+
+#[test]
+fn a_reuse_in_another_clinic_says_when_but_not_where() {
+    let last = t0();
+    let later = last + Duration::days(2);
+    let msg = start("pen-a9", ctx("sess-a", &udi("A", "301231"), later), later);
+    let owner = Binding {
+        clinic_id: "clinic-b".into(),
+        ..bound("sess-b-owner", "pen-b7", last)
+    };
+    let text = |j: &Judgement| {
+        j.verdicts
+            .iter()
+            .map(|v| format!("{} {}", v.detail, v.evidence))
+            .collect::<String>()
+    };
+    // Same clinic: the owner is named.
+    let same = Facts {
+        binding: Some(Binding {
+            clinic_id: "clinic-a".into(),
+            ..owner.clone()
+        }),
+        clinic_id: "clinic-a".into(),
+        ..known_facts()
+    };
+    let j = run(&msg, &same, later);
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeReused]);
+    assert!(text(&j).contains("sess-b-owner") && text(&j).contains("pen-b7"));
+    // Another clinic: still a reuse, with when, never the device or session.
+    let other = Facts {
+        binding: Some(owner),
+        clinic_id: "clinic-a".into(),
+        ..known_facts()
+    };
+    let j = run(&msg, &other, later);
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeReused]);
+    let said = text(&j);
+    assert!(
+        !said.contains("sess-b-owner") && !said.contains("pen-b7") && !said.contains("clinic-b"),
+        "{said}"
+    );
+    assert!(
+        said.contains("another clinic") && said.contains(&last.to_rfc3339()),
+        "{said}"
+    );
 }

@@ -272,17 +272,24 @@ fn any_relation() -> BoxedStrategy<CartridgeRelation> {
 }
 
 /// Any binding of a cartridge.
+/// One of two clinics: the same one as often as another.
+pub fn any_clinic() -> BoxedStrategy<String> {
+    prop::sample::select(vec!["clinic-a".to_owned(), "clinic-b".to_owned()]).boxed()
+}
+
 pub fn any_binding() -> BoxedStrategy<Binding> {
     (
         any_session_id(),
         any_device_id(),
+        any_clinic(),
         prop::option::of(any_text()),
         any_time(),
     )
         .prop_map(
-            |(session_id, device_id, patient_ref, last_activity_at)| Binding {
+            |(session_id, device_id, clinic_id, patient_ref, last_activity_at)| Binding {
                 session_id,
                 device_id,
+                clinic_id,
                 patient_ref,
                 last_activity_at,
             },
@@ -320,10 +327,16 @@ pub fn any_facts() -> BoxedStrategy<Facts> {
         prop::option::of(any_product()),
         prop::option::of(any_lot()),
         (prop::option::of(any_relation()), any_u64(), any_u64()),
-        any_u32(),
+        (any_u32(), any_clinic()),
     )
         .prop_map(
-            |(binding, product, lot, (relation, strokes, active_ms), device_max_depth_um)| Facts {
+            |(
+                binding,
+                product,
+                lot,
+                (relation, strokes, active_ms),
+                (device_max_depth_um, clinic_id),
+            )| Facts {
                 binding,
                 product,
                 lot,
@@ -333,6 +346,7 @@ pub fn any_facts() -> BoxedStrategy<Facts> {
                     active_ms,
                 },
                 device_max_depth_um,
+                clinic_id,
             },
         )
         .boxed()

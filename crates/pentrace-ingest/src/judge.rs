@@ -229,6 +229,7 @@ impl<'f> Work<'f> {
                 })
                 .unwrap_or_default(),
             device_max_depth_um: device.max_depth_um,
+            clinic_id: device.clinic_id.clone(),
         }
     }
 
@@ -243,9 +244,18 @@ impl<'f> Work<'f> {
         if *relation != CartridgeRelation::Owner || self.bindings.contains_key(cartridge_id) {
             return;
         }
+        // Every judged message is of a registered device, whose clinic the
+        // batch's facts hold.
+        let clinic_id = self
+            .facts
+            .devices
+            .get(&msg.device_id)
+            .map(|d| d.clinic_id.clone())
+            .unwrap_or_default();
         let binding = Binding {
             session_id: ctx.session_id.clone(),
             device_id: msg.device_id.clone(),
+            clinic_id,
             patient_ref: ctx.patient_ref.clone(),
             last_activity_at: started,
         };

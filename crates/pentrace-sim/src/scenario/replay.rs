@@ -129,6 +129,8 @@ impl Server {
                 self.bindings.entry(id.clone()).or_insert(Binding {
                     session_id: ctx.session_id.clone(),
                     device_id: msg.device_id.clone(),
+                    // One clinic per run, as the replay's facts have it.
+                    clinic_id: String::new(),
                     patient_ref: ctx.patient_ref.clone(),
                     last_activity_at: started,
                 });
@@ -165,6 +167,8 @@ impl Server {
                 active_ms: 0,
             },
             device_max_depth_um: 0,
+            // One clinic per run, like the bindings above.
+            clinic_id: String::new(),
         }
     }
 }

@@ -217,13 +217,18 @@ pub(crate) fn commit_drafts(batch: &WriteBatch, new_flags: &[FlagRecord]) -> Vec
     drafts
 }
 
+/// `session.started`. It says how the session relates to its cartridge
+/// but not which session owns it: the owner may be another clinic's, and
+/// this event is in the session's clinic's chain. The `flag.raised` event
+/// of a reuse or resume names the owner when it is of the same clinic (the
+/// domain's rule, `relation_verdict`).
 fn session_started(w: &SessionWrite) -> AuditDraft {
     use pentrace_domain::rules::CartridgeRelation as R;
-    let (binding, owner) = match &w.relation {
-        Some(R::Owner) => ("owner", None),
-        Some(R::Resumed { owner_session_id }) => ("resumed", Some(owner_session_id.clone())),
-        Some(R::Reused { owner_session_id }) => ("reused", Some(owner_session_id.clone())),
-        Some(R::Unidentified) | None => ("unidentified", None),
+    let binding = match &w.relation {
+        Some(R::Owner) => "owner",
+        Some(R::Resumed { .. }) => "resumed",
+        Some(R::Reused { .. }) => "reused",
+        Some(R::Unidentified) | None => "unidentified",
     };
     AuditDraft {
         clinic_id: w.clinic_id.clone(),
@@ -240,7 +245,6 @@ fn session_started(w: &SessionWrite) -> AuditDraft {
             "lot": w.lot,
             "expiry": w.expiry.map(|d| d.to_string()),
             "binding": binding,
-            "owner_session_id": owner,
             "area": w.area,
             "patient_ref": w.patient_ref,
             "started_at": w.started_at.to_rfc3339(),

@@ -166,10 +166,11 @@ async fn bindings(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    type Row = (String, Uuid, String, Option<String>, DateTime<Utc>);
+    type Row = (String, Uuid, String, String, Option<String>, DateTime<Utc>);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT cartridge_id, session_id, device_id, patient_ref, last_activity_at \
-         FROM cartridges WHERE cartridge_id = ANY($1)",
+        "SELECT c.cartridge_id, c.session_id, c.device_id, d.clinic_id, c.patient_ref, \
+         c.last_activity_at FROM cartridges c JOIN devices d ON d.id = c.device_id \
+         WHERE c.cartridge_id = ANY($1)",
     )
     .persistent(false)
     .bind(strs(ids))
@@ -178,10 +179,11 @@ async fn bindings(
     Ok(rows
         .into_iter()
         .map(
-            |(cartridge_id, session_id, device_id, patient_ref, last_activity_at)| {
+            |(cartridge_id, session_id, device_id, clinic_id, patient_ref, last_activity_at)| {
                 let binding = Binding {
                     session_id: session_id.to_string(),
                     device_id,
+                    clinic_id,
                     patient_ref,
                     last_activity_at,
                 };

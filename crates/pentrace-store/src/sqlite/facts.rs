@@ -147,20 +147,22 @@ async fn bindings(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    type Row = (String, String, String, Option<String>, i64);
+    type Row = (String, String, String, String, Option<String>, i64);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT cartridge_id, session_id, device_id, patient_ref, last_activity_at \
-         FROM cartridges WHERE cartridge_id IN (SELECT value FROM json_each(?1))",
+        "SELECT c.cartridge_id, c.session_id, c.device_id, d.clinic_id, c.patient_ref, \
+         c.last_activity_at FROM cartridges c JOIN devices d ON d.id = c.device_id \
+         WHERE c.cartridge_id IN (SELECT value FROM json_each(?1))",
     )
     .bind(json_list(ids))
     .fetch_all(conn)
     .await?;
     rows.into_iter()
         .map(
-            |(cartridge_id, session_id, device_id, patient_ref, last_activity_at)| {
+            |(cartridge_id, session_id, device_id, clinic_id, patient_ref, last_activity_at)| {
                 let binding = Binding {
                     session_id,
                     device_id,
+                    clinic_id,
                     patient_ref,
                     last_activity_at: time(last_activity_at, "cartridge last activity")?,
                 };
