@@ -235,7 +235,10 @@ impl Application {
                 ))
                 .max_decoding_message_size(limit),
             )
-            .add_service(FleetServer::new(FleetService::new(store.clone())))
+            .add_service(FleetServer::new(FleetService::new(
+                store.clone(),
+                config.fleet.policy(),
+            )))
             .add_service(ComplianceServer::new(ComplianceService::new(
                 store.clone(),
                 flags.clone(),

@@ -51,6 +51,42 @@ pub struct Config {
     pub policy: PolicySettings,
     pub mqtt: MqttSettings,
     pub tls: TlsSettings,
+    pub fleet: FleetSettings,
+}
+
+/// The fleet checks' policy (`pentrace audit fleet`, `Fleet.CheckFleet`):
+/// defaults a request may override.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetSettings {
+    /// Audit events of the last this many seconds are read.
+    pub lookback_s: u64,
+    /// A pen certificate expiring within this many days is reported.
+    pub certificate_warning_days: u32,
+    /// A pen in service silent for longer than this many seconds is reported.
+    pub silent_after_s: u64,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        let p = crate::fleet_checks::FleetPolicy::default();
+        FleetSettings {
+            lookback_s: p.lookback.num_seconds().unsigned_abs(),
+            certificate_warning_days: u32::try_from(p.certificate_warning.num_days()).unwrap_or(30),
+            silent_after_s: p.silent_after.num_seconds().unsigned_abs(),
+        }
+    }
+}
+
+impl FleetSettings {
+    /// The policy these settings give.
+    pub fn policy(&self) -> crate::fleet_checks::FleetPolicy {
+        crate::fleet_checks::FleetPolicy {
+            lookback: seconds(self.lookback_s),
+            certificate_warning: chrono::Duration::days(i64::from(self.certificate_warning_days)),
+            silent_after: seconds(self.silent_after_s),
+        }
+    }
 }
 
 /// TLS of the gRPC and HTTP listeners, and the CA of the pens' client
@@ -126,6 +162,12 @@ pub struct PolicySettings {
     pub default_max_depth_um: u32,
 }
 
+/// A configured number of seconds as a period (saturating: no setting can
+/// overflow the clock).
+fn seconds(s: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +194,7 @@ impl Default for Config {
             policy: PolicySettings::default(),
             mqtt: MqttSettings::default(),
             tls: TlsSettings::default(),
+            fleet: FleetSettings::default(),
         }
     }
 }
@@ -378,6 +421,24 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid("tls.cert", "tls.cert and tls.key go together"));
         }
+        if !(1..=90 * 86_400).contains(&self.fleet.lookback_s) {
+            return Err(invalid(
+                "fleet.lookback_s",
+                "must be between 1 and 7776000 (90 days)",
+            ));
+        }
+        if !(1..=3650).contains(&self.fleet.certificate_warning_days) {
+            return Err(invalid(
+                "fleet.certificate_warning_days",
+                "must be between 1 and 3650",
+            ));
+        }
+        if !(1..=3650 * 86_400).contains(&self.fleet.silent_after_s) {
+            return Err(invalid(
+                "fleet.silent_after_s",
+                "must be between 1 and 315360000 (3650 days)",
+            ));
+        }
         if self.default_clinic.trim().is_empty() {
             return Err(invalid("default_clinic", "must not be empty"));
         }
@@ -386,7 +447,6 @@ impl Config {
 
     /// The pipeline settings this configuration describes.
     pub fn ingest_config(&self) -> IngestConfig {
-        let secs = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000));
         IngestConfig {
             batch_max_messages: self.ingest.batch_max_messages,
             batch_max_age: Duration::from_millis(self.ingest.batch_max_age_ms),
@@ -399,9 +459,9 @@ impl Config {
             auto_register_clinic: self.auto_register.then(|| self.default_clinic.clone()),
             gap_check_interval: Duration::from_secs(self.ingest.gap_check_interval_s.max(1)),
             policy: Policy {
-                resume_window: secs(self.policy.resume_window_s),
-                skew_window: secs(self.policy.skew_window_s),
-                gap_window: secs(self.policy.gap_window_s),
+                resume_window: seconds(self.policy.resume_window_s),
+                skew_window: seconds(self.policy.skew_window_s),
+                gap_window: seconds(self.policy.gap_window_s),
                 default_max_depth_um: self.policy.default_max_depth_um,
                 ..Policy::default()
             },
@@ -453,6 +513,31 @@ mod tests {
         config.mqtt.keep_alive_s = 0;
         let err = config.validate().expect_err("zero keep-alive");
         assert!(err.to_string().contains("mqtt.keep_alive_s"), "{err}");
+    }
+
+    #[test]
+    fn the_fleet_policy_is_bounded_so_no_setting_can_overflow_the_clock() {
+        let mut config = Config::load(None, &Overrides::default()).expect("defaults");
+        assert_eq!(
+            config.fleet.policy(),
+            crate::fleet_checks::FleetPolicy::default()
+        );
+        config.fleet.lookback_s = u64::MAX;
+        let err = config
+            .validate()
+            .expect_err("a lookback of u64::MAX seconds");
+        assert!(err.to_string().contains("fleet.lookback_s"), "{err}");
+        config.fleet.lookback_s = 3600;
+        config.fleet.silent_after_s = 0;
+        let err = config.validate().expect_err("silent at once");
+        assert!(err.to_string().contains("fleet.silent_after_s"), "{err}");
+        config.fleet.silent_after_s = 3600;
+        config.fleet.certificate_warning_days = 100_000;
+        let err = config.validate().expect_err("a warning of 270 years");
+        assert!(
+            err.to_string().contains("certificate_warning_days"),
+            "{err}"
+        );
     }
 
     #[test]

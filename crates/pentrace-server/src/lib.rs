@@ -9,6 +9,7 @@ pub mod convert;
 pub mod credentials;
 pub mod device_auth;
 pub mod downlink;
+pub mod fleet_checks;
 pub mod grpc;
 pub mod http;
 pub mod mqtt;

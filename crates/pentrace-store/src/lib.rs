@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pentrace_domain::audit::{Actor, ChainHash};
+use pentrace_domain::audit::{Actor, AuditEvent, ChainHash};
 use pentrace_domain::checkpoint::Checkpoint;
 
 pub mod model;
@@ -260,6 +260,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: u64,
         limit: u32,
     ) -> StoreResult<Vec<StoredAuditEvent>>;
+    /// Events of the query's actions since its time, oldest first.
+    async fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>>;
     /// The hash stored at a chain position, if the chain has it.
     async fn audit_hash_at(&self, clinic_id: &str, position: u64)
     -> StoreResult<Option<ChainHash>>;

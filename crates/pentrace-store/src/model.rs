@@ -309,6 +309,20 @@ pub struct AuditDraft {
     pub reason: Option<String>,
 }
 
+/// Filters of `audit_events`: the events of some actions since a time, for
+/// reports over the trail (the fleet checks) rather than its verification.
+#[derive(Debug, Clone)]
+pub struct AuditQuery {
+    /// Wanted actions (`device.auth_refused`, ...); never empty.
+    pub actions: Vec<String>,
+    /// Events at or after this time.
+    pub since: DateTime<Utc>,
+    /// Restrict to these chains (`None` = every chain).
+    pub clinic_ids: Option<Vec<String>>,
+    /// Most events returned, oldest first.
+    pub limit: u32,
+}
+
 /// An audit event as stored, with its links.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredAuditEvent {

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use pentrace_domain::checkpoint::{Checkpoint, signing_key};
-use pentrace_server::audit_trail;
+use pentrace_server::{audit_trail, fleet_checks};
 
-use crate::serve::{ConfigArgs, open_store, runtime};
+use crate::serve::{ConfigArgs, load, open_store, runtime};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -18,6 +18,33 @@ pub enum AuditCommand {
     Checkpoint(CheckpointArgs),
     /// Recompute every chain and check every checkpoint; exit 0 only if all hold.
     Verify(VerifyArgs),
+    /// Fleet checks: shared credentials, revoked or expired ones still
+    /// trying, certificates near expiry, silent pens; exit 0 only if none.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    common: ConfigArgs,
+    /// Only this clinic (default: every clinic).
+    #[arg(long)]
+    clinic: Option<String>,
+    /// Audit evidence of the last this many hours (default: config
+    /// `fleet.lookback_s`, 24 h).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2160))]
+    lookback_hours: Option<u32>,
+    /// Certificates expiring within this many days (default: config
+    /// `fleet.certificate_warning_days`, 30).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    certificate_warning_days: Option<u32>,
+    /// Pens silent for longer than this many hours (default: config
+    /// `fleet.silent_after_s`, 24 h).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=87600))]
+    silent_after_hours: Option<u32>,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +84,7 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
         AuditCommand::Keygen(a) => keygen(&a.out).map(|()| true),
         AuditCommand::Checkpoint(a) => checkpoint(a).map(|()| true),
         AuditCommand::Verify(a) => verify(a),
+        AuditCommand::Fleet(a) => fleet(a),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -169,4 +197,76 @@ fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
         );
         Ok(ok)
     })
+}
+
+fn fleet(args: FleetArgs) -> anyhow::Result<bool> {
+    let config = load(&args.common, Default::default())?;
+    let mut policy = config.fleet.policy();
+    let hours = |h: u32| chrono::Duration::hours(i64::from(h));
+    if let Some(h) = args.lookback_hours {
+        policy.lookback = hours(h);
+    }
+    if let Some(d) = args.certificate_warning_days {
+        policy.certificate_warning = chrono::Duration::days(i64::from(d));
+    }
+    if let Some(h) = args.silent_after_hours {
+        policy.silent_after = hours(h);
+    }
+    runtime()?.block_on(async {
+        let store = open_store(&args.common).await?;
+        let clinics = args.clinic.map(|c| vec![c]);
+        if let Some(c) = clinics.as_ref().and_then(|c| c.first())
+            && !store.list_clinics().await?.iter().any(|k| &k.id == c)
+        {
+            bail!("no clinic {c:?} is registered");
+        }
+        let report = fleet_checks::run(
+            store.as_ref(),
+            clinics.as_deref(),
+            &policy,
+            chrono::Utc::now(),
+        )
+        .await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_fleet(&report, &policy);
+        }
+        Ok(report.findings.is_empty())
+    })
+}
+
+fn print_fleet(report: &fleet_checks::FleetReport, policy: &fleet_checks::FleetPolicy) {
+    println!(
+        "fleet checks at {} (evidence of the last {} h; certificates within {} d; silent after {} h)",
+        report.checked_at.to_rfc3339(),
+        policy.lookback.num_hours(),
+        policy.certificate_warning.num_days(),
+        policy.silent_after.num_hours(),
+    );
+    if !report.findings.is_empty() {
+        println!(
+            "{:<26} {:<16} {:<24} detail",
+            "finding", "clinic", "principal"
+        );
+    }
+    for f in &report.findings {
+        println!(
+            "{:<26} {:<16} {:<24} {}",
+            f.kind.as_str(),
+            f.clinic_id,
+            f.principal,
+            f.detail
+        );
+    }
+    if report.incomplete {
+        println!(
+            "warning: more than {} audit events in the period; counts are a floor",
+            fleet_checks::MAX_EVENTS
+        );
+    }
+    match report.findings.len() {
+        0 => println!("fleet checks: nothing found"),
+        n => println!("fleet checks: {n} finding(s)"),
+    }
 }

@@ -1,4 +1,5 @@
-//! `Fleet`: every pen with its status, and the sessions of one pen.
+//! `Fleet`: every pen with its status, the sessions of one pen, and the
+//! fleet checks.
 
 use std::sync::Arc;
 
@@ -11,19 +12,23 @@ use tonic::{Request, Response, Status};
 use super::{invalid, status};
 use crate::auth::Authenticator;
 use crate::convert::{self, optional_time, timestamp};
+use crate::fleet_checks::{self, Finding, FindingKind, FleetPolicy};
 
 /// The Fleet service.
 #[derive(Debug, Clone)]
 pub struct FleetService {
     store: Arc<dyn Store>,
     auth: Authenticator,
+    /// The fleet checks' defaults (config `fleet.*`).
+    policy: FleetPolicy,
 }
 
 impl FleetService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, policy: FleetPolicy) -> Self {
         FleetService {
             auth: Authenticator::new(store.clone()),
             store,
+            policy,
         }
     }
 }
@@ -100,5 +105,76 @@ impl Fleet for FleetService {
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: sessions.iter().map(convert::session).collect(),
         }))
+    }
+
+    async fn check_fleet(
+        &self,
+        request: Request<pb::CheckFleetRequest>,
+    ) -> Result<Response<pb::CheckFleetResponse>, Status> {
+        let caller = self.auth.caller(&request).await?;
+        let r = request.into_inner();
+        let policy = policy_of(&r, self.policy)?;
+        let clinics = caller.scope(&r.clinic_id);
+        let report =
+            fleet_checks::run(self.store.as_ref(), clinics.as_deref(), &policy, Utc::now())
+                .await
+                .map_err(status)?;
+        Ok(Response::new(pb::CheckFleetResponse {
+            checked_at: Some(timestamp(report.checked_at)),
+            findings: report.findings.into_iter().map(finding).collect(),
+            incomplete: report.incomplete,
+        }))
+    }
+}
+
+/// The request's overrides of the server's policy, bounded so that no
+/// request can make the server read years of audit trail.
+fn policy_of(r: &pb::CheckFleetRequest, default: FleetPolicy) -> Result<FleetPolicy, Status> {
+    const MAX_LOOKBACK_S: u64 = 90 * 86_400;
+    const MAX_DAYS: u32 = 3650;
+    if r.lookback_s > MAX_LOOKBACK_S {
+        return Err(invalid("lookback_s must be at most 90 days (7776000 s)"));
+    }
+    if r.certificate_warning_days > MAX_DAYS {
+        return Err(invalid("certificate_warning_days must be at most 3650"));
+    }
+    if r.silent_after_s > u64::from(MAX_DAYS) * 86_400 {
+        return Err(invalid("silent_after_s must be at most 3650 days"));
+    }
+    let secs = |s: u64, d: chrono::Duration| {
+        if s == 0 {
+            d
+        } else {
+            chrono::Duration::seconds(s as i64)
+        }
+    };
+    Ok(FleetPolicy {
+        lookback: secs(r.lookback_s, default.lookback),
+        certificate_warning: if r.certificate_warning_days == 0 {
+            default.certificate_warning
+        } else {
+            chrono::Duration::days(i64::from(r.certificate_warning_days))
+        },
+        silent_after: secs(r.silent_after_s, default.silent_after),
+    })
+}
+
+fn finding(f: Finding) -> pb::FleetFinding {
+    let kind = match f.kind {
+        FindingKind::CredentialShared => pb::FleetFindingKind::CredentialShared,
+        FindingKind::RevokedCredentialInUse => pb::FleetFindingKind::RevokedCredentialInUse,
+        FindingKind::ExpiredCredentialInUse => pb::FleetFindingKind::ExpiredCredentialInUse,
+        FindingKind::CertificateExpiring => pb::FleetFindingKind::CertificateExpiring,
+        FindingKind::PenSilent => pb::FleetFindingKind::PenSilent,
+    };
+    pb::FleetFinding {
+        kind: kind.into(),
+        clinic_id: f.clinic_id,
+        principal: f.principal,
+        credential_id: f.credential_id.map(|id| id.to_string()).unwrap_or_default(),
+        occurrences: f.occurrences,
+        first_at: f.first_at.map(timestamp),
+        last_at: f.last_at.map(timestamp),
+        detail: f.detail,
     }
 }

@@ -11,7 +11,8 @@ use sqlx::{PgConnection, PgPool};
 
 use super::convert::{corrupt, from_i64, to_i64};
 use crate::{
-    AuditDraft, ChainHead, FlagRecord, SessionWrite, StoreResult, StoredAuditEvent, WriteBatch,
+    AuditDraft, AuditQuery, ChainHead, FlagRecord, SessionWrite, StoreResult, StoredAuditEvent,
+    WriteBatch,
 };
 
 /// Now at the precision the database keeps, so the hashed time and the
@@ -328,6 +329,26 @@ pub(super) async fn page(
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(stored_event).collect()
+}
+
+/// Events of some actions since a time (`AuditQuery`), oldest first.
+pub(super) async fn events(pool: &PgPool, q: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT clinic_id, position, at, actor_kind, actor_id, action, subject_type, subject_id, \
+                old_value, new_value, reason, prev_hash, hash \
+         FROM audit_events \
+         WHERE action = ANY($1) AND at >= $2 AND ($3::text[] IS NULL OR clinic_id = ANY($3)) \
+         ORDER BY at, clinic_id, position LIMIT $4",
+    )
+    .bind(&q.actions)
+    .bind(q.since)
+    .bind(q.clinic_ids.as_deref())
+    .bind(i64::from(q.limit))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| stored_event(r).map(|s| s.event))
+        .collect()
 }
 
 fn stored_event(r: EventRow) -> StoreResult<StoredAuditEvent> {

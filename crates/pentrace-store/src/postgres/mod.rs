@@ -29,16 +29,16 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 
-use pentrace_domain::audit::{Actor, ChainHash};
+use pentrace_domain::audit::{Actor, AuditEvent, ChainHash};
 use pentrace_domain::checkpoint::Checkpoint;
 use registry::Change;
 
 use crate::{
-    AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceCredential,
-    DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord,
-    GLOBAL_CHAIN, Lot, NewDeviceCredential, NewFlag, Product, QuarantineRecord, QuarantineRow,
-    Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult, StoredAuditEvent,
-    StoredFacts, User, Watermarks, WriteBatch,
+    AuditDraft, AuditQuery, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device,
+    DeviceCredential, DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord,
+    FlagQuery, FlagRecord, GLOBAL_CHAIN, Lot, NewDeviceCredential, NewFlag, Product,
+    QuarantineRecord, QuarantineRow, Role, SessionQuery, SessionRecord, Store, StoreError,
+    StoreResult, StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
 };
 
 /// The migrations of `migrations/postgres`, embedded at build time.
@@ -300,6 +300,10 @@ impl Store for PgStore {
         limit: u32,
     ) -> StoreResult<Vec<StoredAuditEvent>> {
         audit::page(&self.pool, clinic_id, after, limit).await
+    }
+
+    async fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
+        audit::events(&self.pool, query).await
     }
 
     async fn audit_hash_at(

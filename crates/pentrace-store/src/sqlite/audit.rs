@@ -13,7 +13,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 use super::convert::{corrupt, hash32, micros, time, to_int8, to_u64};
 use crate::postgres::audit::{now_micros, to_event};
-use crate::{AuditDraft, ChainHead, StoreResult, StoredAuditEvent};
+use crate::{AuditDraft, AuditQuery, ChainHead, StoreResult, StoredAuditEvent};
 
 /// Appends the drafts to their chains and returns each draft's hash, in the
 /// order given. Every event of one call shares one time.
@@ -149,6 +149,31 @@ pub(super) async fn page(
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(stored_event).collect()
+}
+
+/// Events of some actions since a time (`AuditQuery`), oldest first.
+pub(super) async fn events(pool: &SqlitePool, q: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT clinic_id, position, at, actor_kind, actor_id, action, subject_type, subject_id, \
+                old_value, new_value, reason, prev_hash, hash \
+         FROM audit_events \
+         WHERE action IN (SELECT value FROM json_each(?1)) AND at >= ?2 \
+           AND (?3 IS NULL OR clinic_id IN (SELECT value FROM json_each(?3))) \
+         ORDER BY at, clinic_id, position LIMIT ?4",
+    )
+    .bind(serde_json::json!(q.actions).to_string())
+    .bind(micros(q.since))
+    .bind(
+        q.clinic_ids
+            .as_ref()
+            .map(|c| serde_json::json!(c).to_string()),
+    )
+    .bind(i64::from(q.limit))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|r| stored_event(r).map(|s| s.event))
+        .collect()
 }
 
 fn stored_event(r: EventRow) -> StoreResult<StoredAuditEvent> {

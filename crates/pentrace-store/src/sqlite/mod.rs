@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pentrace_domain::audit::{Actor, ChainHash};
+use pentrace_domain::audit::{Actor, AuditEvent, ChainHash};
 use pentrace_domain::checkpoint::Checkpoint;
 use pentrace_domain::rules::SeqHole;
 use sqlx::migrate::Migrator;
@@ -57,11 +57,11 @@ pub(crate) use error::classify;
 use registry::{Change, Subject};
 
 use crate::{
-    AuditDraft, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device, DeviceCredential,
-    DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord, FlagQuery, FlagRecord,
-    GLOBAL_CHAIN, Lot, NewDeviceCredential, NewFlag, Product, QuarantineRecord, QuarantineRow,
-    Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult, StoredAuditEvent,
-    StoredFacts, User, Watermarks, WriteBatch,
+    AuditDraft, AuditQuery, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device,
+    DeviceCredential, DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord,
+    FlagQuery, FlagRecord, GLOBAL_CHAIN, Lot, NewDeviceCredential, NewFlag, Product,
+    QuarantineRecord, QuarantineRow, Role, SessionQuery, SessionRecord, Store, StoreError,
+    StoreResult, StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
 };
 
 /// The migrations of `migrations/sqlite`, embedded at build time.
@@ -275,6 +275,10 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<StoredAuditEvent>> {
         audit::page(&self.reader, clinic_id, after, limit).await
+    }
+
+    async fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
+        audit::events(&self.reader, query).await
     }
 
     async fn audit_hash_at(

@@ -7,8 +7,8 @@ use pentrace_domain::audit::{Actor, ChainVerifier};
 use pentrace_domain::checkpoint::{Checkpoint, signing_key};
 use pentrace_domain::rules::recall_exposure;
 use pentrace_store::{
-    AuditDraft, Clinic, FlagAction, FlagStep, GLOBAL_CHAIN, Lot, Role, SignatureMeaning,
-    StoreError, StoredAuditEvent,
+    AuditDraft, AuditQuery, Clinic, FlagAction, FlagStep, GLOBAL_CHAIN, Lot, Role,
+    SignatureMeaning, StoreError, StoredAuditEvent,
 };
 use serde_json::json;
 
@@ -19,6 +19,7 @@ crate::conformance!(
     every_chain_verifies_page_by_page,
     registry_changes_record_old_and_new_values,
     append_audit_extends_each_chain,
+    audit_events_are_found_by_action_time_and_chain,
     audit_tables_refuse_update_and_delete,
     checkpoints_are_stored_as_signed,
 );
@@ -221,6 +222,69 @@ async fn append_audit_extends_each_chain(store: TestStore) {
     assert_eq!(first.new_value, Some(json!({ "format": "csv", "rows": 3 })));
     assert_eq!(first.reason.as_deref(), Some("quarterly review"));
     assert_eq!(b[1].prev_hash, b[0].hash);
+}
+
+async fn audit_events_are_found_by_action_time_and_chain(store: TestStore) {
+    let draft = |clinic: &str, action: &str, subject: &str| AuditDraft {
+        clinic_id: clinic.into(),
+        actor: Actor::System,
+        action: action.into(),
+        subject_type: "device_credential".into(),
+        subject_id: subject.into(),
+        old_value: None,
+        new_value: Some(json!({ "reason": "revoked" })),
+        reason: None,
+    };
+    let before = Utc::now() - Duration::seconds(1);
+    store
+        .append_audit(&[
+            draft("c-a", "device.auth_refused", "1"),
+            draft("c-b", "device.auth_refused", "2"),
+            draft("c-a", "report.exported", "3"),
+            draft("c-b", "device.credential_shared", "4"),
+        ])
+        .await
+        .expect("append");
+    store
+        .append_audit(&[draft("c-a", "device.credential_shared", "5")])
+        .await
+        .expect("append");
+    let query = |actions: &[&str], since, clinics: Option<&[&str]>, limit| AuditQuery {
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+        since,
+        clinic_ids: clinics.map(|cs| cs.iter().map(|c| c.to_string()).collect()),
+        limit,
+    };
+    let subjects = |events: Vec<pentrace_domain::audit::AuditEvent>| -> Vec<String> {
+        events.into_iter().map(|e| e.subject_id).collect()
+    };
+    let both = ["device.auth_refused", "device.credential_shared"];
+    let all = store
+        .audit_events(&query(&both, before, None, 100))
+        .await
+        .expect("every chain");
+    assert_eq!(subjects(all.clone()), ["1", "2", "4", "5"], "oldest first");
+    assert_eq!(all[3].new_value, Some(json!({ "reason": "revoked" })));
+    let a = store
+        .audit_events(&query(&both, before, Some(&["c-a"]), 100))
+        .await
+        .expect("one chain");
+    assert_eq!(subjects(a), ["1", "5"]);
+    let none = store
+        .audit_events(&query(&both, before, Some(&[]), 100))
+        .await
+        .expect("no chain");
+    assert!(none.is_empty(), "an empty scope sees nothing");
+    let later = store
+        .audit_events(&query(&both, Utc::now() + Duration::seconds(1), None, 100))
+        .await
+        .expect("after");
+    assert!(later.is_empty());
+    let limited = store
+        .audit_events(&query(&["device.auth_refused"], before, None, 1))
+        .await
+        .expect("limit");
+    assert_eq!(subjects(limited), ["1"]);
 }
 
 async fn audit_tables_refuse_update_and_delete(store: TestStore) {
