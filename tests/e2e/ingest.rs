@@ -17,26 +17,26 @@ const GTIN: &str = "09506000134352";
 const UNKNOWN_GTIN: &str = "04012345000016";
 
 /// One simulated pen: its id, its seq counter and the messages it sent.
-struct Pen {
-    id: String,
-    seq: u64,
-    sent: Vec<pb::DeviceMessage>,
-    samples: u64,
+pub(crate) struct Pen {
+    pub(crate) id: String,
+    pub(crate) seq: u64,
+    pub(crate) sent: Vec<pb::DeviceMessage>,
+    pub(crate) samples: u64,
 }
 
 /// A session a pen runs.
 #[derive(Clone)]
-struct Session {
-    id: String,
-    udi: String,
-    area: pb::TreatmentArea,
-    skin: pb::SkinThickness,
-    patient: String,
-    started_at: DateTime<Utc>,
+pub(crate) struct Session {
+    pub(crate) id: String,
+    pub(crate) udi: String,
+    pub(crate) area: pb::TreatmentArea,
+    pub(crate) skin: pb::SkinThickness,
+    pub(crate) patient: String,
+    pub(crate) started_at: DateTime<Utc>,
 }
 
 impl Session {
-    fn new(udi: &str, started_at: DateTime<Utc>) -> Session {
+    pub(crate) fn new(udi: &str, started_at: DateTime<Utc>) -> Session {
         Session {
             id: uuid::Uuid::new_v4().to_string(),
             udi: udi.into(),
@@ -47,7 +47,7 @@ impl Session {
         }
     }
 
-    fn context(&self) -> pb::SessionContext {
+    pub(crate) fn context(&self) -> pb::SessionContext {
         pb::SessionContext {
             session_id: self.id.clone(),
             cartridge: Some(pb::Cartridge {
@@ -63,7 +63,7 @@ impl Session {
 }
 
 impl Pen {
-    fn new(id: &str) -> Pen {
+    pub(crate) fn new(id: &str) -> Pen {
         Pen {
             id: id.into(),
             seq: 0,
@@ -72,7 +72,7 @@ impl Pen {
         }
     }
 
-    fn push(&mut self, sent_at: DateTime<Utc>, body: Body) {
+    pub(crate) fn push(&mut self, sent_at: DateTime<Utc>, body: Body) {
         self.seq += 1;
         self.sent.push(pb::DeviceMessage {
             device_id: self.id.clone(),
@@ -84,7 +84,7 @@ impl Pen {
 
     /// A whole session: start, `batches` batches of 10 × 100 ms at `depth_um`,
     /// end. `skew` is how far the pen's clock is behind.
-    fn session(&mut self, s: &Session, batches: u32, depth_um: u32, skew: Span) {
+    pub(crate) fn session(&mut self, s: &Session, batches: u32, depth_um: u32, skew: Span) {
         let clock = |t: DateTime<Utc>| t - skew;
         self.push(
             clock(Utc::now()),
@@ -127,7 +127,7 @@ impl Pen {
     }
 }
 
-fn udi(gtin: &str, expiry: &str, lot: &str, serial: &str) -> String {
+pub(crate) fn udi(gtin: &str, expiry: &str, lot: &str, serial: &str) -> String {
     format!("(01){gtin}(17){expiry}(10){lot}(21){serial}")
 }
 
@@ -142,7 +142,10 @@ fn yymm00(year: i32, month: u32) -> String {
 
 /// Streams the messages over one gRPC stream and returns the last ack per
 /// device.
-async fn stream(app: &TestApp, messages: Vec<pb::DeviceMessage>) -> HashMap<String, u64> {
+pub(crate) async fn stream(
+    app: &TestApp,
+    messages: Vec<pb::DeviceMessage>,
+) -> HashMap<String, u64> {
     let mut client = app.telemetry_for("clinic-a").await;
     watermarks(exchange(&mut client, messages).await)
 }

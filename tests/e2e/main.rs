@@ -22,4 +22,5 @@ mod poison;
 mod rejects;
 mod report;
 mod rss;
+mod rules;
 mod sim;

@@ -14,6 +14,11 @@ pub struct Policy {
     /// A new session on the same device with the same cartridge within this
     /// time after the cartridge's last activity is a resume, not a reuse.
     pub resume_window: Duration,
+    /// How far a resume may start *before* the cartridge's last activity
+    /// (clocks jitter between a reboot and the last sample); any earlier
+    /// start is a reuse, so a backlog uploaded out of order cannot pass an
+    /// old session off as a resume.
+    pub resume_tolerance: Duration,
     /// `sent_at` further than this from the server's receive time is skew.
     pub skew_window: Duration,
     /// A hole in a device's seq not filled within this time is a data gap.
@@ -28,6 +33,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             resume_window: Duration::minutes(10),
+            resume_tolerance: Duration::seconds(30),
             skew_window: Duration::minutes(5),
             gap_window: Duration::minutes(10),
             default_max_depth_um: DEFAULT_MAX_DEPTH_UM,

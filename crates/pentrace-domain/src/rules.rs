@@ -8,8 +8,18 @@
 //! invalid UDI) are decided once, on the first message of the session that
 //! arrives, whichever kind it is; the decision is stored with the session
 //! ([`CartridgeRelation`]) so later messages never re-judge it against
-//! activity the session itself caused. Depth, overuse and skew are judged
-//! on every message.
+//! activity the session itself caused. A later message naming another
+//! cartridge is judged for the one it names, as every message is judged
+//! alone ([`Judgement::swapped`]). Depth, overuse and skew are judged on
+//! every message; overuse over the cartridge's whole procedure (the owner
+//! and its resumes, [`Binding::strokes`]).
+//!
+//! A resume is only a resume forward in time: a session starting before
+//! the cartridge's last activity (beyond the policy's clock tolerance) is a
+//! reuse, so the order a backlog is uploaded in cannot turn a reuse into a
+//! resume. (The price: a real resume uploaded before the session it
+//! resumes is flagged as a reuse, which a person can clear; the reverse
+//! error would hide a reuse.)
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::json;
@@ -32,6 +42,10 @@ pub struct Binding {
     pub patient_ref: Option<String>,
     /// Latest device time (skew-corrected) of the owner or a resumed session.
     pub last_activity_at: DateTime<Utc>,
+    /// Strokes and active milliseconds of the owner and its resumptions:
+    /// one procedure, so overuse is judged on their sum.
+    pub strokes: u64,
+    pub active_ms: u64,
 }
 
 /// A lot as the registry knows it.
@@ -50,6 +64,9 @@ pub struct ProductFacts {
     pub max_depth_um: u32,
     pub rated_strokes: u64,
     pub max_active_ms: u64,
+    /// Days from production (11) to expiry, when neither the UDI nor the
+    /// lot gives an expiry; 0 = none.
+    pub shelf_life_days: u32,
 }
 
 /// What is already stored about the message's session.
@@ -57,6 +74,9 @@ pub struct ProductFacts {
 pub struct SessionFacts {
     /// Decided on the session's first message; `None` before that.
     pub relation: Option<CartridgeRelation>,
+    /// The cartridge that relation was decided for (`None`: unidentified).
+    /// A later message naming another one is judged for that one.
+    pub cartridge_id: Option<String>,
     /// Strokes stored for the session before this message.
     pub strokes: u64,
     /// Active (stroking) milliseconds stored before this message.
@@ -101,6 +121,23 @@ impl CartridgeRelation {
             CartridgeRelation::Owner | CartridgeRelation::Resumed { .. }
         )
     }
+
+    /// Whether `session_id`, standing in this relation to its cartridge,
+    /// is part of the procedure `binding` records: its owner or a resume of
+    /// the owner. Only such a session moves the binding's activity and adds
+    /// to its strokes (a reuse must open no resume window and is judged on
+    /// its own strokes).
+    pub fn continues(&self, session_id: &str, binding: &Binding) -> bool {
+        match self {
+            CartridgeRelation::Owner => binding.session_id == session_id,
+            CartridgeRelation::Resumed { owner_session_id } => {
+                binding.session_id == *owner_session_id || binding.session_id == session_id
+            }
+            CartridgeRelation::Reused { .. } | CartridgeRelation::Unidentified => {
+                binding.session_id == session_id
+            }
+        }
+    }
 }
 
 /// The cartridge as identified from what the pen read.
@@ -132,6 +169,11 @@ pub struct Judgement {
     /// Set when this message decided the session's relation to its cartridge
     /// (its first message); `Owner` means "claim the binding".
     pub decided: Option<CartridgeRelation>,
+    /// Set when a later message of the session names another cartridge than
+    /// the one its relation was decided for: how the session relates to the
+    /// cartridge named now (`Owner`: claim it too, so its next use anywhere
+    /// else is a reuse).
+    pub swapped: Option<CartridgeRelation>,
     /// Device time (skew-corrected) of the latest activity in the message.
     pub activity_at: Option<DateTime<Utc>>,
 }
@@ -180,11 +222,27 @@ pub fn judge(
     };
     let at = |t| corrected(t, msg.sent_at, received_at, policy);
     let started = at(ctx.started_at);
-    if facts.session.relation.is_none() {
-        let relation = relation_of(msg, ctx, ident, facts, policy, started);
-        out.verdicts
-            .extend(cartridge_verdicts(ctx, ident, facts, &relation, started));
-        out.decided = Some(relation);
+    let named = ident.cartridge.as_ref().map(CartridgeId::to_string);
+    match (&facts.session.relation, &named) {
+        (None, _) => {
+            let relation = relation_of(msg, ctx, ident, facts, policy, started);
+            out.verdicts
+                .extend(cartridge_verdicts(ctx, ident, facts, &relation, started));
+            out.decided = Some(relation);
+        }
+        // Each message is judged alone (DESIGN §3): one naming a cartridge
+        // other than its session's is judged for the one it names.
+        (Some(_), Some(now)) if named != facts.session.cartridge_id => {
+            let relation = relation_of(msg, ctx, ident, facts, policy, started);
+            let before = facts.session.cartridge_id.as_deref();
+            out.verdicts.extend(
+                cartridge_verdicts(ctx, ident, facts, &relation, started)
+                    .into_iter()
+                    .map(|v| swapped_verdict(v, ctx, now, before)),
+            );
+            out.swapped = Some(relation);
+        }
+        (Some(_), _) => {}
     }
     out.activity_at = Some(match &msg.body {
         Body::StrokeBatch(b) => at(batch_end(b)),
@@ -192,7 +250,9 @@ pub fn judge(
         _ => started,
     });
     if let Body::StrokeBatch(batch) = &msg.body {
-        out.verdicts.extend(batch_verdicts(batch, facts, policy));
+        let usage = usage_before(&out, facts, ctx, named.as_deref());
+        out.verdicts
+            .extend(batch_verdicts(batch, facts, policy, &usage));
     }
     if let Some(raw) = &ctx.raw_session_id {
         for v in &mut out.verdicts {
@@ -233,12 +293,43 @@ fn relation_of(
         (Some(a), Some(b)) => a == b,
         _ => true,
     };
+    // Forward in time only: after the last activity (give or take the
+    // clock tolerance) and within the window.
     let idle = time::since(started, binding.last_activity_at);
-    if binding.device_id == msg.device_id && same_patient && idle <= policy.resume_window {
+    let early = time::since(binding.last_activity_at, started);
+    let forward = idle <= policy.resume_window && early <= policy.resume_tolerance;
+    if binding.device_id == msg.device_id && same_patient && forward {
         CartridgeRelation::Resumed { owner_session_id }
     } else {
         CartridgeRelation::Reused { owner_session_id }
     }
+}
+
+/// A verdict about a cartridge named inside a session that started with
+/// another: keyed by the cartridge too (the session's own cartridge may
+/// carry the same kind of flag), and saying so.
+fn swapped_verdict(
+    mut v: Verdict,
+    ctx: &SessionContext,
+    cartridge: &str,
+    before: Option<&str>,
+) -> Verdict {
+    v.dedupe_key = format!(
+        "session:{}:cartridge:{cartridge}:{}",
+        ctx.session_id,
+        v.kind.as_str()
+    );
+    let started_with = before.unwrap_or("an unidentified cartridge");
+    v.detail = format!(
+        "cartridge changed inside the session (it started with {started_with}): {}",
+        v.detail
+    );
+    if let Some(evidence) = v.evidence.as_object_mut() {
+        evidence.insert("cartridge_changed_in_session".to_owned(), json!(true));
+        evidence.insert("session_cartridge_id".to_owned(), json!(before));
+        evidence.insert("named_cartridge_id".to_owned(), json!(cartridge));
+    }
+    v
 }
 
 fn session_key(ctx: &SessionContext, kind: FlagKind) -> String {
@@ -268,7 +359,7 @@ fn cartridge_verdicts(
             json!({ "gtin": udi.gtin }),
         ));
     }
-    out.extend(expiry_verdict(ctx, udi, facts.lot.as_ref(), started));
+    out.extend(expiry_verdict(ctx, udi, facts, started));
     out.extend(recall_verdict(ctx, udi, facts.lot.as_ref(), started));
     out
 }
@@ -355,33 +446,67 @@ fn elsewhere_verdict(
     ))
 }
 
-/// The expiry that applies: the earlier of the UDI's (17) and the lot's.
-pub fn effective_expiry(udi: &Udi, lot: Option<&LotFacts>) -> Option<NaiveDate> {
+/// The expiry that applies: the earlier of the UDI's (17) and the lot's;
+/// failing both, the UDI's production date (11) plus the product's shelf
+/// life.
+pub fn effective_expiry(
+    udi: &Udi,
+    lot: Option<&LotFacts>,
+    product: Option<&ProductFacts>,
+) -> Option<NaiveDate> {
+    expiry_and_source(udi, lot, product).map(|(date, _)| date)
+}
+
+/// The expiry that applies and where it comes from (for the evidence).
+fn expiry_and_source(
+    udi: &Udi,
+    lot: Option<&LotFacts>,
+    product: Option<&ProductFacts>,
+) -> Option<(NaiveDate, &'static str)> {
     let registered = lot.and_then(|l| l.expiry);
     match (udi.expiry, registered) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+        (Some(a), Some(b)) if b < a => Some((b, "lot")),
+        (Some(a), _) => Some((a, "udi")),
+        (None, Some(b)) => Some((b, "lot")),
+        (None, None) => shelf_life_expiry(udi, product).map(|d| (d, "shelf_life")),
     }
+}
+
+/// Production date plus shelf life; `None` without either (or past
+/// chrono's calendar, which no real date reaches).
+fn shelf_life_expiry(udi: &Udi, product: Option<&ProductFacts>) -> Option<NaiveDate> {
+    let days = product.map(|p| p.shelf_life_days).filter(|d| *d > 0)?;
+    udi.production_date?
+        .checked_add_days(chrono::Days::new(u64::from(days)))
 }
 
 fn expiry_verdict(
     ctx: &SessionContext,
     udi: &Udi,
-    lot: Option<&LotFacts>,
+    facts: &Facts,
     started: DateTime<Utc>,
 ) -> Option<Verdict> {
-    let expiry = effective_expiry(udi, lot)?;
+    let (expiry, source) = expiry_and_source(udi, facts.lot.as_ref(), facts.product.as_ref())?;
     let day = started.date_naive();
     // A cartridge may be used through the whole of its expiry date.
     if day <= expiry {
         return None;
     }
     let kind = FlagKind::CartridgeExpired;
+    let how = match source {
+        "shelf_life" => " (production date plus the product's shelf life)",
+        "lot" => " (the lot's registered expiry)",
+        _ => "",
+    };
     Some(Verdict::new(
         kind,
         session_key(ctx, kind),
-        format!("cartridge expired on {expiry}; session started {day}"),
-        json!({ "expiry": expiry.to_string(), "session_started_at": started.to_rfc3339() }),
+        format!("cartridge expired on {expiry}{how}; session started {day}"),
+        json!({
+            "expiry": expiry.to_string(),
+            "expiry_source": source,
+            "session_started_at": started.to_rfc3339(),
+        }),
     ))
 }
 
@@ -445,7 +570,58 @@ pub fn depth_limit_um(facts: &Facts, policy: &Policy) -> u32 {
     }
 }
 
-fn batch_verdicts(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Vec<Verdict> {
+/// What a batch's strokes add to, and under which key overuse is flagged.
+#[derive(Debug)]
+struct Usage {
+    strokes: u64,
+    active_ms: u64,
+    dedupe_key: Option<String>,
+}
+
+/// The owner and its resumes are one procedure: overuse is judged on the
+/// sum the binding keeps, and flagged once per cartridge. Any other session
+/// (a reuse, an unidentified cartridge) is judged on its own totals; a
+/// cartridge swapped in mid-session and not yet bound starts from zero.
+fn usage_before(
+    out: &Judgement,
+    facts: &Facts,
+    ctx: &SessionContext,
+    named: Option<&str>,
+) -> Usage {
+    let relation = out
+        .swapped
+        .as_ref()
+        .or(out.decided.as_ref())
+        .or(facts.session.relation.as_ref());
+    let own = Usage {
+        strokes: facts.session.strokes,
+        active_ms: facts.session.active_ms,
+        dedupe_key: None,
+    };
+    match (&facts.binding, relation, named) {
+        (Some(b), Some(r), Some(id)) if r.continues(&ctx.session_id, b) => Usage {
+            strokes: b.strokes,
+            active_ms: b.active_ms,
+            dedupe_key: Some(format!(
+                "cartridge:{id}:{}",
+                FlagKind::CartridgeOverused.as_str()
+            )),
+        },
+        (None, _, _) if out.swapped.is_some() => Usage {
+            strokes: 0,
+            active_ms: 0,
+            dedupe_key: None,
+        },
+        _ => own,
+    }
+}
+
+fn batch_verdicts(
+    batch: &StrokeBatch,
+    facts: &Facts,
+    policy: &Policy,
+    usage: &Usage,
+) -> Vec<Verdict> {
     let ctx = &batch.session;
     let deepest = batch.max_depth_um();
     let mut out = Vec::new();
@@ -471,15 +647,19 @@ fn batch_verdicts(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Vec<Ve
             json!({ "depth_um": deepest, "guidance_um": guidance, "area": ctx.area.name() }),
         ));
     }
-    out.extend(overuse_verdict(batch, facts, policy));
+    out.extend(overuse_verdict(batch, facts, policy, usage));
     out
 }
 
-fn overuse_verdict(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Option<Verdict> {
+fn overuse_verdict(
+    batch: &StrokeBatch,
+    facts: &Facts,
+    policy: &Policy,
+    usage: &Usage,
+) -> Option<Verdict> {
     let product = facts.product.as_ref()?;
-    let strokes = facts.session.strokes.saturating_add(batch.strokes());
-    let active_ms = facts
-        .session
+    let strokes = usage.strokes.saturating_add(batch.strokes());
+    let active_ms = usage
         .active_ms
         .saturating_add(batch.active_ms(policy.sample_interval_ms));
     let over_strokes = product.rated_strokes > 0 && strokes > product.rated_strokes;
@@ -488,9 +668,10 @@ fn overuse_verdict(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Optio
         return None;
     }
     let kind = FlagKind::CartridgeOverused;
+    let key = (usage.dedupe_key.clone()).unwrap_or_else(|| session_key(&batch.session, kind));
     Some(Verdict::new(
         kind,
-        session_key(&batch.session, kind),
+        key,
         format!(
             "cartridge used for {strokes} strokes / {active_ms} ms active; rated {} strokes / {} ms",
             product.rated_strokes, product.max_active_ms
@@ -498,6 +679,8 @@ fn overuse_verdict(batch: &StrokeBatch, facts: &Facts, policy: &Policy) -> Optio
         json!({
             "strokes": strokes, "rated_strokes": product.rated_strokes,
             "active_ms": active_ms, "max_active_ms": product.max_active_ms,
+            // The owner's and its resumes' sum, or this session's alone.
+            "counted_per": if usage.dedupe_key.is_some() { "cartridge" } else { "session" },
         }),
     ))
 }

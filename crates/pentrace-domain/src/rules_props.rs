@@ -24,6 +24,22 @@ fn check_judgement(
     for v in &j.verdicts {
         prop_assert_eq!(v.severity, v.kind.severity());
         prop_assert!(v.dedupe_key.ends_with(v.kind.as_str()), "{}", v.dedupe_key);
+        if j.swapped.is_some()
+            && !matches!(v.kind, FlagKind::ClockSkew)
+            && v.evidence.get("cartridge_changed_in_session").is_none()
+        {
+            // Only the message's own (non-cartridge) verdicts lack it.
+            prop_assert!(
+                matches!(
+                    v.kind,
+                    FlagKind::DepthExceeded
+                        | FlagKind::DepthAboveAreaGuidance
+                        | FlagKind::CartridgeOverused
+                ),
+                "{:?}",
+                v
+            );
+        }
         prop_assert!(v.evidence.is_object());
         prop_assert!(!v.detail.is_empty());
     }
@@ -39,6 +55,28 @@ fn check_judgement(
         Some(ctx) => {
             prop_assert!(j.activity_at.is_some());
             prop_assert_eq!(j.decided.is_some(), facts.session.relation.is_none());
+            // A decided session is re-judged only for a cartridge other
+            // than its own, and says so in every verdict about it.
+            let named = ident
+                .as_ref()
+                .and_then(|i| i.cartridge.as_ref())
+                .map(|c| c.to_string());
+            let swapped = facts.session.relation.is_some()
+                && named.is_some()
+                && named != facts.session.cartridge_id;
+            prop_assert_eq!(j.swapped.is_some(), swapped);
+            if j.decided.is_none() && !swapped {
+                let once = [
+                    FlagKind::CartridgeReused,
+                    FlagKind::SessionResumed,
+                    FlagKind::CartridgeExpired,
+                    FlagKind::CartridgeRecalled,
+                    FlagKind::RecallExposure,
+                    FlagKind::CartridgeUnknown,
+                    FlagKind::UdiInvalid,
+                ];
+                prop_assert!(j.verdicts.iter().all(|v| !once.contains(&v.kind)));
+            }
             if let Some(raw) = &ctx.raw_session_id {
                 for v in &j.verdicts {
                     prop_assert_eq!(&v.evidence["raw_session_id"], &serde_json::json!(raw));

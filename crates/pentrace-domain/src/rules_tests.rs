@@ -11,6 +11,8 @@ use crate::message::{
 };
 
 const GTIN: &str = "09506000134352";
+/// The cartridge id of `udi("A", …)`.
+const CART_A: &str = "09506000134352:A";
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 25, 10, 0, 0).unwrap()
@@ -80,6 +82,7 @@ fn known_facts() -> Facts {
             max_depth_um: 0,
             rated_strokes: 0,
             max_active_ms: 0,
+            shelf_life_days: 0,
         }),
         lot: Some(LotFacts::default()),
         ..Facts::default()
@@ -107,6 +110,8 @@ fn bound(session: &str, device: &str, last: DateTime<Utc>) -> Binding {
         clinic_id: String::new(),
         patient_ref: Some("p1".into()),
         last_activity_at: last,
+        strokes: 0,
+        active_ms: 0,
     }
 }
 
@@ -215,6 +220,7 @@ fn a_decided_session_is_not_judged_again() {
             relation: Some(CartridgeRelation::Reused {
                 owner_session_id: "s1".into(),
             }),
+            cartridge_id: Some(CART_A.into()),
             ..SessionFacts::default()
         },
         ..known_facts()
@@ -226,6 +232,7 @@ fn a_decided_session_is_not_judged_again() {
     );
     assert!(j.verdicts.is_empty());
     assert_eq!(j.decided, None);
+    assert_eq!(j.swapped, None);
 }
 
 #[test]
@@ -413,6 +420,7 @@ fn depth_limit_boundary_default_device_and_product() {
     let decided = Facts {
         session: SessionFacts {
             relation: Some(CartridgeRelation::Owner),
+            cartridge_id: Some(CART_A.into()),
             ..Default::default()
         },
         ..known_facts()
@@ -454,6 +462,7 @@ fn depth_above_area_guidance_boundary() {
     let decided = Facts {
         session: SessionFacts {
             relation: Some(CartridgeRelation::Owner),
+            cartridge_id: Some(CART_A.into()),
             ..Default::default()
         },
         ..known_facts()
@@ -482,11 +491,13 @@ fn overuse_boundary_on_strokes_and_active_time() {
         max_depth_um: 0,
         rated_strokes: 1000,
         max_active_ms: 0,
+        shelf_life_days: 0,
     };
     let before = |strokes, active_ms| Facts {
         product: Some(product.clone()),
         session: SessionFacts {
             relation: Some(CartridgeRelation::Owner),
+            cartridge_id: Some(CART_A.into()),
             strokes,
             active_ms,
         },
@@ -515,11 +526,13 @@ fn overuse_boundary_on_strokes_and_active_time() {
         max_depth_um: 0,
         rated_strokes: 0,
         max_active_ms: 60_000,
+        shelf_life_days: 0,
     };
     let facts = |active_ms| Facts {
         product: Some(timed.clone()),
         session: SessionFacts {
             relation: Some(CartridgeRelation::Owner),
+            cartridge_id: Some(CART_A.into()),
             strokes: 0,
             active_ms,
         },
@@ -718,8 +731,10 @@ fn depths_and_counts_at_u32_max_are_judged_on_their_true_values() {
         max_depth_um: 0,
         rated_strokes: 1,
         max_active_ms: 0,
+        shelf_life_days: 0,
     });
     facts.session.relation = Some(CartridgeRelation::Owner);
+    facts.session.cartridge_id = Some(CART_A.into());
     facts.session.strokes = u64::MAX - 1;
     facts.session.active_ms = u64::MAX;
     let j = run(
@@ -826,4 +841,316 @@ fn a_reuse_in_another_clinic_says_when_but_not_where() {
         said.contains("another clinic") && said.contains(&last.to_rfc3339()),
         "{said}"
     );
+}
+
+// ---- issue 14: resumes only forward, overuse per cartridge, each message
+// ---- judged alone, expiry from the shelf life
+
+/// Starts `s2` on pen-1 with cartridge A at `at`, the cartridge last active
+/// at `last` in `s1` on the same pen.
+fn resume_attempt(last: DateTime<Utc>, at: DateTime<Utc>) -> Judgement {
+    let facts = Facts {
+        binding: Some(bound("s1", "pen-1", last)),
+        ..known_facts()
+    };
+    run(
+        &start("pen-1", ctx("s2", &udi("A", "301231"), at), at),
+        &facts,
+        at,
+    )
+}
+
+#[test]
+fn a_resume_starts_after_the_last_activity_give_or_take_the_tolerance() {
+    let p = Policy::default();
+    let last = t0();
+    let s = Duration::seconds(1);
+    // The backward edge: up to the tolerance before the last activity.
+    for at in [
+        last,
+        last - p.resume_tolerance + s,
+        last - p.resume_tolerance,
+    ] {
+        assert_eq!(
+            kinds(&resume_attempt(last, at)),
+            vec![FlagKind::SessionResumed],
+            "{at}"
+        );
+    }
+    for at in [
+        last - p.resume_tolerance - s,
+        last - Duration::hours(1),
+        last - Duration::days(2),
+    ] {
+        let j = resume_attempt(last, at);
+        assert_eq!(kinds(&j), vec![FlagKind::CartridgeReused], "{at}");
+        assert_eq!(
+            j.decided,
+            Some(CartridgeRelation::Reused {
+                owner_session_id: "s1".into()
+            })
+        );
+    }
+    // The forward edge: the window, inclusive.
+    assert_eq!(
+        kinds(&resume_attempt(last, last + p.resume_window)),
+        vec![FlagKind::SessionResumed]
+    );
+    assert_eq!(
+        kinds(&resume_attempt(last, last + p.resume_window + s)),
+        vec![FlagKind::CartridgeReused]
+    );
+}
+
+/// A pen's sessions, each a start and one batch, fed through `judge` the
+/// way the pipeline applies it (bind-once, activity moved only by the
+/// owner's procedure); the cartridges flagged as reused.
+fn reused_cartridges(sessions: &[(String, &str, DateTime<Utc>)]) -> Vec<String> {
+    use std::collections::{BTreeSet, HashMap};
+    let mut bindings: HashMap<String, Binding> = HashMap::new();
+    let mut relations: HashMap<String, CartridgeRelation> = HashMap::new();
+    let mut reused = BTreeSet::new();
+    for (session, serial, at) in sessions {
+        let c = ctx(session, &udi(serial, "301231"), *at);
+        let end = *at + Duration::minutes(20);
+        for msg in [start("pen-1", c.clone(), *at), batch(c.clone(), &[500], 1)] {
+            let cartridge = format!("{GTIN}:{serial}");
+            let facts = Facts {
+                binding: bindings.get(&cartridge).cloned(),
+                session: SessionFacts {
+                    relation: relations.get(session.as_str()).cloned(),
+                    cartridge_id: Some(cartridge.clone()),
+                    ..SessionFacts::default()
+                },
+                ..known_facts()
+            };
+            let j = run(&msg, &facts, *at);
+            if j.verdicts
+                .iter()
+                .any(|v| v.kind == FlagKind::CartridgeReused)
+            {
+                reused.insert(cartridge.clone());
+            }
+            if let Some(r) = j.decided {
+                if r == CartridgeRelation::Owner {
+                    bindings.insert(cartridge.clone(), bound(session, "pen-1", *at));
+                }
+                relations.insert(session.clone(), r);
+            }
+            let r = &relations[session.as_str()];
+            if let Some(b) = bindings
+                .get_mut(&cartridge)
+                .filter(|b| r.continues(session, b))
+            {
+                b.last_activity_at = b.last_activity_at.max(end);
+            }
+        }
+    }
+    reused.into_iter().collect()
+}
+
+#[test]
+fn a_backlog_gives_the_same_reuses_in_any_upload_order() {
+    let day = Duration::days(1);
+    // Five days offline: A used on days 1 and 3 (a reuse), B once, C on
+    // days 2, 4 and 5 (reused twice, one cartridge), D once.
+    let backlog: Vec<(String, &str, DateTime<Utc>)> = [
+        ("s1", "A", t0()),
+        ("s2", "C", t0() + day),
+        ("s3", "A", t0() + day * 2),
+        ("s4", "B", t0() + day * 2 + Duration::hours(2)),
+        ("s5", "C", t0() + day * 3),
+        ("s6", "D", t0() + day * 3 + Duration::hours(1)),
+        ("s7", "C", t0() + day * 4),
+    ]
+    .into_iter()
+    .map(|(s, c, at)| (s.to_owned(), c, at))
+    .collect();
+    let in_order = reused_cartridges(&backlog);
+    assert_eq!(in_order, vec![format!("{GTIN}:A"), format!("{GTIN}:C")]);
+    let mut reversed = backlog.clone();
+    reversed.reverse();
+    assert_eq!(reused_cartridges(&reversed), in_order, "reversed");
+    // Every rotation and a few interleavings stand in for "shuffled".
+    for k in 1..backlog.len() {
+        let mut rotated = backlog.clone();
+        rotated.rotate_left(k);
+        assert_eq!(reused_cartridges(&rotated), in_order, "rotated by {k}");
+    }
+    let shuffled: Vec<_> = [4, 0, 6, 2, 5, 1, 3]
+        .iter()
+        .map(|&i| backlog[i].clone())
+        .collect();
+    assert_eq!(reused_cartridges(&shuffled), in_order, "shuffled");
+}
+
+fn rated(strokes: u64) -> ProductFacts {
+    ProductFacts {
+        max_depth_um: 0,
+        rated_strokes: strokes,
+        max_active_ms: 0,
+        shelf_life_days: 0,
+    }
+}
+
+#[test]
+fn overuse_adds_up_over_a_resumed_chain_and_is_flagged_once_per_cartridge() {
+    // s2 resumes s1; together they used `chain` strokes before this batch
+    // of 100 (10 samples × 10), s2 alone only 50.
+    let facts = |chain: u64| Facts {
+        binding: Some(Binding {
+            strokes: chain,
+            ..bound("s1", "pen-1", t0())
+        }),
+        product: Some(rated(1000)),
+        session: SessionFacts {
+            relation: Some(CartridgeRelation::Resumed {
+                owner_session_id: "s1".into(),
+            }),
+            cartridge_id: Some(CART_A.into()),
+            strokes: 50,
+            active_ms: 0,
+        },
+        ..known_facts()
+    };
+    let b = batch(ctx("s2", &udi("A", "301231"), t0()), &[500; 10], 10);
+    assert_eq!(kinds(&run(&b, &facts(900), t0())), vec![]);
+    let j = run(&b, &facts(901), t0());
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeOverused]);
+    let v = &j.verdicts[0];
+    assert_eq!(
+        v.dedupe_key,
+        format!("cartridge:{CART_A}:CARTRIDGE_OVERUSED")
+    );
+    assert_eq!(v.evidence["strokes"], 1001);
+    assert_eq!(v.evidence["counted_per"], "cartridge");
+    // A reuse of the cartridge is judged on its own strokes: the owner's
+    // chain is not its procedure.
+    let mut reuse = facts(5000);
+    reuse.session.relation = Some(CartridgeRelation::Reused {
+        owner_session_id: "s1".into(),
+    });
+    assert_eq!(kinds(&run(&b, &reuse, t0())), vec![]);
+    reuse.session.strokes = 901;
+    let j = run(&b, &reuse, t0());
+    assert_eq!(j.verdicts[0].evidence["counted_per"], "session");
+    assert_eq!(j.verdicts[0].dedupe_key, "session:s2:CARTRIDGE_OVERUSED");
+}
+
+/// Session s1 on pen-1 started with cartridge A (owner); its later message
+/// names cartridge B.
+fn swapped(msg_body: &str, b_binding: Option<Binding>, b_udi: &str) -> Judgement {
+    let c = ctx("s1", b_udi, t0());
+    let msg = match msg_body {
+        "batch" => batch(c, &[500], 1),
+        _ => DeviceMessage {
+            time_faults: Vec::new(),
+            device_id: "pen-1".into(),
+            seq: 3,
+            sent_at: t0(),
+            body: Body::SessionEnd(SessionEnd {
+                session: c,
+                ended_at: t0() + Duration::minutes(5),
+                total_strokes: 1,
+                reason: crate::message::EndReason::Completed,
+            }),
+        },
+    };
+    let facts = Facts {
+        binding: b_binding,
+        session: SessionFacts {
+            relation: Some(CartridgeRelation::Owner),
+            cartridge_id: Some(CART_A.into()),
+            ..SessionFacts::default()
+        },
+        ..known_facts()
+    };
+    run(&msg, &facts, t0())
+}
+
+#[test]
+fn a_message_naming_another_cartridge_is_judged_for_the_one_it_names() {
+    let b = udi("B", "301231");
+    // B bound to another pen's session: a reuse, saying the cartridge
+    // changed inside the session, from a batch or from an end.
+    for body in ["batch", "end"] {
+        let j = swapped(body, Some(bound("s9", "pen-2", t0())), &b);
+        assert_eq!(kinds(&j), vec![FlagKind::CartridgeReused], "{body}");
+        let v = &j.verdicts[0];
+        assert_eq!(v.evidence["cartridge_changed_in_session"], true);
+        assert_eq!(v.evidence["session_cartridge_id"], CART_A);
+        assert_eq!(v.evidence["named_cartridge_id"], format!("{GTIN}:B"));
+        assert_eq!(
+            v.dedupe_key,
+            format!("session:s1:cartridge:{GTIN}:B:CARTRIDGE_REUSED")
+        );
+        assert!(
+            v.detail.contains("cartridge changed inside the session"),
+            "{}",
+            v.detail
+        );
+        assert_eq!(j.decided, None);
+        assert!(matches!(j.swapped, Some(CartridgeRelation::Reused { .. })));
+    }
+    // B unused: the session claims it too, nothing to flag.
+    let j = swapped("batch", None, &b);
+    assert_eq!(kinds(&j), vec![]);
+    assert_eq!(j.swapped, Some(CartridgeRelation::Owner));
+    // Already claimed by this session: nothing new.
+    let j = swapped("batch", Some(bound("s1", "pen-1", t0())), &b);
+    assert_eq!(
+        (kinds(&j), j.swapped),
+        (vec![], Some(CartridgeRelation::Owner))
+    );
+    // An expired B is expired, whatever A was.
+    let j = swapped("end", None, &udi("B", "200101"));
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeExpired]);
+    // The session's own cartridge again: not judged again.
+    let j = swapped(
+        "batch",
+        Some(bound("s9", "pen-2", t0())),
+        &udi("A", "301231"),
+    );
+    assert_eq!((kinds(&j), j.swapped), (vec![], None));
+}
+
+#[test]
+fn without_an_expiry_the_production_date_plus_the_shelf_life_applies() {
+    let made = "(01)09506000134352(11)240101(10)LOT1(21)A";
+    let facts = |shelf_life_days, lot_expiry| Facts {
+        product: Some(ProductFacts {
+            shelf_life_days,
+            ..rated(0)
+        }),
+        lot: Some(LotFacts {
+            expiry: lot_expiry,
+            recalled_at: None,
+        }),
+        ..Facts::default()
+    };
+    let on = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap();
+    let session = |at| start("pen-1", ctx("s1", made, at), at);
+    // 2024-01-01 + 365 days = 2024-12-31, usable through that day.
+    let last_day = on(2024, 12, 31);
+    assert_eq!(
+        kinds(&run(&session(last_day), &facts(365, None), last_day)),
+        vec![]
+    );
+    let after = on(2025, 1, 1);
+    let j = run(&session(after), &facts(365, None), after);
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeExpired]);
+    assert_eq!(j.verdicts[0].evidence["expiry"], "2024-12-31");
+    assert_eq!(j.verdicts[0].evidence["expiry_source"], "shelf_life");
+    // No shelf life: no expiry at all.
+    assert_eq!(kinds(&run(&session(after), &facts(0, None), after)), vec![]);
+    // A registered lot expiry wins over the shelf life.
+    let lot = NaiveDate::from_ymd_opt(2030, 1, 1);
+    assert_eq!(
+        kinds(&run(&session(after), &facts(365, lot), after)),
+        vec![]
+    );
+    // And so does the UDI's own (17).
+    let dated = "(01)09506000134352(17)301231(11)240101(10)LOT1(21)A";
+    let msg = start("pen-1", ctx("s1", dated, after), after);
+    assert_eq!(kinds(&run(&msg, &facts(365, None), after)), vec![]);
 }

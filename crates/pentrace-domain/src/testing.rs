@@ -284,14 +284,26 @@ pub fn any_binding() -> BoxedStrategy<Binding> {
         any_clinic(),
         prop::option::of(any_text()),
         any_time(),
+        (any_u64(), any_u64()),
     )
         .prop_map(
-            |(session_id, device_id, clinic_id, patient_ref, last_activity_at)| Binding {
+            |(
                 session_id,
                 device_id,
                 clinic_id,
                 patient_ref,
                 last_activity_at,
+                (strokes, active_ms),
+            )| {
+                Binding {
+                    session_id,
+                    device_id,
+                    clinic_id,
+                    patient_ref,
+                    last_activity_at,
+                    strokes,
+                    active_ms,
+                }
             },
         )
         .boxed()
@@ -299,12 +311,13 @@ pub fn any_binding() -> BoxedStrategy<Binding> {
 
 /// Any product entry.
 pub fn any_product() -> BoxedStrategy<ProductFacts> {
-    (any_u32(), any_u64(), any_u64())
+    (any_u32(), any_u64(), any_u64(), any_u32())
         .prop_map(
-            |(max_depth_um, rated_strokes, max_active_ms)| ProductFacts {
+            |(max_depth_um, rated_strokes, max_active_ms, shelf_life_days)| ProductFacts {
                 max_depth_um,
                 rated_strokes,
                 max_active_ms,
+                shelf_life_days,
             },
         )
         .boxed()
@@ -326,7 +339,12 @@ pub fn any_facts() -> BoxedStrategy<Facts> {
         prop::option::of(any_binding()),
         prop::option::of(any_product()),
         prop::option::of(any_lot()),
-        (prop::option::of(any_relation()), any_u64(), any_u64()),
+        (
+            prop::option::of(any_relation()),
+            prop::option::of(any_text()),
+            any_u64(),
+            any_u64(),
+        ),
         (any_u32(), any_clinic()),
     )
         .prop_map(
@@ -334,7 +352,7 @@ pub fn any_facts() -> BoxedStrategy<Facts> {
                 binding,
                 product,
                 lot,
-                (relation, strokes, active_ms),
+                (relation, cartridge_id, strokes, active_ms),
                 (device_max_depth_um, clinic_id),
             )| Facts {
                 binding,
@@ -342,6 +360,7 @@ pub fn any_facts() -> BoxedStrategy<Facts> {
                 lot,
                 session: SessionFacts {
                     relation,
+                    cartridge_id,
                     strokes,
                     active_ms,
                 },
@@ -367,17 +386,31 @@ fn any_delta() -> BoxedStrategy<TimeDelta> {
 pub fn any_policy() -> BoxedStrategy<Policy> {
     prop_oneof![
         Just(Policy::default()),
-        (any_delta(), any_delta(), any_delta(), any_u32(), any_u32()).prop_map(
-            |(resume_window, skew_window, gap_window, default_max_depth_um, sample_interval_ms)| {
-                Policy {
-                    resume_window,
+        (
+            (any_delta(), any_delta()),
+            any_delta(),
+            any_delta(),
+            any_u32(),
+            any_u32()
+        )
+            .prop_map(
+                |(
+                    (resume_window, resume_tolerance),
                     skew_window,
                     gap_window,
                     default_max_depth_um,
                     sample_interval_ms,
+                )| {
+                    Policy {
+                        resume_window,
+                        resume_tolerance,
+                        skew_window,
+                        gap_window,
+                        default_max_depth_um,
+                        sample_interval_ms,
+                    }
                 }
-            }
-        ),
+            ),
     ]
     .boxed()
 }

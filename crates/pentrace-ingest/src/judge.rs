@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use pentrace_domain::gaps::track_seq;
 use pentrace_domain::message::{Body, DeviceMessage, SessionContext};
 use pentrace_domain::policy::Policy;
@@ -18,8 +18,8 @@ use pentrace_domain::rules::{
 use pentrace_domain::time;
 use pentrace_domain::{Udi, Verdict};
 use pentrace_store::{
-    ClaimRow, DeviceState, DeviceWrite, FactsQuery, MessageRow, NewFlag, SampleBlock, SampleRow,
-    SessionState, SessionWrite, StoredFacts, WriteBatch,
+    ActivityRow, ClaimRow, DeviceState, DeviceWrite, FactsQuery, MessageRow, NewFlag, SampleBlock,
+    SampleRow, SessionState, SessionWrite, StoredFacts, WriteBatch,
 };
 
 use crate::{Envelope, RejectReason};
@@ -74,6 +74,36 @@ const MAX_BIGINT: u64 = i64::MAX as u64;
 fn storable_delta(before: u64, delta: u64) -> u64 {
     let after = before.saturating_add(delta);
     after.min(MAX_BIGINT).saturating_sub(before.min(MAX_BIGINT))
+}
+
+/// What the rules decided about a session message that its session row
+/// records.
+struct Judged {
+    decided: Option<CartridgeRelation>,
+    /// The expiry that applies: (17), the lot's, or the shelf life's.
+    expiry: Option<NaiveDate>,
+    usage: Usage,
+}
+
+/// What a message adds to its session's and cartridge's usage.
+struct Usage {
+    strokes: u64,
+    active_ms: u64,
+}
+
+impl Usage {
+    fn of(body: &Body, policy: &Policy) -> Usage {
+        match body {
+            Body::StrokeBatch(b) => Usage {
+                strokes: b.strokes(),
+                active_ms: b.active_ms(policy.sample_interval_ms),
+            },
+            _ => Usage {
+                strokes: 0,
+                active_ms: 0,
+            },
+        }
+    }
 }
 
 /// What a batch writes and what to report for each message once committed.
@@ -173,12 +203,24 @@ impl<'f> Work<'f> {
         }
         let Some(ctx) = msg.session() else { return };
         let started = rules::corrected(ctx.started_at, msg.sent_at, env.received_at, policy);
-        if let (Some(relation), Some(cid)) = (&judgement.decided, &cartridge_id) {
+        // The session's own cartridge on its first message, or one it
+        // names later that nobody owns yet: claimed either way.
+        let claimed = judgement.decided.as_ref().or(judgement.swapped.as_ref());
+        if let (Some(relation), Some(cid)) = (claimed, &cartridge_id) {
             self.claim_if_owner(relation, cid, msg, ctx, started);
         }
-        self.record_session(env, ctx, ident, device, judgement.decided, policy);
+        let expiry = ident
+            .and_then(Identified::udi)
+            .and_then(|u| rules::effective_expiry(u, facts.lot.as_ref(), facts.product.as_ref()));
+        let judged = Judged {
+            decided: judgement.decided,
+            expiry,
+            usage: Usage::of(&msg.body, policy),
+        };
+        // The session first: it knows the relation the cartridge needs.
+        let usage = self.record_session(env, ctx, ident, device, judged, policy);
         if let (Some(at), Some(cid)) = (judgement.activity_at, cartridge_id) {
-            self.record_activity(&ctx.session_id, cid, at);
+            self.record_activity(&ctx.session_id, cid, at, &usage);
         }
     }
 
@@ -224,6 +266,7 @@ impl<'f> Work<'f> {
             session: session
                 .map(|s| SessionFacts {
                     relation: Some(s.relation.clone()),
+                    cartridge_id: s.cartridge_id.clone(),
                     strokes: s.strokes,
                     active_ms: s.active_ms,
                 })
@@ -258,6 +301,9 @@ impl<'f> Work<'f> {
             clinic_id,
             patient_ref: ctx.patient_ref.clone(),
             last_activity_at: started,
+            // The claiming message's own usage is added by `record_activity`.
+            strokes: 0,
+            active_ms: 0,
         };
         self.out.claims.push(ClaimRow {
             cartridge_id: cartridge_id.to_owned(),
@@ -269,38 +315,60 @@ impl<'f> Work<'f> {
         self.bindings.insert(cartridge_id.to_owned(), binding);
     }
 
-    /// Moves the cartridge's last activity forward, but only for sessions
-    /// that own it or resume it: a reuse must not open a resume window.
-    fn record_activity(&mut self, session_id: &str, cartridge_id: String, at: DateTime<Utc>) {
-        let counts = self
-            .sessions
-            .get(session_id)
-            .is_some_and(|s| s.relation.extends_activity());
-        let Some(binding) = self.bindings.get_mut(&cartridge_id).filter(|_| counts) else {
+    /// Moves the cartridge's last activity forward and adds to its usage,
+    /// but only for a session of its procedure (the owner or a resume): a
+    /// reuse must not open a resume window, nor count against the owner.
+    fn record_activity(
+        &mut self,
+        session_id: &str,
+        cartridge_id: String,
+        at: DateTime<Utc>,
+        usage: &Usage,
+    ) {
+        let Some(relation) = self.sessions.get(session_id).map(|s| &s.relation) else {
+            return;
+        };
+        let Some(binding) = self
+            .bindings
+            .get_mut(&cartridge_id)
+            .filter(|b| relation.continues(session_id, b))
+        else {
             return;
         };
         binding.last_activity_at = binding.last_activity_at.max(at);
-        self.out.activity.push((cartridge_id, at));
+        // The running totals keep the true values (the rules judge on
+        // them); the stored copy saturates.
+        binding.strokes = binding.strokes.saturating_add(usage.strokes);
+        binding.active_ms = binding.active_ms.saturating_add(usage.active_ms);
+        self.out.activity.push(ActivityRow {
+            cartridge_id,
+            at,
+            add_strokes: usage.strokes,
+            add_active_ms: usage.active_ms,
+        });
     }
 
+    /// Adds the message to its session's row and running totals; hands the
+    /// message's usage back for the cartridge.
     fn record_session(
         &mut self,
         env: &Envelope,
         ctx: &SessionContext,
         ident: Option<&Identified>,
         device: &DeviceState,
-        decided: Option<CartridgeRelation>,
+        judged: Judged,
         policy: &Policy,
-    ) {
+    ) -> Usage {
+        let Judged {
+            decided,
+            expiry,
+            usage,
+        } = judged;
         let msg = &env.message;
-        let (strokes, active_ms, samples, depth) = match &msg.body {
-            Body::StrokeBatch(b) => (
-                b.strokes(),
-                b.active_ms(policy.sample_interval_ms),
-                b.samples.len() as u64,
-                b.max_depth_um(),
-            ),
-            _ => (0, 0, 0, 0),
+        let (strokes, active_ms) = (usage.strokes, usage.active_ms);
+        let (samples, depth) = match &msg.body {
+            Body::StrokeBatch(b) => (b.samples.len() as u64, b.max_depth_um()),
+            _ => (0, 0),
         };
         let state = self
             .sessions
@@ -308,6 +376,9 @@ impl<'f> Work<'f> {
             .or_insert_with(|| SessionState {
                 device_id: msg.device_id.clone(),
                 relation: decided.clone().unwrap_or(CartridgeRelation::Unidentified),
+                cartridge_id: ident
+                    .and_then(|i| i.cartridge.as_ref())
+                    .map(|c| c.to_string()),
                 strokes: 0,
                 active_ms: 0,
             });
@@ -327,7 +398,7 @@ impl<'f> Work<'f> {
                     .insert(ctx.session_id.clone(), self.out.sessions.len());
                 self.out
                     .sessions
-                    .push(session_write(env, ctx, ident, device, policy));
+                    .push(session_write(env, ctx, ident, device, expiry, policy));
                 let last = self.out.sessions.len() - 1;
                 &mut self.out.sessions[last]
             }
@@ -340,6 +411,7 @@ impl<'f> Work<'f> {
         write.add_samples = write.add_samples.saturating_add(samples).min(MAX_BIGINT);
         write.max_depth_um = write.max_depth_um.max(depth.min(MAX_INTEGER));
         merge_body(write, env, policy);
+        usage
     }
 
     fn track_device(&mut self, env: &Envelope, device: &DeviceState) {
@@ -470,6 +542,7 @@ fn session_write(
     ctx: &SessionContext,
     ident: Option<&Identified>,
     device: &DeviceState,
+    expiry: Option<NaiveDate>,
     policy: &Policy,
 ) -> SessionWrite {
     let msg = &env.message;
@@ -485,7 +558,8 @@ fn session_write(
         udi: ctx.cartridge.udi.clone(),
         gtin: udi.map(|u| u.gtin.clone()),
         lot: udi.and_then(|u| u.lot.clone()),
-        expiry: udi.and_then(|u| u.expiry),
+        // The expiry that applies: (17), the lot's, or the shelf life's.
+        expiry,
         area: ctx.area.name().into_owned(),
         patient_ref: ctx.patient_ref.clone(),
         operator_ref: String::new(),
@@ -594,6 +668,7 @@ mod tests {
             SessionState {
                 device_id: "pen-1".into(),
                 relation: CartridgeRelation::Unidentified,
+                cartridge_id: None,
                 strokes: MAX_BIGINT - 5,
                 active_ms: 0,
             },
@@ -688,6 +763,10 @@ mod tests {
                     SessionState {
                         device_id: msg.device_id.clone(),
                         relation: CartridgeRelation::Owner,
+                        cartridge_id: ident
+                            .as_ref()
+                            .and_then(|i| i.cartridge.as_ref())
+                            .map(|c| c.to_string()),
                         strokes,
                         active_ms,
                     },

@@ -157,6 +157,8 @@ pub struct AuditSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySettings {
     pub resume_window_s: u64,
+    /// How far before the cartridge's last activity a resume may start.
+    pub resume_tolerance_s: u64,
     pub skew_window_s: u64,
     pub gap_window_s: u64,
     pub default_max_depth_um: u32,
@@ -217,6 +219,7 @@ impl Default for PolicySettings {
         let p = Policy::default();
         PolicySettings {
             resume_window_s: p.resume_window.num_seconds().unsigned_abs(),
+            resume_tolerance_s: p.resume_tolerance.num_seconds().unsigned_abs(),
             skew_window_s: p.skew_window.num_seconds().unsigned_abs(),
             gap_window_s: p.gap_window.num_seconds().unsigned_abs(),
             default_max_depth_um: p.default_max_depth_um,
@@ -460,6 +463,7 @@ impl Config {
             gap_check_interval: Duration::from_secs(self.ingest.gap_check_interval_s.max(1)),
             policy: Policy {
                 resume_window: seconds(self.policy.resume_window_s),
+                resume_tolerance: seconds(self.policy.resume_tolerance_s),
                 skew_window: seconds(self.policy.skew_window_s),
                 gap_window: seconds(self.policy.gap_window_s),
                 default_max_depth_um: self.policy.default_max_depth_um,

@@ -138,8 +138,9 @@ pub struct WriteBatch {
     pub samples: Vec<SampleBlock>,
     /// Flags to raise; one per dedupe key, later ones ignored.
     pub flags: Vec<NewFlag>,
-    /// Latest activity of cartridges (only ever moves forward).
-    pub activity: Vec<(String, DateTime<Utc>)>,
+    /// Activity and usage of cartridges by their procedure (owner and
+    /// resumes); times only ever move forward, usage only adds up.
+    pub activity: Vec<ActivityRow>,
     /// Device liveness and progress.
     pub devices: Vec<DeviceWrite>,
     /// Devices whose open seq holes are replaced by the given list.

@@ -65,6 +65,8 @@ pub struct DeviceState {
 pub struct SessionState {
     pub device_id: String,
     pub relation: CartridgeRelation,
+    /// The cartridge the relation was decided for.
+    pub cartridge_id: Option<String>,
     pub strokes: u64,
     pub active_ms: u64,
 }
@@ -81,6 +83,38 @@ pub struct MessageRow {
     pub sent_at: DateTime<Utc>,
     /// Server clock.
     pub received_at: DateTime<Utc>,
+}
+
+/// What a message of a cartridge's procedure (its owner or a resume) adds
+/// to the cartridge: its latest activity, strokes and active time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityRow {
+    pub cartridge_id: String,
+    /// Skew-corrected device time; the stored value only moves forward.
+    pub at: DateTime<Utc>,
+    pub add_strokes: u64,
+    pub add_active_ms: u64,
+}
+
+impl ActivityRow {
+    /// One row per cartridge, sorted by id (so concurrent commits lock rows
+    /// in the same order): the latest time and the summed usage.
+    pub fn merged(rows: &[ActivityRow]) -> Vec<ActivityRow> {
+        let mut by_id: std::collections::BTreeMap<&str, ActivityRow> = Default::default();
+        for r in rows {
+            let m = by_id
+                .entry(r.cartridge_id.as_str())
+                .or_insert_with(|| ActivityRow {
+                    add_strokes: 0,
+                    add_active_ms: 0,
+                    ..r.clone()
+                });
+            m.at = m.at.max(r.at);
+            m.add_strokes = m.add_strokes.saturating_add(r.add_strokes);
+            m.add_active_ms = m.add_active_ms.saturating_add(r.add_active_ms);
+        }
+        by_id.into_values().collect()
+    }
 }
 
 /// A bind-once claim of a cartridge by a session.

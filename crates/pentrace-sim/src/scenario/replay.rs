@@ -57,7 +57,8 @@ struct Server {
     products: HashMap<String, ProductFacts>,
     lots: HashMap<(String, String), LotFacts>,
     bindings: HashMap<String, Binding>,
-    relations: HashMap<String, CartridgeRelation>,
+    /// What is stored of each session, as the pipeline keeps it.
+    sessions: HashMap<String, SessionFacts>,
     seen: HashSet<(String, u64)>,
     /// By dedupe key, as the store keeps them.
     flags: HashMap<String, (FlagKind, String)>,
@@ -93,7 +94,7 @@ impl Server {
                 .collect(),
             lots,
             bindings: HashMap::new(),
-            relations: HashMap::new(),
+            sessions: HashMap::new(),
             seen: HashSet::new(),
             flags: HashMap::new(),
         }
@@ -123,28 +124,52 @@ impl Server {
                 .or_insert((v.kind, session.clone()));
         }
         let Some(ctx) = msg.session() else { return };
-        if let Some(relation) = judgement.decided {
-            let started = rules::corrected(ctx.started_at, msg.sent_at, received_at, &self.policy);
-            if let (CartridgeRelation::Owner, Some(id)) = (&relation, &cartridge) {
-                self.bindings.entry(id.clone()).or_insert(Binding {
-                    session_id: ctx.session_id.clone(),
-                    device_id: msg.device_id.clone(),
-                    // One clinic per run, as the replay's facts have it.
-                    clinic_id: String::new(),
-                    patient_ref: ctx.patient_ref.clone(),
-                    last_activity_at: started,
-                });
-            }
-            self.relations.insert(ctx.session_id.clone(), relation);
+        let started = rules::corrected(ctx.started_at, msg.sent_at, received_at, &self.policy);
+        // The session's cartridge on its first message, or one it names
+        // later that nobody owns yet: claimed either way.
+        let claimed = judgement.decided.as_ref().or(judgement.swapped.as_ref());
+        if let (Some(CartridgeRelation::Owner), Some(id)) = (claimed, &cartridge) {
+            self.bindings.entry(id.clone()).or_insert(Binding {
+                session_id: ctx.session_id.clone(),
+                device_id: msg.device_id.clone(),
+                // One clinic per run, as the replay's facts have it.
+                clinic_id: String::new(),
+                patient_ref: ctx.patient_ref.clone(),
+                last_activity_at: started,
+                strokes: 0,
+                active_ms: 0,
+            });
         }
-        let extends = self
-            .relations
-            .get(&ctx.session_id)
-            .is_some_and(CartridgeRelation::extends_activity);
-        if let (Some(at), Some(id), true) = (judgement.activity_at, &cartridge, extends)
+        if let Some(relation) = judgement.decided {
+            self.sessions.insert(
+                ctx.session_id.clone(),
+                SessionFacts {
+                    relation: Some(relation),
+                    cartridge_id: cartridge.clone(),
+                    strokes: 0,
+                    active_ms: 0,
+                },
+            );
+        }
+        let (strokes, active_ms) = match &msg.body {
+            Body::StrokeBatch(b) => (b.strokes(), b.active_ms(self.policy.sample_interval_ms)),
+            _ => (0, 0),
+        };
+        let Some(state) = self.sessions.get_mut(&ctx.session_id) else {
+            return;
+        };
+        state.strokes = state.strokes.saturating_add(strokes);
+        state.active_ms = state.active_ms.saturating_add(active_ms);
+        let Some(relation) = &state.relation else {
+            return;
+        };
+        if let (Some(at), Some(id)) = (judgement.activity_at, &cartridge)
             && let Some(b) = self.bindings.get_mut(id)
+            && relation.continues(&ctx.session_id, b)
         {
             b.last_activity_at = b.last_activity_at.max(at);
+            b.strokes = b.strokes.saturating_add(strokes);
+            b.active_ms = b.active_ms.saturating_add(active_ms);
         }
     }
 
@@ -159,13 +184,10 @@ impl Server {
             binding: cartridge.and_then(|c| self.bindings.get(c).cloned()),
             product: udi.and_then(|u| self.products.get(&u.gtin).cloned()),
             lot: udi.and_then(|u| self.lots.get(&(u.gtin.clone(), u.lot.clone()?)).cloned()),
-            session: SessionFacts {
-                relation: msg
-                    .session()
-                    .and_then(|c| self.relations.get(&c.session_id).cloned()),
-                strokes: 0,
-                active_ms: 0,
-            },
+            session: msg
+                .session()
+                .and_then(|c| self.sessions.get(&c.session_id).cloned())
+                .unwrap_or_default(),
             device_max_depth_um: 0,
             // One clinic per run, like the bindings above.
             clinic_id: String::new(),

@@ -16,8 +16,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use super::convert::{from_i64, parse_uuid, to_i32, to_i64};
 use super::{audit, copy, flags, sessions};
 use crate::{
-    ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, Watermarks,
-    WriteBatch,
+    ActivityRow, ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult,
+    Watermarks, WriteBatch,
 };
 
 /// Writes the batch, or nothing if another writer got there first.
@@ -218,28 +218,34 @@ async fn recalled_meanwhile(
         }))
 }
 
-/// Moves each cartridge's last activity forward (never back).
-async fn update_activity(
-    conn: &mut PgConnection,
-    activity: &[(String, DateTime<Utc>)],
-) -> StoreResult<()> {
+/// Moves each cartridge's last activity forward (never back) and adds its
+/// procedure's usage, saturating at bigint's maximum.
+async fn update_activity(conn: &mut PgConnection, activity: &[ActivityRow]) -> StoreResult<()> {
     // One row per cartridge: UPDATE ... FROM applies only one of several
-    // matching rows, so duplicates are reduced to their latest time first.
-    let mut latest: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
-    for (id, at) in activity {
-        let slot = latest.entry(id.as_str()).or_insert(*at);
-        *slot = (*slot).max(*at);
-    }
-    if latest.is_empty() {
+    // matching rows.
+    let merged = ActivityRow::merged(activity);
+    if merged.is_empty() {
         return Ok(());
     }
+    let ids: Vec<&str> = merged.iter().map(|r| r.cartridge_id.as_str()).collect();
+    let at: Vec<DateTime<Utc>> = merged.iter().map(|r| r.at).collect();
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let strokes: Vec<i64> = merged.iter().map(|r| clamp(r.add_strokes)).collect();
+    let active_ms: Vec<i64> = merged.iter().map(|r| clamp(r.add_active_ms)).collect();
     sqlx::query(
-        "UPDATE cartridges c SET last_activity_at = GREATEST(c.last_activity_at, u.at) \
-         FROM UNNEST($1::text[], $2::timestamptz[]) AS u(cartridge_id, at) \
+        "UPDATE cartridges c SET last_activity_at = GREATEST(c.last_activity_at, u.at), \
+           strokes = CASE WHEN u.strokes > 9223372036854775807 - c.strokes \
+                          THEN 9223372036854775807 ELSE c.strokes + u.strokes END, \
+           active_ms = CASE WHEN u.active_ms > 9223372036854775807 - c.active_ms \
+                            THEN 9223372036854775807 ELSE c.active_ms + u.active_ms END \
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::int8[]) \
+           AS u(cartridge_id, at, strokes, active_ms) \
          WHERE c.cartridge_id = u.cartridge_id",
     )
-    .bind(latest.keys().copied().collect::<Vec<_>>())
-    .bind(latest.values().copied().collect::<Vec<_>>())
+    .bind(ids)
+    .bind(at)
+    .bind(strokes)
+    .bind(active_ms)
     .execute(conn)
     .await?;
     Ok(())

@@ -104,8 +104,8 @@ async fn products(
     if gtins.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, i32, i64, i32)> = sqlx::query_as(
-        "SELECT gtin, max_depth_um, rated_strokes, max_active_s FROM products \
+    let rows: Vec<(String, i32, i64, i32, i32)> = sqlx::query_as(
+        "SELECT gtin, max_depth_um, rated_strokes, max_active_s, shelf_life_days FROM products \
          WHERE gtin = ANY($1)",
     )
     .persistent(false)
@@ -113,12 +113,13 @@ async fn products(
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(gtin, depth, strokes, active_s)| {
+        .map(|(gtin, depth, strokes, active_s, shelf_life)| {
             let facts = ProductFacts {
                 max_depth_um: from_i32(depth, "product max depth")?,
                 rated_strokes: from_i64(strokes, "product rated strokes")?,
                 // u32 seconds × 1000 always fits in u64.
                 max_active_ms: u64::from(from_i32(active_s, "product max active s")?) * 1000,
+                shelf_life_days: from_i32(shelf_life, "product shelf life")?,
             };
             Ok((gtin, facts))
         })
@@ -166,31 +167,42 @@ async fn bindings(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    type Row = (String, Uuid, String, String, Option<String>, DateTime<Utc>);
+    type Row = (
+        String,
+        Uuid,
+        String,
+        String,
+        Option<String>,
+        DateTime<Utc>,
+        i64,
+        i64,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.cartridge_id, c.session_id, c.device_id, d.clinic_id, c.patient_ref, \
-         c.last_activity_at FROM cartridges c JOIN devices d ON d.id = c.device_id \
+         c.last_activity_at, c.strokes, c.active_ms \
+         FROM cartridges c JOIN devices d ON d.id = c.device_id \
          WHERE c.cartridge_id = ANY($1)",
     )
     .persistent(false)
     .bind(strs(ids))
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(
-            |(cartridge_id, session_id, device_id, clinic_id, patient_ref, last_activity_at)| {
+            |(id, session_id, device_id, clinic_id, patient_ref, last, strokes, ms)| {
                 let binding = Binding {
                     session_id: session_id.to_string(),
                     device_id,
                     clinic_id,
                     patient_ref,
-                    last_activity_at,
+                    last_activity_at: last,
+                    strokes: from_i64(strokes, "cartridge strokes")?,
+                    active_ms: from_i64(ms, "cartridge active ms")?,
                 };
-                (cartridge_id, binding)
+                Ok((id, binding))
             },
         )
-        .collect())
+        .collect()
 }
 
 /// Stored sessions, keyed by the id strings exactly as asked for (the
@@ -208,20 +220,21 @@ async fn sessions(
         .map(|s| Ok((parse_uuid(s, "session id")?, s)))
         .collect::<StoreResult<Vec<_>>>()?;
     let uuids: Vec<Uuid> = asked.iter().map(|(u, _)| *u).collect();
-    type Row = (Uuid, String, String, Option<Uuid>, i64, i64);
+    type Row = (Uuid, String, String, Option<Uuid>, Option<String>, i64, i64);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT session_id, device_id, relation, owner_session_id, strokes, active_ms \
-         FROM sessions WHERE session_id = ANY($1)",
+        "SELECT session_id, device_id, relation, owner_session_id, cartridge_id, strokes, \
+         active_ms FROM sessions WHERE session_id = ANY($1)",
     )
     .persistent(false)
     .bind(uuids)
     .fetch_all(conn)
     .await?;
     let mut stored = HashMap::with_capacity(rows.len());
-    for (id, device_id, relation, owner, strokes, active_ms) in rows {
+    for (id, device_id, relation, owner, cartridge_id, strokes, active_ms) in rows {
         let state = SessionState {
             device_id,
             relation: relation_from(&relation, owner)?,
+            cartridge_id,
             strokes: from_i64(strokes, "session strokes")?,
             active_ms: from_i64(active_ms, "session active ms")?,
         };

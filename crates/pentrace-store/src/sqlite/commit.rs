@@ -12,7 +12,6 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Utc};
 use pentrace_domain::rules::SeqHole;
 use serde_json::json;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
@@ -22,8 +21,8 @@ use super::{audit, begin, flags, samples, sessions};
 use crate::postgres::audit::commit_drafts;
 use crate::postgres::commit::{batch_devices, merge_devices};
 use crate::{
-    ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult, Watermarks,
-    WriteBatch,
+    ActivityRow, ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult,
+    Watermarks, WriteBatch,
 };
 
 /// Writes the batch, or nothing if another writer got there first.
@@ -219,18 +218,23 @@ fn claims_json(rows: &[&ClaimRow]) -> StoreResult<String> {
     Ok(json!(rows).to_string())
 }
 
-/// Moves each cartridge's last activity forward (never back).
-async fn update_activity(
-    conn: &mut SqliteConnection,
-    activity: &[(String, DateTime<Utc>)],
-) -> StoreResult<()> {
-    for (cartridge_id, at) in activity {
+/// Moves each cartridge's last activity forward (never back) and adds its
+/// procedure's usage, saturating at the integer maximum.
+async fn update_activity(conn: &mut SqliteConnection, activity: &[ActivityRow]) -> StoreResult<()> {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for row in ActivityRow::merged(activity) {
         sqlx::query(
-            "UPDATE cartridges SET last_activity_at = max(last_activity_at, ?2) \
+            "UPDATE cartridges SET last_activity_at = max(last_activity_at, ?2), \
+               strokes = CASE WHEN ?3 > 9223372036854775807 - strokes \
+                              THEN 9223372036854775807 ELSE strokes + ?3 END, \
+               active_ms = CASE WHEN ?4 > 9223372036854775807 - active_ms \
+                                THEN 9223372036854775807 ELSE active_ms + ?4 END \
              WHERE cartridge_id = ?1",
         )
-        .bind(cartridge_id)
-        .bind(micros(*at))
+        .bind(&row.cartridge_id)
+        .bind(micros(row.at))
+        .bind(clamp(row.add_strokes))
+        .bind(clamp(row.add_active_ms))
         .execute(&mut *conn)
         .await?;
     }

@@ -93,20 +93,21 @@ async fn products(
     if gtins.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT gtin, max_depth_um, rated_strokes, max_active_s FROM products \
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT gtin, max_depth_um, rated_strokes, max_active_s, shelf_life_days FROM products \
          WHERE gtin IN (SELECT value FROM json_each(?1))",
     )
     .bind(json_list(gtins))
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(gtin, depth, strokes, active_s)| {
+        .map(|(gtin, depth, strokes, active_s, shelf_life)| {
             let facts = ProductFacts {
                 max_depth_um: to_u32(depth, "product max depth")?,
                 rated_strokes: to_u64(strokes, "product rated strokes")?,
                 // u32 seconds × 1000 always fits in u64.
                 max_active_ms: u64::from(to_u32(active_s, "product max active s")?) * 1000,
+                shelf_life_days: to_u32(shelf_life, "product shelf life")?,
             };
             Ok((gtin, facts))
         })
@@ -147,10 +148,20 @@ async fn bindings(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    type Row = (String, String, String, String, Option<String>, i64);
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+        i64,
+        i64,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT c.cartridge_id, c.session_id, c.device_id, d.clinic_id, c.patient_ref, \
-         c.last_activity_at FROM cartridges c JOIN devices d ON d.id = c.device_id \
+         c.last_activity_at, c.strokes, c.active_ms \
+         FROM cartridges c JOIN devices d ON d.id = c.device_id \
          WHERE c.cartridge_id IN (SELECT value FROM json_each(?1))",
     )
     .bind(json_list(ids))
@@ -158,15 +169,17 @@ async fn bindings(
     .await?;
     rows.into_iter()
         .map(
-            |(cartridge_id, session_id, device_id, clinic_id, patient_ref, last_activity_at)| {
+            |(id, session_id, device_id, clinic_id, patient_ref, last, strokes, ms)| {
                 let binding = Binding {
                     session_id,
                     device_id,
                     clinic_id,
                     patient_ref,
-                    last_activity_at: time(last_activity_at, "cartridge last activity")?,
+                    last_activity_at: time(last, "cartridge last activity")?,
+                    strokes: to_u64(strokes, "cartridge strokes")?,
+                    active_ms: to_u64(ms, "cartridge active ms")?,
                 };
-                Ok((cartridge_id, binding))
+                Ok((id, binding))
             },
         )
         .collect()
@@ -186,18 +199,27 @@ async fn sessions(
         .iter()
         .map(|s| Ok((uuid_text(s, "session id")?, s)))
         .collect::<StoreResult<Vec<_>>>()?;
-    type Row = (String, String, String, Option<String>, i64, i64);
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        i64,
+        i64,
+    );
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT session_id, device_id, relation, owner_session_id, strokes, active_ms \
-         FROM sessions WHERE session_id IN (SELECT value FROM json_each(?1))",
+        "SELECT session_id, device_id, relation, owner_session_id, cartridge_id, strokes, \
+         active_ms FROM sessions WHERE session_id IN (SELECT value FROM json_each(?1))",
     )
     .bind(json_list(asked.iter().map(|(canonical, _)| canonical)))
     .fetch_all(conn)
     .await?;
     let mut stored = HashMap::with_capacity(rows.len());
-    for (id, device_id, relation, owner, strokes, active_ms) in rows {
+    for (id, device_id, relation, owner, cartridge_id, strokes, active_ms) in rows {
         let state = SessionState {
             device_id,
+            cartridge_id,
             relation: relation_from(&relation, owner)?,
             strokes: to_u64(strokes, "session strokes")?,
             active_ms: to_u64(active_ms, "session active ms")?,

@@ -2,10 +2,13 @@
 
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
+
 use pentrace_domain::FlagKind;
 use pentrace_domain::rules::{CartridgeRelation, SeqHole};
 use pentrace_store::{
-    CommitOutcome, FactsQuery, FlagQuery, NewFlag, SessionQuery, StoreError, WriteBatch,
+    ActivityRow, CommitOutcome, FactsQuery, FlagQuery, NewFlag, SessionQuery, StoreError,
+    WriteBatch,
 };
 
 use crate::fixture::TestStore;
@@ -332,14 +335,17 @@ async fn load_facts_returns_what_commit_wrote(store: TestStore) {
             relation.clone(),
             t(500),
         )],
-        activity: vec![("chip:01".into(), t(500)), ("chip:01".into(), t(100))],
+        activity: vec![
+            activity("chip:01", t(500), 40, 4_000),
+            activity("chip:01", t(100), 2, 200),
+        ],
         devices: vec![device_write("pen-a", 8), device_write("pen-a", 4)],
         ..WriteBatch::default()
     };
     commit_ok(&store, &batch).await;
     // Activity never moves back.
     let back = WriteBatch {
-        activity: vec![("chip:01".into(), t(50))],
+        activity: vec![activity("chip:01", t(50), u64::MAX, 1)],
         ..WriteBatch::default()
     };
     commit_ok(&store, &back).await;
@@ -364,6 +370,7 @@ async fn load_facts_returns_what_commit_wrote(store: TestStore) {
     assert_eq!(facts.devices["pen-a"].clinic_id, CLINIC);
     assert_eq!(facts.products[GTIN].max_active_ms, 1_800_000);
     assert_eq!(facts.products[GTIN].rated_strokes, 100_000);
+    assert_eq!(facts.products[GTIN].shelf_life_days, 730);
     assert_eq!(facts.products.len(), 1);
     assert_eq!(facts.lots.len(), 1);
     assert!(
@@ -374,6 +381,11 @@ async fn load_facts_returns_what_commit_wrote(store: TestStore) {
     let binding = &facts.bindings["chip:01"];
     assert_eq!(binding.session_id, owner);
     assert_eq!(binding.last_activity_at, t(500));
+    // Usage adds up over the procedure and saturates, never overflows.
+    assert_eq!(
+        (binding.strokes, binding.active_ms),
+        (i64::MAX as u64, 4_201)
+    );
     assert_eq!(binding.patient_ref.as_deref(), Some("patient-hash-1"));
     assert_eq!(facts.bindings.len(), 1);
     assert_eq!(facts.sessions.len(), 2);
@@ -382,7 +394,20 @@ async fn load_facts_returns_what_commit_wrote(store: TestStore) {
         CartridgeRelation::Owner
     );
     assert_eq!(facts.sessions[&resumed].relation, relation);
+    assert_eq!(
+        facts.sessions[&resumed].cartridge_id.as_deref(),
+        Some("chip:01")
+    );
     assert_eq!(facts.holes["pen-a"], vec![hole]);
+}
+
+fn activity(cartridge: &str, at: DateTime<Utc>, strokes: u64, ms: u64) -> ActivityRow {
+    ActivityRow {
+        cartridge_id: cartridge.into(),
+        at,
+        add_strokes: strokes,
+        add_active_ms: ms,
+    }
 }
 
 async fn holes_are_replaced_listed_and_flagged(store: TestStore) {
