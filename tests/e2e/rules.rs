@@ -273,3 +273,52 @@ async fn without_an_expiry_the_shelf_life_from_the_production_date_applies() {
         .expect("old session");
     assert_eq!(stored.expiry, (today - Span::days(1)).to_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_shows_the_corrected_times_and_the_pens_own() {
+    let app = spawn_app(&["--no-mqtt"]).await;
+    register(
+        &app,
+        "clinic-a",
+        &[("pen-1", 0)],
+        &[product(0, 0)],
+        &[lot("L1")],
+    )
+    .await;
+    // The pen's clock is an hour behind: its session start reads an hour
+    // ago, and so does every sent_at.
+    let behind = Span::hours(1);
+    let pen_now = Utc::now() - behind;
+    let session = Session::new(&udi(GTIN, "301231", "L1", "S-1"), pen_now);
+    let mut pen = Pen::new("pen-1");
+    pen.session(&session, 1, 800, behind);
+    stream(&app, pen.sent.clone()).await;
+    let sessions = app
+        .fleet()
+        .await
+        .list_sessions(pb::ListSessionsRequest {
+            device_id: "pen-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sessions")
+        .into_inner()
+        .sessions;
+    let s = &sessions[0];
+    let secs =
+        |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| t.seconds).unwrap_or_default();
+    assert_eq!(secs(&s.device_started_at), session.started_at.timestamp());
+    let corrected = secs(&s.started_at) - secs(&s.device_started_at);
+    assert!(
+        (3590..=3610).contains(&corrected),
+        "corrected by {corrected} s"
+    );
+    let end = secs(&s.ended_at) - secs(&s.device_ended_at);
+    assert!((3590..=3610).contains(&end), "end corrected by {end} s");
+    let flags = flags_of(&app, "pen-1").await;
+    assert_eq!(
+        of_kind(&flags, pb::FlagKind::ClockSkew).len(),
+        1,
+        "{flags:?}"
+    );
+}

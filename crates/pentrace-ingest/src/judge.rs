@@ -566,6 +566,8 @@ fn session_write(
         firmware: String::new(),
         started_at: rules::corrected(ctx.started_at, msg.sent_at, env.received_at, policy),
         ended_at: None,
+        device_started_at: ctx.started_at,
+        device_ended_at: None,
         add_strokes: 0,
         add_active_ms: 0,
         add_samples: 0,
@@ -587,6 +589,7 @@ fn merge_body(write: &mut SessionWrite, env: &Envelope, policy: &Policy) {
         Body::SessionEnd(e) => {
             let ended = rules::corrected(e.ended_at, msg.sent_at, env.received_at, policy);
             write.ended_at = Some(ended);
+            write.device_ended_at = Some(e.ended_at);
         }
         _ => {}
     }

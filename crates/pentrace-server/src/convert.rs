@@ -405,6 +405,8 @@ pub fn session(s: &store::SessionRecord) -> pb::Session {
         strokes: s.strokes,
         max_depth_um: s.max_depth_um,
         samples: s.samples,
+        device_started_at: s.device_started_at.map(timestamp),
+        device_ended_at: s.device_ended_at.map(timestamp),
     }
 }
 

@@ -149,10 +149,14 @@ pub struct SessionWrite {
     /// Empty when not known from this message.
     pub operator_ref: String,
     pub firmware: String,
-    /// Device clock at session start.
+    /// Session start: the pen's clock, corrected by the measured skew when
+    /// that exceeds the window (what the rules judge).
     pub started_at: DateTime<Utc>,
-    /// Set by a session end.
+    /// Set by a session end; corrected like `started_at`.
     pub ended_at: Option<DateTime<Utc>>,
+    /// The same two times as the pen's clock read them, uncorrected.
+    pub device_started_at: DateTime<Utc>,
+    pub device_ended_at: Option<DateTime<Utc>>,
     pub add_strokes: u64,
     pub add_active_ms: u64,
     pub add_samples: u64,
@@ -295,8 +299,13 @@ pub struct SessionRecord {
     pub area: String,
     pub operator_ref: String,
     pub patient_ref: Option<String>,
+    /// Corrected by the measured skew beyond the window (what the rules
+    /// judge); `device_*` are the pen's own readings, `None` for sessions
+    /// stored before they were kept.
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    pub device_started_at: Option<DateTime<Utc>>,
+    pub device_ended_at: Option<DateTime<Utc>>,
     pub strokes: u64,
     pub max_depth_um: u32,
     pub samples: u64,

@@ -152,7 +152,7 @@ pub(super) fn flag_records(rows: Vec<FlagRow>) -> StoreResult<Vec<FlagRecord>> {
 /// order.
 pub(super) const SESSION_COLUMNS: &str = "session_id, device_id, clinic_id, cartridge_id, udi, \
      gtin, lot, expiry, area, operator_ref, patient_ref, started_at, ended_at, strokes, \
-     max_depth_um, samples";
+     max_depth_um, samples, device_started_at, device_ended_at";
 
 /// A `sessions` row as the query services see it.
 #[derive(Debug, sqlx::FromRow)]
@@ -173,6 +173,8 @@ pub(super) struct SessionRow {
     strokes: i64,
     max_depth_um: i32,
     samples: i64,
+    device_started_at: Option<DateTime<Utc>>,
+    device_ended_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<SessionRow> for SessionRecord {
@@ -193,6 +195,8 @@ impl TryFrom<SessionRow> for SessionRecord {
             patient_ref: row.patient_ref,
             started_at: row.started_at,
             ended_at: row.ended_at,
+            device_started_at: row.device_started_at,
+            device_ended_at: row.device_ended_at,
             strokes: from_i64(row.strokes, "session strokes")?,
             max_depth_um: from_i32(row.max_depth_um, "session max depth")?,
             samples: from_i64(row.samples, "session samples")?,

@@ -55,6 +55,7 @@ fn fold(acc: &mut SessionWrite, w: &SessionWrite) -> StoreResult<()> {
     acc.add_samples = sum(acc.add_samples, w.add_samples, "samples")?;
     acc.max_depth_um = acc.max_depth_um.max(w.max_depth_um);
     acc.ended_at = w.ended_at.or(acc.ended_at);
+    acc.device_ended_at = w.device_ended_at.or(acc.device_ended_at);
     if acc.relation.is_none() {
         acc.relation = w.relation.clone();
     }
@@ -83,17 +84,20 @@ async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResul
     sqlx::query(
         "INSERT INTO sessions (session_id, device_id, clinic_id, relation, owner_session_id, \
              cartridge_id, udi, gtin, lot, expiry, area, patient_ref, operator_ref, firmware, \
-             started_at, ended_at, strokes, active_ms, samples, max_depth_um) \
+             started_at, ended_at, strokes, active_ms, samples, max_depth_um, \
+             device_started_at, device_ended_at) \
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::date[], $11::text[], \
              $12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[], \
-             $17::int8[], $18::int8[], $19::int8[], $20::int4[]) \
+             $17::int8[], $18::int8[], $19::int8[], $20::int4[], $21::timestamptz[], \
+             $22::timestamptz[]) \
          ON CONFLICT (session_id) DO UPDATE SET \
              strokes = sessions.strokes + EXCLUDED.strokes, \
              active_ms = sessions.active_ms + EXCLUDED.active_ms, \
              samples = sessions.samples + EXCLUDED.samples, \
              max_depth_um = GREATEST(sessions.max_depth_um, EXCLUDED.max_depth_um), \
              ended_at = COALESCE(EXCLUDED.ended_at, sessions.ended_at), \
+             device_ended_at = COALESCE(EXCLUDED.device_ended_at, sessions.device_ended_at), \
              patient_ref = COALESCE(sessions.patient_ref, EXCLUDED.patient_ref), \
              operator_ref = COALESCE(NULLIF(sessions.operator_ref, ''), EXCLUDED.operator_ref), \
              firmware = COALESCE(NULLIF(sessions.firmware, ''), EXCLUDED.firmware)",
@@ -118,6 +122,8 @@ async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResul
     .bind(c.active_ms)
     .bind(c.samples)
     .bind(c.max_depth_um)
+    .bind(c.device_started_at)
+    .bind(c.device_ended_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -141,13 +147,14 @@ async fn add(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<O
              samples = s.samples + u.samples, \
              max_depth_um = GREATEST(s.max_depth_um, u.max_depth_um), \
              ended_at = COALESCE(u.ended_at, s.ended_at), \
+             device_ended_at = COALESCE(u.device_ended_at, s.device_ended_at), \
              patient_ref = COALESCE(s.patient_ref, u.patient_ref), \
              operator_ref = COALESCE(NULLIF(s.operator_ref, ''), u.operator_ref), \
              firmware = COALESCE(NULLIF(s.firmware, ''), u.firmware) \
          FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], \
-                     $6::int4[], $7::text[], $8::text[], $9::text[]) \
+                     $6::int4[], $7::text[], $8::text[], $9::text[], $10::timestamptz[]) \
               AS u(session_id, ended_at, strokes, active_ms, samples, max_depth_um, \
-                   patient_ref, operator_ref, firmware) \
+                   patient_ref, operator_ref, firmware, device_ended_at) \
          WHERE s.session_id = u.session_id \
          RETURNING s.session_id",
     )
@@ -160,6 +167,7 @@ async fn add(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<O
     .bind(c.patient_ref)
     .bind(c.operator_ref)
     .bind(c.firmware)
+    .bind(c.device_ended_at)
     .fetch_all(conn)
     .await?;
     if updated.len() == c.session_id.len() {
@@ -191,6 +199,8 @@ struct Columns<'a> {
     firmware: Vec<&'a str>,
     started_at: Vec<chrono::DateTime<chrono::Utc>>,
     ended_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    device_started_at: Vec<chrono::DateTime<chrono::Utc>>,
+    device_ended_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     strokes: Vec<i64>,
     active_ms: Vec<i64>,
     samples: Vec<i64>,
@@ -220,6 +230,8 @@ impl<'a> Columns<'a> {
         self.firmware.push(&w.firmware);
         self.started_at.push(w.started_at);
         self.ended_at.push(w.ended_at);
+        self.device_started_at.push(w.device_started_at);
+        self.device_ended_at.push(w.device_ended_at);
         self.strokes.push(to_i64(w.add_strokes, "session strokes")?);
         self.active_ms
             .push(to_i64(w.add_active_ms, "session active ms")?);
@@ -253,6 +265,8 @@ mod tests {
             firmware: String::new(),
             started_at: DateTime::<Utc>::UNIX_EPOCH,
             ended_at: None,
+            device_started_at: DateTime::<Utc>::UNIX_EPOCH,
+            device_ended_at: None,
             add_strokes: 0,
             add_active_ms: 0,
             add_samples: 0,

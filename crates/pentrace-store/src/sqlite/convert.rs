@@ -193,7 +193,7 @@ pub(super) fn flag_records(rows: Vec<FlagRow>) -> StoreResult<Vec<FlagRecord>> {
 /// order.
 pub(super) const SESSION_COLUMNS: &str = "session_id, device_id, clinic_id, cartridge_id, udi, \
      gtin, lot, expiry, area, operator_ref, patient_ref, started_at, ended_at, strokes, \
-     max_depth_um, samples";
+     max_depth_um, samples, device_started_at, device_ended_at";
 
 /// A `sessions` row as the query services see it.
 #[derive(Debug, sqlx::FromRow)]
@@ -214,6 +214,8 @@ pub(super) struct SessionRow {
     strokes: i64,
     max_depth_um: i64,
     samples: i64,
+    device_started_at: Option<i64>,
+    device_ended_at: Option<i64>,
 }
 
 impl TryFrom<SessionRow> for SessionRecord {
@@ -234,6 +236,8 @@ impl TryFrom<SessionRow> for SessionRecord {
             patient_ref: row.patient_ref,
             started_at: time(row.started_at, "session started_at")?,
             ended_at: opt_time(row.ended_at, "session ended_at")?,
+            device_started_at: opt_time(row.device_started_at, "session device_started_at")?,
+            device_ended_at: opt_time(row.device_ended_at, "session device_ended_at")?,
             strokes: to_u64(row.strokes, "session strokes")?,
             max_depth_um: to_u32(row.max_depth_um, "session max depth")?,
             samples: to_u64(row.samples, "session samples")?,

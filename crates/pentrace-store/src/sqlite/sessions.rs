@@ -37,6 +37,7 @@ pub(super) async fn write(
 /// What a write adds to a session, as bound.
 struct Deltas {
     ended_at: Option<i64>,
+    device_ended_at: Option<i64>,
     strokes: i64,
     active_ms: i64,
     samples: i64,
@@ -47,6 +48,7 @@ impl Deltas {
     fn of(w: &SessionWrite) -> StoreResult<Deltas> {
         Ok(Deltas {
             ended_at: w.ended_at.map(micros),
+            device_ended_at: w.device_ended_at.map(micros),
             strokes: to_int8(w.add_strokes, "session strokes")?,
             active_ms: to_int8(w.add_active_ms, "session active ms")?,
             samples: to_int8(w.add_samples, "session samples")?,
@@ -67,15 +69,17 @@ async fn upsert(
     sqlx::query(
         "INSERT INTO sessions (session_id, ended_at, strokes, active_ms, samples, max_depth_um, \
              patient_ref, operator_ref, firmware, device_id, clinic_id, relation, \
-             owner_session_id, cartridge_id, udi, gtin, lot, expiry, area, started_at) \
+             owner_session_id, cartridge_id, udi, gtin, lot, expiry, area, started_at, \
+             device_ended_at, device_started_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-                 ?18, ?19, ?20) \
+                 ?18, ?19, ?20, ?21, ?22) \
          ON CONFLICT (session_id) DO UPDATE SET \
              strokes = strokes + excluded.strokes, \
              active_ms = active_ms + excluded.active_ms, \
              samples = samples + excluded.samples, \
              max_depth_um = max(max_depth_um, excluded.max_depth_um), \
              ended_at = COALESCE(excluded.ended_at, ended_at), \
+             device_ended_at = COALESCE(excluded.device_ended_at, device_ended_at), \
              patient_ref = COALESCE(patient_ref, excluded.patient_ref), \
              operator_ref = COALESCE(NULLIF(operator_ref, ''), excluded.operator_ref), \
              firmware = COALESCE(NULLIF(firmware, ''), excluded.firmware)",
@@ -100,6 +104,8 @@ async fn upsert(
     .bind(date_text(w.expiry))
     .bind(&w.area)
     .bind(micros(w.started_at))
+    .bind(d.device_ended_at)
+    .bind(micros(w.device_started_at))
     .execute(conn)
     .await?;
     Ok(())
@@ -119,7 +125,8 @@ async fn add(conn: &mut SqliteConnection, w: &SessionWrite) -> StoreResult<bool>
              max_depth_um = max(max_depth_um, ?6), \
              patient_ref = COALESCE(patient_ref, ?7), \
              operator_ref = COALESCE(NULLIF(operator_ref, ''), ?8), \
-             firmware = COALESCE(NULLIF(firmware, ''), ?9) \
+             firmware = COALESCE(NULLIF(firmware, ''), ?9), \
+             device_ended_at = COALESCE(?10, device_ended_at) \
          WHERE session_id = ?1",
     )
     .bind(uuid_text(&w.session_id, "session id")?)
@@ -131,6 +138,7 @@ async fn add(conn: &mut SqliteConnection, w: &SessionWrite) -> StoreResult<bool>
     .bind(w.patient_ref.as_deref())
     .bind(&w.operator_ref)
     .bind(&w.firmware)
+    .bind(d.device_ended_at)
     .execute(conn)
     .await?
     .rows_affected();

@@ -215,6 +215,7 @@ async fn session_writes_add_their_deltas(store: TestStore) {
     let mut b = session_delta(&session, "pen-a", 50, 1200);
     a.operator_ref = "op-1".into();
     b.ended_at = Some(t(600));
+    b.device_ended_at = Some(t(600) - chrono::Duration::hours(1));
     let batch = WriteBatch {
         messages: vec![message("pen-a", 2, "stroke_batch", Some(&session))],
         sessions: vec![a, b],
@@ -255,6 +256,10 @@ async fn session_writes_add_their_deltas(store: TestStore) {
     assert_eq!((s.strokes, s.max_depth_um, s.samples), (180, 1200, 3));
     assert_eq!(s.operator_ref, "op-1");
     assert_eq!(s.ended_at, Some(t(600)));
+    // The pen's own readings beside the corrected ones.
+    let hour = chrono::Duration::hours(1);
+    assert_eq!(s.device_started_at, Some(s.started_at - hour));
+    assert_eq!(s.device_ended_at, Some(t(600) - hour));
     let query = FactsQuery {
         session_ids: HashSet::from([session.clone()]),
         ..FactsQuery::default()

@@ -121,6 +121,9 @@ pub fn session_write(
         firmware: "1.2.3".into(),
         started_at,
         ended_at: None,
+        // The pen's clock an hour behind, corrected above.
+        device_started_at: started_at - chrono::Duration::hours(1),
+        device_ended_at: None,
         add_strokes: 0,
         add_active_ms: 0,
         add_samples: 0,
