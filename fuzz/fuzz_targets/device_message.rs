@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
             max_depth_um: 1500,
             rated_strokes: 1000,
             max_active_ms: 60_000,
+            shelf_life_days: 0,
         }),
         lot: Some(LotFacts {
             expiry: None,

@@ -50,6 +50,9 @@ pub struct ProductFacts {
     pub max_depth_um: u32,
     pub rated_strokes: u64,
     pub max_active_ms: u64,
+    /// Days from the production date (11) to expiry, for cartridges whose
+    /// UDI and lot give no expiry; 0 = none.
+    pub shelf_life_days: u32,
 }
 
 /// What is already stored about the message's session.
@@ -268,7 +271,13 @@ fn cartridge_verdicts(
             json!({ "gtin": udi.gtin }),
         ));
     }
-    out.extend(expiry_verdict(ctx, udi, facts.lot.as_ref(), started));
+    out.extend(expiry_verdict(
+        ctx,
+        udi,
+        facts.lot.as_ref(),
+        facts.product.as_ref(),
+        started,
+    ));
     out.extend(recall_verdict(ctx, udi, facts.lot.as_ref(), started));
     out
 }
@@ -355,22 +364,38 @@ fn elsewhere_verdict(
     ))
 }
 
-/// The expiry that applies: the earlier of the UDI's (17) and the lot's.
-pub fn effective_expiry(udi: &Udi, lot: Option<&LotFacts>) -> Option<NaiveDate> {
+/// The expiry that applies (DESIGN §4): the earlier of the UDI's (17) and
+/// the lot's; when neither is known, the production date (11) plus the
+/// product's shelf life.
+pub fn effective_expiry(
+    udi: &Udi,
+    lot: Option<&LotFacts>,
+    product: Option<&ProductFacts>,
+) -> Option<NaiveDate> {
     let registered = lot.and_then(|l| l.expiry);
     match (udi.expiry, registered) {
         (Some(a), Some(b)) => Some(a.min(b)),
+        (None, None) => shelf_life_expiry(udi, product),
         (a, b) => a.or(b),
     }
+}
+
+/// Production date + shelf life; `None` without either, or past the end
+/// of the calendar (a shelf life that long never expires).
+fn shelf_life_expiry(udi: &Udi, product: Option<&ProductFacts>) -> Option<NaiveDate> {
+    let days = product.map(|p| p.shelf_life_days).filter(|d| *d > 0)?;
+    udi.production_date?
+        .checked_add_days(chrono::Days::new(u64::from(days)))
 }
 
 fn expiry_verdict(
     ctx: &SessionContext,
     udi: &Udi,
     lot: Option<&LotFacts>,
+    product: Option<&ProductFacts>,
     started: DateTime<Utc>,
 ) -> Option<Verdict> {
-    let expiry = effective_expiry(udi, lot)?;
+    let expiry = effective_expiry(udi, lot, product)?;
     let day = started.date_naive();
     // A cartridge may be used through the whole of its expiry date.
     if day <= expiry {

@@ -80,6 +80,7 @@ fn known_facts() -> Facts {
             max_depth_um: 0,
             rated_strokes: 0,
             max_active_ms: 0,
+            shelf_life_days: 0,
         }),
         lot: Some(LotFacts::default()),
         ..Facts::default()
@@ -257,6 +258,54 @@ fn lot_registry_expiry_applies_when_earlier() {
         kinds(&run(&msg, &facts, t0())),
         vec![FlagKind::CartridgeExpired]
     );
+}
+
+/// A product with a shelf life, the rest of its limits off.
+fn shelf_life(days: u32) -> Facts {
+    Facts {
+        product: Some(ProductFacts {
+            shelf_life_days: days,
+            ..Default::default()
+        }),
+        ..known_facts()
+    }
+}
+
+#[test]
+fn without_any_expiry_the_production_date_and_shelf_life_apply() {
+    // Produced 2024-11-25, 730 days of shelf life: expired 2026-11-25, so
+    // usable through that day and expired on the next.
+    let made = format!("(01){GTIN}(11)241125(10)LOT1(21)A");
+    let on_day = start("pen-1", ctx("s1", &made, t0()), t0());
+    assert_eq!(kinds(&run(&on_day, &shelf_life(730), t0())), vec![]);
+    let next = t0() + Duration::days(1);
+    let after = start("pen-1", ctx("s1", &made, next), next);
+    let j = run(&after, &shelf_life(730), next);
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeExpired]);
+    assert_eq!(j.verdicts[0].evidence["expiry"], "2026-11-25");
+    // A shelf life of 0 is "none given": no expiry is known.
+    assert_eq!(kinds(&run(&after, &shelf_life(0), next)), vec![]);
+    // The longest shelf life the wire can carry does not overflow.
+    assert_eq!(kinds(&run(&after, &shelf_life(u32::MAX), next)), vec![]);
+}
+
+#[test]
+fn the_shelf_life_yields_to_the_udi_and_lot_expiry() {
+    // Long expired by its shelf life, but (17) or the lot says otherwise.
+    let labelled = format!("(01){GTIN}(11)200101(17)301231(10)LOT1(21)A");
+    let msg = start("pen-1", ctx("s1", &labelled, t0()), t0());
+    assert_eq!(kinds(&run(&msg, &shelf_life(30), t0())), vec![]);
+    let unlabelled = format!("(01){GTIN}(11)200101(10)LOT1(21)B");
+    let msg = start("pen-1", ctx("s2", &unlabelled, t0()), t0());
+    let lot = LotFacts {
+        expiry: NaiveDate::from_ymd_opt(2030, 12, 31),
+        recalled_at: None,
+    };
+    let facts = Facts {
+        lot: Some(lot),
+        ..shelf_life(30)
+    };
+    assert_eq!(kinds(&run(&msg, &facts, t0())), vec![]);
 }
 
 #[test]
@@ -482,6 +531,7 @@ fn overuse_boundary_on_strokes_and_active_time() {
         max_depth_um: 0,
         rated_strokes: 1000,
         max_active_ms: 0,
+        shelf_life_days: 0,
     };
     let before = |strokes, active_ms| Facts {
         product: Some(product.clone()),
@@ -515,6 +565,7 @@ fn overuse_boundary_on_strokes_and_active_time() {
         max_depth_um: 0,
         rated_strokes: 0,
         max_active_ms: 60_000,
+        shelf_life_days: 0,
     };
     let facts = |active_ms| Facts {
         product: Some(timed.clone()),
@@ -718,6 +769,7 @@ fn depths_and_counts_at_u32_max_are_judged_on_their_true_values() {
         max_depth_um: 0,
         rated_strokes: 1,
         max_active_ms: 0,
+        shelf_life_days: 0,
     });
     facts.session.relation = Some(CartridgeRelation::Owner);
     facts.session.strokes = u64::MAX - 1;

@@ -299,12 +299,13 @@ pub fn any_binding() -> BoxedStrategy<Binding> {
 
 /// Any product entry.
 pub fn any_product() -> BoxedStrategy<ProductFacts> {
-    (any_u32(), any_u64(), any_u64())
+    (any_u32(), any_u64(), any_u64(), any_u32())
         .prop_map(
-            |(max_depth_um, rated_strokes, max_active_ms)| ProductFacts {
+            |(max_depth_um, rated_strokes, max_active_ms, shelf_life_days)| ProductFacts {
                 max_depth_um,
                 rated_strokes,
                 max_active_ms,
+                shelf_life_days,
             },
         )
         .boxed()

@@ -104,8 +104,8 @@ async fn products(
     if gtins.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, i32, i64, i32)> = sqlx::query_as(
-        "SELECT gtin, max_depth_um, rated_strokes, max_active_s FROM products \
+    let rows: Vec<(String, i32, i64, i32, i32)> = sqlx::query_as(
+        "SELECT gtin, max_depth_um, rated_strokes, max_active_s, shelf_life_days FROM products \
          WHERE gtin = ANY($1)",
     )
     .persistent(false)
@@ -113,12 +113,13 @@ async fn products(
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(gtin, depth, strokes, active_s)| {
+        .map(|(gtin, depth, strokes, active_s, shelf_life)| {
             let facts = ProductFacts {
                 max_depth_um: from_i32(depth, "product max depth")?,
                 rated_strokes: from_i64(strokes, "product rated strokes")?,
                 // u32 seconds × 1000 always fits in u64.
                 max_active_ms: u64::from(from_i32(active_s, "product max active s")?) * 1000,
+                shelf_life_days: from_i32(shelf_life, "product shelf life")?,
             };
             Ok((gtin, facts))
         })

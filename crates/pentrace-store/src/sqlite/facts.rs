@@ -93,20 +93,21 @@ async fn products(
     if gtins.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT gtin, max_depth_um, rated_strokes, max_active_s FROM products \
+    let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT gtin, max_depth_um, rated_strokes, max_active_s, shelf_life_days FROM products \
          WHERE gtin IN (SELECT value FROM json_each(?1))",
     )
     .bind(json_list(gtins))
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(gtin, depth, strokes, active_s)| {
+        .map(|(gtin, depth, strokes, active_s, shelf_life)| {
             let facts = ProductFacts {
                 max_depth_um: to_u32(depth, "product max depth")?,
                 rated_strokes: to_u64(strokes, "product rated strokes")?,
                 // u32 seconds × 1000 always fits in u64.
                 max_active_ms: u64::from(to_u32(active_s, "product max active s")?) * 1000,
+                shelf_life_days: to_u32(shelf_life, "product shelf life")?,
             };
             Ok((gtin, facts))
         })
