@@ -364,6 +364,7 @@ async fn load_facts_returns_what_commit_wrote(store: TestStore) {
     assert_eq!(facts.devices["pen-a"].clinic_id, CLINIC);
     assert_eq!(facts.products[GTIN].max_active_ms, 1_800_000);
     assert_eq!(facts.products[GTIN].rated_strokes, 100_000);
+    assert_eq!(facts.products[GTIN].shelf_life_days, 730);
     assert_eq!(facts.products.len(), 1);
     assert_eq!(facts.lots.len(), 1);
     assert!(
