@@ -35,13 +35,17 @@ fuzz_target!(|data: &[u8]| {
         binding: msg.session().map(|c| Binding {
             session_id: format!("{}x", c.session_id),
             device_id: msg.device_id.clone(),
+            clinic_id: String::new(),
             patient_ref: None,
             last_activity_at: c.started_at,
+            strokes: 999,
+            active_ms: 0,
         }),
         product: Some(ProductFacts {
             max_depth_um: 1500,
             rated_strokes: 1000,
             max_active_ms: 60_000,
+            shelf_life_days: 0,
         }),
         lot: Some(LotFacts {
             expiry: None,

@@ -9,6 +9,7 @@ mod broker;
 mod delivery;
 mod embedded;
 mod faults;
+mod fields;
 mod fleet_checks;
 mod fuzz;
 mod helpers;

@@ -266,6 +266,54 @@ fn lot_registry_expiry_applies_when_earlier() {
     );
 }
 
+/// A product with a shelf life, the rest of its limits off.
+fn shelf_life(days: u32) -> Facts {
+    Facts {
+        product: Some(ProductFacts {
+            shelf_life_days: days,
+            ..Default::default()
+        }),
+        ..known_facts()
+    }
+}
+
+#[test]
+fn without_any_expiry_the_production_date_and_shelf_life_apply() {
+    // Produced 2024-11-25, 730 days of shelf life: expired 2026-11-25, so
+    // usable through that day and expired on the next.
+    let made = format!("(01){GTIN}(11)241125(10)LOT1(21)A");
+    let on_day = start("pen-1", ctx("s1", &made, t0()), t0());
+    assert_eq!(kinds(&run(&on_day, &shelf_life(730), t0())), vec![]);
+    let next = t0() + Duration::days(1);
+    let after = start("pen-1", ctx("s1", &made, next), next);
+    let j = run(&after, &shelf_life(730), next);
+    assert_eq!(kinds(&j), vec![FlagKind::CartridgeExpired]);
+    assert_eq!(j.verdicts[0].evidence["expiry"], "2026-11-25");
+    // A shelf life of 0 is "none given": no expiry is known.
+    assert_eq!(kinds(&run(&after, &shelf_life(0), next)), vec![]);
+    // The longest shelf life the wire can carry does not overflow.
+    assert_eq!(kinds(&run(&after, &shelf_life(u32::MAX), next)), vec![]);
+}
+
+#[test]
+fn the_shelf_life_yields_to_the_udi_and_lot_expiry() {
+    // Long expired by its shelf life, but (17) or the lot says otherwise.
+    let labelled = format!("(01){GTIN}(11)200101(17)301231(10)LOT1(21)A");
+    let msg = start("pen-1", ctx("s1", &labelled, t0()), t0());
+    assert_eq!(kinds(&run(&msg, &shelf_life(30), t0())), vec![]);
+    let unlabelled = format!("(01){GTIN}(11)200101(10)LOT1(21)B");
+    let msg = start("pen-1", ctx("s2", &unlabelled, t0()), t0());
+    let lot = LotFacts {
+        expiry: NaiveDate::from_ymd_opt(2030, 12, 31),
+        recalled_at: None,
+    };
+    let facts = Facts {
+        lot: Some(lot),
+        ..shelf_life(30)
+    };
+    assert_eq!(kinds(&run(&msg, &facts, t0())), vec![]);
+}
+
 #[test]
 fn a_backfilled_session_is_judged_when_it_happened() {
     // Cartridge expired 2026-11-20; the session ran on the 19th with an

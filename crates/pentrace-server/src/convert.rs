@@ -252,10 +252,43 @@ pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     }
 }
 
-/// An optional wire time (unset or zero = absent) as a domain time.
-pub fn optional_time(t: Option<Timestamp>) -> Option<DateTime<Utc>> {
-    let t = t?;
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+/// Earliest time a query may name: 0001-01-01T00:00:00Z.
+pub const QUERY_TIME_MIN: DateTime<Utc> = from_seconds(-62_135_596_800);
+/// First time past what a query may name: 10000-01-01T00:00:00Z. Both
+/// stores hold every time before (PostgreSQL's `timestamptz` fails beyond
+/// year 294276: an internal error instead of a refusal).
+pub const QUERY_TIME_END: DateTime<Utc> = from_seconds(253_402_300_800);
+
+const fn from_seconds(seconds: i64) -> DateTime<Utc> {
+    match DateTime::from_timestamp(seconds, 0) {
+        Some(t) => t,
+        // Evaluated at compile time: a wrong constant does not build.
+        None => panic!("query time bound out of chrono's range"),
+    }
+}
+
+/// A period bound of a query (unset = open). A time that is not one
+/// (nanos outside `0..1e9`) or outside [`QUERY_TIME_MIN`]`..`
+/// [`QUERY_TIME_END`] is refused, naming the field: dropping it would
+/// answer for another period than the one asked.
+pub fn query_time(
+    field: &str,
+    t: Option<Timestamp>,
+) -> Result<Option<DateTime<Utc>>, InvalidMessage> {
+    let Some(t) = t else { return Ok(None) };
+    u32::try_from(t.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+        .filter(|at| (QUERY_TIME_MIN..QUERY_TIME_END).contains(at))
+        .map(Some)
+        .ok_or_else(|| {
+            invalid(format!(
+                "{field} (seconds {}, nanos {}) is not a time from 0001-01-01 to 9999-12-31 \
+                 with nanos 0-999999999",
+                t.seconds, t.nanos
+            ))
+        })
 }
 
 fn area(a: i32) -> TreatmentArea {

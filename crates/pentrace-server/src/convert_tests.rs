@@ -687,3 +687,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_query_bound_is_a_time_both_stores_hold_or_refused_by_name() {
+    let at = |seconds, nanos| Some(Timestamp { seconds, nanos });
+    assert_eq!(query_time("from", None), Ok(None));
+    assert_eq!(
+        query_time("from", at(now().timestamp(), 0)),
+        Ok(Some(now()))
+    );
+    assert_eq!(
+        query_time("from", at(QUERY_TIME_MIN.timestamp(), 0)),
+        Ok(Some(QUERY_TIME_MIN))
+    );
+    let last = QUERY_TIME_END.timestamp() - 1;
+    assert!(query_time("to", at(last, 999_999_999)).is_ok());
+    for (seconds, nanos) in [
+        (0, -1),
+        (0, 1_000_000_000),
+        (QUERY_TIME_END.timestamp(), 0),
+        (QUERY_TIME_MIN.timestamp() - 1, 0),
+        (i64::MAX, 0),
+        (i64::MIN, 0),
+    ] {
+        let refused = query_time("to", at(seconds, nanos)).expect_err("refused");
+        assert!(refused.0.starts_with("to "), "{refused}");
+    }
+}

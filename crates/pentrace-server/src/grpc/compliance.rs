@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::{invalid, status};
 use crate::auth::Authenticator;
-use crate::convert::{self, flag_kind_from_wire, flag_state_from_wire, optional_time, timestamp};
+use crate::convert::{self, flag_kind_from_wire, flag_state_from_wire, query_time, timestamp};
 
 /// The Compliance service.
 #[derive(Debug, Clone)]
@@ -61,7 +61,12 @@ impl ComplianceService {
             Ok(pb::SignatureMeaning::Reviewed) => SignatureMeaning::Reviewed,
             Ok(pb::SignatureMeaning::Approved) => SignatureMeaning::Approved,
             Ok(pb::SignatureMeaning::Responsible) => SignatureMeaning::Responsible,
-            _ => return Err(invalid("meaning must be REVIEWED, APPROVED or RESPONSIBLE")),
+            _ => {
+                return Err(invalid(format!(
+                    "meaning must be REVIEWED, APPROVED or RESPONSIBLE, not {}",
+                    r.meaning
+                )));
+            }
         };
         let reason = super::registry::reason("reason", &r.reason)?;
         if reason.is_empty() {
@@ -98,10 +103,26 @@ fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, uuid::Uuid)>, 
     Ok(Some((at, id)))
 }
 
+/// The flag kinds of a filter; UNSPECIFIED or a number this server does not
+/// know is refused, never read as "any kind".
 fn kinds(wire: &[i32]) -> Result<Vec<pentrace_domain::FlagKind>, Status> {
     wire.iter()
-        .map(|k| flag_kind_from_wire(*k).ok_or_else(|| invalid(format!("unknown flag kind {k}"))))
+        .map(|k| flag_kind_from_wire(*k).ok_or_else(|| unknown_filter("kinds", "FlagKind", *k)))
         .collect()
+}
+
+/// The flag states of a filter, refused like [`kinds`].
+fn states(wire: &[i32]) -> Result<Vec<pentrace_store::FlagState>, Status> {
+    wire.iter()
+        .map(|s| flag_state_from_wire(*s).ok_or_else(|| unknown_filter("states", "FlagState", *s)))
+        .collect()
+}
+
+fn unknown_filter(field: &str, kind: &str, value: i32) -> Status {
+    invalid(format!(
+        "{field} contains {value}, which is not a {kind} (UNSPECIFIED included): \
+         leave {field} empty for every one"
+    ))
 }
 
 /// The cartridge id a caller means: `gtin:serial`/`chip:UID`, or any UDI form.
@@ -133,26 +154,21 @@ impl Compliance for ComplianceService {
     ) -> Result<Response<pb::ListFlagsResponse>, Status> {
         let caller = self.auth.caller(&request).await?;
         let r = request.into_inner();
+        // A larger page is cut to the maximum: the page token says there
+        // is more, so nothing is lost (AIP-158).
         let limit = if r.limit == 0 {
             1000
         } else {
             r.limit.min(10_000)
         };
-        let states = r
-            .states
-            .iter()
-            .map(|s| {
-                flag_state_from_wire(*s).ok_or_else(|| invalid(format!("unknown flag state {s}")))
-            })
-            .collect::<Result<_, _>>()?;
         let query = FlagQuery {
             clinic_ids: caller.scope(&r.clinic_id),
             device_id: Some(r.device_id).filter(|d| !d.is_empty()),
             session_id: Some(r.session_id).filter(|s| !s.is_empty()),
             kinds: kinds(&r.kinds)?,
-            states,
-            from: optional_time(r.from),
-            to: optional_time(r.to),
+            states: states(&r.states)?,
+            from: query_time("from", r.from).map_err(invalid)?,
+            to: query_time("to", r.to).map_err(invalid)?,
             after: parse_page_token(&r.page_token)?,
             limit,
         };

@@ -11,8 +11,11 @@ use tonic::{Request, Response, Status};
 
 use super::{invalid, status};
 use crate::auth::Authenticator;
-use crate::convert::{self, optional_time, timestamp};
+use crate::convert::{self, query_time, timestamp};
 use crate::fleet_checks::{self, Finding, FindingKind, FleetPolicy};
+
+/// Most sessions one `ListSessions` answers.
+const MAX_SESSIONS: u32 = 10_000;
 
 /// The Fleet service.
 #[derive(Debug, Clone)]
@@ -90,15 +93,19 @@ impl Fleet for FleetService {
         if r.device_id.is_empty() {
             return Err(invalid("device_id is required"));
         }
+        // No page token to continue with: a limit cut short would lose
+        // sessions without saying so.
+        if r.limit > MAX_SESSIONS {
+            return Err(invalid(format!(
+                "limit is {}; at most {MAX_SESSIONS} (page back with `to`)",
+                r.limit
+            )));
+        }
         let query = SessionQuery {
             device_id: r.device_id,
-            from: optional_time(r.from),
-            to: optional_time(r.to),
-            limit: if r.limit == 0 {
-                100
-            } else {
-                r.limit.min(10_000)
-            },
+            from: query_time("from", r.from).map_err(invalid)?,
+            to: query_time("to", r.to).map_err(invalid)?,
+            limit: if r.limit == 0 { 100 } else { r.limit },
         };
         let mut sessions = self.store.list_sessions(&query).await.map_err(status)?;
         sessions.retain(|s| caller.sees(&s.clinic_id));

@@ -67,16 +67,60 @@ fn required(field: &str, value: &str) -> Result<String, Status> {
 }
 
 /// A GTIN-14 with a valid check digit.
-fn gtin(value: &str) -> Result<String, Status> {
+fn gtin(field: &str, value: &str) -> Result<String, Status> {
     let ok = value.len() == 14
         && value.bytes().all(|b| b.is_ascii_digit())
         && gtin_check_digit(&value[..13]) == value[13..].parse::<u8>().ok();
     if !ok {
         return Err(invalid(format!(
-            "gtin {value:?} is not a GTIN-14 with a valid check digit"
+            "{field} {value:?} is not a GTIN-14 with a valid check digit"
         )));
     }
     Ok(value.to_owned())
+}
+
+/// Longest time zone name accepted (the longest IANA name has 32).
+const MAX_TIME_ZONE: usize = 64;
+
+/// An IANA time zone name by its shape ("Europe/Berlin", "Etc/GMT+5",
+/// "UTC"); empty = UTC. There is no time zone database in the server to
+/// look the name up in, but the name is printed in reports, so it must at
+/// least be one line of the characters such names use.
+fn time_zone(value: &str) -> Result<String, Status> {
+    if value.is_empty() {
+        return Ok("UTC".into());
+    }
+    let shape = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+');
+    if value.len() > MAX_TIME_ZONE || !value.chars().all(shape) {
+        return Err(invalid(format!(
+            "clinic.time_zone {value:?} is not an IANA time zone name such as \"Europe/Berlin\""
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+/// Refuses the first of `fields` (name, whether set) that the request set:
+/// they are the server's to fill in, and taking them silently would drop
+/// what the caller meant.
+fn output_only(fields: &[(&str, bool)], instead: &str) -> Result<(), Status> {
+    match fields.iter().find(|(_, set)| *set) {
+        Some((field, _)) => Err(invalid(format!("{field} is output-only: {instead}"))),
+        None => Ok(()),
+    }
+}
+
+/// A lot's recall is the server's record of a `RecallLot`: that call stamps
+/// the time itself (a client's `recalled_at` could backdate a recall) and
+/// raises the exposure flags on past sessions.
+fn refuse_recall_fields(l: &pb::Lot) -> Result<(), Status> {
+    output_only(
+        &[
+            ("lot.recalled", l.recalled),
+            ("lot.recalled_at", l.recalled_at.is_some()),
+            ("lot.recall_reason", !l.recall_reason.is_empty()),
+        ],
+        "call RecallLot to recall a lot",
+    )
 }
 
 fn clinic_out(c: Clinic) -> pb::Clinic {
@@ -183,15 +227,25 @@ impl Registry for RegistryService {
             Ok(pb::CredentialKind::PenCertificate) => CredentialKind::PenCertificate,
             Ok(pb::CredentialKind::GatewaySecret) => CredentialKind::GatewaySecret,
             _ => {
-                return Err(invalid(
-                    "kind must be PEN_SECRET, PEN_CERTIFICATE or GATEWAY_SECRET",
-                ));
+                return Err(invalid(format!(
+                    "kind must be PEN_SECRET, PEN_CERTIFICATE or GATEWAY_SECRET, not {}",
+                    r.kind
+                )));
             }
         };
+        let clinic_id = Some(r.clinic_id.trim().to_owned()).filter(|c| !c.is_empty());
+        // A pen's credential belongs to its device's clinic; a clinic named
+        // here would otherwise be dropped without a word.
+        if kind.is_pen() && clinic_id.is_some() {
+            return Err(invalid(
+                "clinic_id is for GATEWAY_SECRET only: a pen's credential belongs to the \
+                 clinic its device is registered to",
+            ));
+        }
         let issue = IssueRequest {
             kind,
             principal: r.principal.trim().to_owned(),
-            clinic_id: Some(r.clinic_id.trim().to_owned()).filter(|c| !c.is_empty()),
+            clinic_id,
             replace: r.replace,
         };
         let issued = credentials::issue(
@@ -264,20 +318,16 @@ impl Registry for RegistryService {
             .clinic
             .ok_or_else(|| invalid("clinic is missing"))?;
         let clinic = Clinic {
-            id: required("clinic_id", &c.clinic_id)?,
+            id: required("clinic.clinic_id", &c.clinic_id)?,
             name: required(
-                "name",
+                "clinic.name",
                 if c.name.is_empty() {
                     &c.clinic_id
                 } else {
                     &c.name
                 },
             )?,
-            time_zone: if c.time_zone.is_empty() {
-                "UTC".into()
-            } else {
-                c.time_zone
-            },
+            time_zone: time_zone(&c.time_zone)?,
         };
         let stored = self
             .store
@@ -297,8 +347,8 @@ impl Registry for RegistryService {
             .device
             .ok_or_else(|| invalid("device is missing"))?;
         let device = Device {
-            id: required("device_id", &d.device_id)?,
-            clinic_id: required("clinic_id", &d.clinic_id)?,
+            id: required("device.device_id", &d.device_id)?,
+            clinic_id: required("device.clinic_id", &d.clinic_id)?,
             model: d.model,
             max_depth_um: d.max_depth_um,
         };
@@ -320,7 +370,7 @@ impl Registry for RegistryService {
             .product
             .ok_or_else(|| invalid("product is missing"))?;
         let product = Product {
-            gtin: gtin(&p.gtin)?,
+            gtin: gtin("product.gtin", &p.gtin)?,
             name: p.name,
             max_depth_um: p.max_depth_um,
             rated_strokes: p.rated_strokes,
@@ -344,10 +394,12 @@ impl Registry for RegistryService {
             .into_inner()
             .lot
             .ok_or_else(|| invalid("lot is missing"))?;
+        refuse_recall_fields(&l)?;
+        // The store keeps an earlier recall on re-registration.
         let lot = Lot {
-            gtin: gtin(&l.gtin)?,
-            lot: required("lot", &l.lot)?,
-            expiry: convert::date("expiry", &l.expiry).map_err(invalid)?,
+            gtin: gtin("lot.gtin", &l.gtin)?,
+            lot: required("lot.lot", &l.lot)?,
+            expiry: convert::date("lot.expiry", &l.expiry).map_err(invalid)?,
             recalled_at: None,
             recall_reason: None,
         };
@@ -365,7 +417,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<pb::RecallLotResponse>, Status> {
         let caller = self.admin(&request, "recall lots").await?;
         let r = request.into_inner();
-        let (gtin, lot) = (gtin(&r.gtin)?, required("lot", &r.lot)?);
+        let (gtin, lot) = (gtin("gtin", &r.gtin)?, required("lot", &r.lot)?);
         let reason = required("reason", &r.reason)?;
         let (lot, flags) = self
             .store
@@ -445,5 +497,56 @@ mod tests {
         assert!(reason("reason", "bell\u{7}").is_err());
         // A 1 MiB signature reason (issue 13) is refused, not stored.
         assert!(reason("reason", &"y".repeat(1 << 20)).is_err());
+    }
+
+    #[test]
+    fn a_lot_with_any_recall_field_set_is_refused_naming_it() {
+        assert!(refuse_recall_fields(&pb::Lot::default()).is_ok());
+        let set = [
+            (
+                pb::Lot {
+                    recalled: true,
+                    ..Default::default()
+                },
+                "lot.recalled ",
+            ),
+            (
+                pb::Lot {
+                    recalled_at: Some(prost_types::Timestamp::default()),
+                    ..Default::default()
+                },
+                "lot.recalled_at ",
+            ),
+            (
+                pb::Lot {
+                    recall_reason: "breach".into(),
+                    ..Default::default()
+                },
+                "lot.recall_reason ",
+            ),
+        ];
+        for (lot, field) in set {
+            let refused = refuse_recall_fields(&lot).expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().starts_with(field), "{refused:?}");
+            assert!(refused.message().contains("RecallLot"), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn time_zones_have_the_shape_of_iana_names() {
+        for ok in [
+            "Europe/Berlin",
+            "America/Argentina/Buenos_Aires",
+            "Etc/GMT+5",
+            "UTC",
+        ] {
+            assert_eq!(time_zone(ok).ok().as_deref(), Some(ok));
+        }
+        assert_eq!(time_zone("").ok().as_deref(), Some("UTC"));
+        for bad in ["Europe/Berlin\n", "<b>", "Mars Time", &"A".repeat(65)] {
+            let refused = time_zone(bad).expect_err("refused");
+            assert!(refused.message().starts_with("clinic.time_zone"));
+        }
     }
 }

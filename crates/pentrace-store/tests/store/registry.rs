@@ -168,7 +168,14 @@ async fn a_recall_flags_earlier_sessions_once(store: TestStore) {
         .upsert_lot(&again, &pentrace_domain::audit::Actor::System)
         .await
         .expect("upsert");
-    assert_eq!((stored.expiry, stored.recalled_at), (None, Some(t(200))));
+    assert_eq!(
+        (
+            stored.expiry,
+            stored.recalled_at,
+            stored.recall_reason.as_deref()
+        ),
+        (None, Some(t(200)), Some("sterility"))
+    );
 }
 
 async fn a_session_flagged_recalled_gets_no_exposure_flag(store: TestStore) {
