@@ -270,6 +270,17 @@ async fn every_registry_entry_is_stored_as_registered_or_refused_by_field() {
         r.register_device(device_request(no_id)).await,
         "device.device_id",
     );
+    // Held to the rule its messages are: one MQTT topic level, 64 bytes.
+    for bad in ["pen/a", "pen+a", "pen#", &"p".repeat(65), "pen\u{7}"] {
+        let id = pb::Device {
+            device_id: bad.to_owned(),
+            ..pen.clone()
+        };
+        refused(
+            r.register_device(device_request(id)).await,
+            "device.device_id",
+        );
+    }
     let no_clinic = pb::Device {
         clinic_id: " ".into(),
         ..pen.clone()

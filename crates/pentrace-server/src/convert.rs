@@ -117,7 +117,7 @@ pub fn device_message(
 
 /// The device id names the device in MQTT topics, metrics and every row: it
 /// must be usable as one topic level and as a key.
-fn check_device_id(id: &str) -> Result<(), InvalidMessage> {
+pub fn check_device_id(id: &str) -> Result<(), InvalidMessage> {
     if id.is_empty() {
         return Err(invalid("device_id is empty"));
     }

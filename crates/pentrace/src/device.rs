@@ -43,7 +43,7 @@ pub struct Certificate {
 pub struct DeviceAdd {
     #[command(flatten)]
     common: ConfigArgs,
-    /// Device id (1-128 of A-Z a-z 0-9 . _ -).
+    /// Device id (1-64 of A-Z a-z 0-9 . _ -).
     #[arg(long)]
     id: String,
     #[arg(long)]

@@ -346,8 +346,12 @@ impl Registry for RegistryService {
             .into_inner()
             .device
             .ok_or_else(|| invalid("device is missing"))?;
+        // The rule a device's messages are held to, so that no device is
+        // registered that could never send.
+        crate::convert::check_device_id(&d.device_id)
+            .map_err(|e| invalid(format!("device.{}", e.0)))?;
         let device = Device {
-            id: required("device.device_id", &d.device_id)?,
+            id: d.device_id.clone(),
             clinic_id: required("device.clinic_id", &d.clinic_id)?,
             model: d.model,
             max_depth_um: d.max_depth_um,
@@ -418,13 +422,16 @@ impl Registry for RegistryService {
         let caller = self.admin(&request, "recall lots").await?;
         let r = request.into_inner();
         let (gtin, lot) = (gtin("gtin", &r.gtin)?, required("lot", &r.lot)?);
-        let reason = required("reason", &r.reason)?;
+        let why = reason("reason", &r.reason)?;
+        if why.is_empty() {
+            return Err(invalid("reason is required: say why the lot is recalled"));
+        }
         let (lot, flags) = self
             .store
             .recall_lot(
                 &gtin,
                 &lot,
-                &reason,
+                &why,
                 Utc::now(),
                 recall_exposure,
                 &caller.actor(),
