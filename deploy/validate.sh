@@ -186,6 +186,9 @@ def check_compose():
                 problems.append(f"{name}: image {image!r} not pinned to a version")
         for v in s.get("volumes", []):
             src = v.split(":")[0]
+            # deploy/pki is the operator's, made by `pentrace ca init`.
+            if src.startswith("./pki"):
+                continue
             if src.startswith((".", "/")) and not (DEPLOY / src).exists():
                 problems.append(f"{name}: bind-mount source {src} missing")
     report("compose: build contexts, bind-mount sources exist; images pinned", problems)
@@ -698,9 +701,17 @@ s = json.load(open(sys.argv[1]))
 for k, v in s["env"].items():
     print(f"{k}={v}")' "$ENVDIR/compose-pentrace-1.json")
         LOG="$TOOLS/smoke.log"
-        env -i PATH="$PATH" "${envs[@]}" \
-            DATABASE_URL="postgres://$PGU@$PGH:$PGP/$DB" \
-            PENTRACE_GRPC_ADDR=127.0.0.1:0 PENTRACE_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
+        # The compose stack's TLS files, made the documented way.
+        PKI="$TOOLS/pki"
+        rm -rf "$PKI"
+        "$BIN" ca init --dir "$PKI" --server-name localhost >/dev/null
+        local_env=(
+            DATABASE_URL="postgres://$PGU@$PGH:$PGP/$DB"
+            PENTRACE_GRPC_ADDR=127.0.0.1:0 PENTRACE_HTTP_ADDR="127.0.0.1:$HTTP_PORT"
+            PENTRACE_TLS__CERT="$PKI/server.pem" PENTRACE_TLS__KEY="$PKI/server.key"
+            PENTRACE_TLS__CA_CERT="$PKI/ca.pem" PENTRACE_TLS__CA_KEY="$PKI/ca.key"
+        )
+        env -i PATH="$PATH" "${envs[@]}" "${local_env[@]}" \
             "$BIN" serve >"$LOG" 2>&1 &
         SERVER=$!
         for _ in $(seq 1 120); do
@@ -713,12 +724,13 @@ for k, v in s["env"].items():
             mapfile -t HC < <("$PY" "$TOOLS/checks.py" healthcheck-cmd "$DEPLOY" | "$PY" -c '
 import json, sys
 for a in json.load(sys.stdin):
-    print(a.replace("/8080", "/" + sys.argv[1]))' "$HTTP_PORT")
-            check "the Dockerfile's HEALTHCHECK command (${HC[0]} …/readyz) reports healthy" "${HC[@]}"
+    print(a.replace("/usr/local/bin/pentrace", sys.argv[1]))' "$BIN")
+            check "the Dockerfile's HEALTHCHECK command (${HC[*]}, the container's environment) reports healthy" \
+                env -i PATH="$PATH" "${envs[@]}" "${local_env[@]}" "${HC[@]}"
             for path in /healthz /readyz /metrics; do
-                check "GET $path (probe/scrape path) answers 200" \
-                    "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5).read()' \
-                    "http://127.0.0.1:$HTTP_PORT$path"
+                check "GET $path over HTTPS (probe/scrape path, trusting the CA) answers 200" \
+                    "$PY" -c 'import ssl, sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5, context=ssl.create_default_context(cafile=sys.argv[2])).read()' \
+                    "https://localhost:$HTTP_PORT$path" "$PKI/ca.pem"
             done
             kill -TERM "$SERVER"
             START=$SECONDS

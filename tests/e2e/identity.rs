@@ -247,6 +247,25 @@ async fn over_tls_a_pen_authenticates_by_its_certificate() {
             .await
             .starts_with("HTTP/1.1 200")
     );
+    // The container health check: `pentrace probe` with the server's own
+    // configuration speaks HTTPS to it, trusting its CA.
+    let http_addr = app.http.trim_start_matches("http://").to_owned();
+    let probe = |envs: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pentrace"))
+            .arg("probe")
+            .env("PENTRACE_DATA_DIR", &data_dir)
+            .env("PENTRACE_HTTP_ADDR", &http_addr)
+            .envs(envs.iter().copied())
+            .output()
+            .expect("run pentrace probe");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(probe(&[]), (Some(0), String::new()));
+    let (code, err) = probe(&[("PENTRACE_TLS__PLAINTEXT", "true")]);
+    assert_eq!(code, Some(2), "plaintext to a TLS listener: {err}");
+    let (code, err) = probe(&[("PENTRACE_HTTP_ADDR", "127.0.0.1:1")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("connecting to 127.0.0.1:1"), "{err}");
     let admin = connect(tls.clone()).await;
     let mut registry = RegistryClient::with_interceptor(admin, TestApp::bearer(&app.admin_token));
     register_on(

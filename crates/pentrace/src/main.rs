@@ -10,6 +10,7 @@ mod demo;
 mod device;
 mod mqtt;
 mod people;
+mod probe;
 mod quarantine;
 mod report;
 mod serve;
@@ -39,6 +40,9 @@ enum Command {
     /// Show the store, whether TimescaleDB's features are active, and the
     /// schema version.
     Status(status::StatusArgs),
+    /// Ask the running server's /readyz over HTTPS (or HTTP when
+    /// plaintext), as configured; exit 0 on 200 (container health checks).
+    Probe(probe::ProbeArgs),
     /// Work with cartridge UDIs (GS1 element strings).
     #[command(subcommand)]
     Udi(udi::UdiCommand),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => report(serve::migrate(args)),
         Command::Sim(args) => sim::run(args),
         Command::Status(args) => report(status::run(args)),
+        Command::Probe(args) => probe::run(args),
         Command::User(cmd) => report(people::user(cmd)),
         Command::Token(cmd) => report(people::token(cmd)),
         Command::Device(cmd) => report(device::device(cmd)),
