@@ -784,6 +784,7 @@ async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_brok
         .expect("run sim");
     let report = crate::sim::text(&out);
     assert!(out.status.success(), "sim --verify failed:\n{report}");
+    crate::sim::assert_verified(&report);
     crate::sim::assert_every_fault_injected(&truth);
     let doubled = app
         .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")

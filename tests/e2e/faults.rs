@@ -31,8 +31,10 @@ const RSS_LIMIT_KIB: u64 = 64 * 1024;
 /// them seconds later, after messages they sent since: a resumed session's
 /// start may then arrive before its owner's, and bind-once gives the
 /// cartridge to the first to arrive — the backlog-order rule of issue 14,
-/// not a delivery fault. The session-relation faults (reuse, moved, resume)
-/// are judged under reordering by the rules tests of that issue.
+/// not a delivery fault. The session-relation faults (reuse, moved, resume,
+/// cartridge_swap, resume_overuse, backlog), whose truth assumes a pen's
+/// messages arrive in the order it sent them, are judged under reordering
+/// by the rules tests of that issue.
 const ORDER_FREE_FAULTS: &str = "expired=0.04,recalled=0.04,unknown=0.04,bad_udi=0.04,\
 depth=0.06,skew=0.04,disconnect=0.04,dup=0.05,reorder=0.03";
 

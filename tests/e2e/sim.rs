@@ -1,19 +1,23 @@
 //! The simulator end to end: 50 pens with every fault kind over MQTT and
-//! over gRPC, verified against ground truth; and a crash test that kills the
-//! server with SIGKILL while pens stream, and finds nothing lost or doubled.
+//! over gRPC, on PostgreSQL and on the embedded SQLite store, verified
+//! against ground truth; and a crash test that kills the server with
+//! SIGKILL while pens stream, and finds nothing lost or doubled.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::broker::Broker;
-use crate::helpers::{TestApp, eventually, spawn_app_with};
+use crate::helpers::{Server, TestApp, eventually, spawn_app_with};
 use crate::ingest::http_get;
 
-/// Every fault kind, often enough that each occurs in a few sessions.
+/// Every fault kind, often enough that each occurs in a few sessions (a
+/// backlog on a few pens).
 pub(crate) const EVERY_FAULT: &str = "reuse=0.08,moved=0.05,expired=0.04,recalled=0.04,unknown=0.04,\
-bad_udi=0.04,resume=0.08,depth=0.06,skew=0.04,disconnect=0.04,dup=0.05,reorder=0.03";
+bad_udi=0.04,resume=0.08,cartridge_swap=0.04,resume_overuse=0.04,backlog=0.1,depth=0.06,\
+skew=0.04,disconnect=0.04,dup=0.05,reorder=0.03";
 
-const FAULT_KINDS: [&str; 12] = [
+const FAULT_KINDS: [&str; 15] = [
     "reuse",
     "moved",
     "expired",
@@ -21,6 +25,9 @@ const FAULT_KINDS: [&str; 12] = [
     "unknown",
     "bad_udi",
     "resume",
+    "cartridge_swap",
+    "resume_overuse",
+    "backlog",
     "depth",
     "skew",
     "disconnect",
@@ -89,6 +96,35 @@ pub(crate) fn text(out: &Output) -> String {
     )
 }
 
+/// The verification passed: precision and recall 1.000 for every flag
+/// kind, as many samples stored as sent.
+pub(crate) fn assert_verified(report: &str) {
+    assert!(report.contains("verify: PASSED"), "{report}");
+    let table = report
+        .lines()
+        .skip_while(|l| !l.starts_with("kind "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("samples:"));
+    let mut kinds = 0;
+    for row in table {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells[cells.len() - 2..],
+            ["1.000", "1.000"],
+            "{row}\n{report}"
+        );
+        kinds += 1;
+    }
+    assert!(kinds > 10, "no per-kind table in:\n{report}");
+    let samples = report
+        .lines()
+        .find_map(|l| l.strip_prefix("samples: "))
+        .expect("samples line");
+    let counts: Vec<&str> = samples.split_whitespace().collect();
+    // "N sessions checked, S samples sent, S stored"
+    assert_eq!(counts[3], counts[6], "{samples}");
+}
+
 /// Every fault kind was injected at least once.
 pub(crate) fn assert_every_fault_injected(truth: &str) {
     let lines = std::fs::read_to_string(truth).expect("truth file");
@@ -110,6 +146,19 @@ pub(crate) fn truth_file() -> String {
         .into_owned()
 }
 
+/// The load of the verified runs: 50 pens, 4 sessions of 5 batches each
+/// (and the backlogs), at ×600.
+const FIFTY_PENS: [&str; 8] = [
+    "--devices",
+    "50",
+    "--sessions",
+    "4",
+    "--batches",
+    "5",
+    "--compression",
+    "600",
+];
+
 async fn verified_run(transport: &str) {
     let broker = Broker::start();
     let args = [
@@ -120,17 +169,7 @@ async fn verified_run(transport: &str) {
     ];
     let app = spawn_app_with(&args, &[]).await;
     let truth = truth_file();
-    let extra = [
-        "--devices",
-        "50",
-        "--sessions",
-        "4",
-        "--batches",
-        "5",
-        "--compression",
-        "600",
-    ];
-    let mut cmd = sim_command(&app, transport, Some(&broker), &truth, &extra);
+    let mut cmd = sim_command(&app, transport, Some(&broker), &truth, &FIFTY_PENS);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .expect("join")
@@ -140,6 +179,7 @@ async fn verified_run(transport: &str) {
         out.status.success(),
         "sim --verify over {transport} failed:\n{report}"
     );
+    assert_verified(&report);
     assert_every_fault_injected(&truth);
     // Belt and braces beside the simulator's own check: no message key twice.
     let doubled = app
@@ -157,6 +197,116 @@ async fn fifty_pens_with_every_fault_over_mqtt_are_judged_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_pens_with_every_fault_over_grpc_are_judged_exactly() {
     verified_run("grpc").await;
+}
+
+/// `pentrace serve` on its embedded defaults (SQLite in a scratch data
+/// directory, the in-process broker), with an admin's token.
+struct SqliteApp {
+    server: Server,
+    dir: PathBuf,
+    token: String,
+}
+
+impl SqliteApp {
+    async fn start() -> SqliteApp {
+        let dir =
+            std::env::temp_dir().join(format!("pentrace-sim-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("data dir");
+        let server = Server::start_sqlite(&dir, &[], &[]).await;
+        let app = SqliteApp {
+            server,
+            dir,
+            token: String::new(),
+        };
+        app.cli(&["user", "add", "--name", "Ada Admin", "--role", "admin"]);
+        let token = app.cli(&["token", "issue", "--user", "Ada Admin"]);
+        SqliteApp {
+            token: token.trim().to_owned(),
+            ..app
+        }
+    }
+
+    /// An admin command against the server's data directory.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_pentrace"))
+            .env_remove("DATABASE_URL")
+            .env("PENTRACE_DATA_DIR", &self.dir)
+            .args(args)
+            .output()
+            .expect("run pentrace");
+        assert!(out.status.success(), "pentrace {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The embedded broker's URL.
+    fn mqtt_url(&self) -> String {
+        let port = self
+            .server
+            .mqtt
+            .strip_prefix("embedded:")
+            .unwrap_or_else(|| panic!("not the embedded broker: {}", self.server.mqtt));
+        format!("mqtt://{port}")
+    }
+
+    /// Message keys stored more than once.
+    async fn doubled(&self) -> i64 {
+        let url = format!("sqlite://{}", self.dir.join("pentrace.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("sqlite file");
+        let doubled = sqlx::query_scalar(
+            "SELECT count(*) - count(DISTINCT device_id || ' ' || seq) FROM device_messages",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        pool.close().await;
+        doubled
+    }
+}
+
+/// The scenario of [`verified_run`] on the embedded store: the pens of the
+/// MQTT run connect to the in-process broker with the secrets `--setup`
+/// issues them.
+async fn verified_run_on_sqlite(transport: &str) {
+    let app = SqliteApp::start().await;
+    let truth = truth_file();
+    let mqtt = app.mqtt_url();
+    let mut extra = FIFTY_PENS.to_vec();
+    extra.extend(["--faults", EVERY_FAULT, "--mqtt-url", &mqtt]);
+    let mut cmd = sim_command_at(
+        &app.server.grpc,
+        &app.token,
+        transport,
+        "sim-clinic",
+        None,
+        &truth,
+        &extra,
+    );
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run sim");
+    let report = text(&out);
+    assert!(
+        out.status.success(),
+        "sim --verify over {transport} on SQLite failed:\n{report}"
+    );
+    assert_verified(&report);
+    assert_every_fault_injected(&truth);
+    assert_eq!(app.doubled().await, 0);
+    let _ = std::fs::remove_file(&truth);
+    let SqliteApp { server, dir, .. } = app;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_pens_with_every_fault_over_mqtt_on_sqlite_are_judged_exactly() {
+    verified_run_on_sqlite("mqtt").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_pens_with_every_fault_over_grpc_on_sqlite_are_judged_exactly() {
+    verified_run_on_sqlite("grpc").await;
 }
 
 /// Duplicates the server recognised, from its metrics (a killed server's

@@ -3,11 +3,20 @@
 
 use chrono::{Datelike, Duration, NaiveDate};
 
-/// Registered cartridge products (GTIN-14 with valid check digits).
+/// Registered cartridge products (GTIN-14 with valid check digits), with
+/// no rating of their own: an ordinary session never overuses them.
 pub const PRODUCTS: [(&str, &str); 2] = [
     ("09506000134352", "Sim Nano 12-pin cartridge"),
     ("09506000134369", "Sim Nano 36-pin cartridge"),
 ];
+
+/// The registered product rated for [`RATED_STROKES`]: only the sessions of
+/// the `resume_overuse` fault use it, so no other session can overuse.
+pub const RATED_PRODUCT: (&str, &str) = ("09506000134376", "Sim Nano 12-pin cartridge, rated");
+
+/// Strokes [`RATED_PRODUCT`] is rated for (a few sessions' worth of
+/// batches, whatever `--batches` says: those sessions size their own).
+pub const RATED_STROKES: u64 = 1000;
 
 /// A GTIN-14 with a valid check digit that the simulator never registers.
 pub const UNKNOWN_GTIN: &str = "04012345000016";
@@ -120,7 +129,8 @@ mod tests {
 
     #[test]
     fn the_gtins_have_valid_check_digits() {
-        for gtin in PRODUCTS.iter().map(|p| p.0).chain([UNKNOWN_GTIN]) {
+        let gtins = PRODUCTS.iter().chain([&RATED_PRODUCT]).map(|p| p.0);
+        for gtin in gtins.chain([UNKNOWN_GTIN]) {
             assert_eq!(
                 gtin_check_digit(&gtin[..13]),
                 gtin[13..].parse().ok(),

@@ -27,6 +27,18 @@ pub enum FaultKind {
     /// A legitimate resume: same pen, cartridge and patient within the
     /// window. Must be flagged only as the informational `SESSION_RESUMED`.
     Resume,
+    /// A batch (or the end) of a session names another cartridge than the
+    /// session started with: one an earlier session of the pen, for another
+    /// patient, already used.
+    CartridgeSwap,
+    /// A session under its cartridge's rated strokes and a legitimate resume
+    /// of it that crosses the rating only in sum: overuse is judged over
+    /// the procedure, not per session.
+    ResumeOveruse,
+    /// The pen was offline for days and uploads the sessions it recorded
+    /// meanwhile in a shuffled order; some of them used one cartridge days
+    /// apart. Whichever of those is uploaded later is the reuse.
+    Backlog,
     /// Some samples deeper than the device limit.
     Depth,
     /// The pen's clock is off by minutes for one session.
@@ -41,7 +53,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in the order `--faults` lists them.
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Reuse,
         FaultKind::Moved,
         FaultKind::Expired,
@@ -50,6 +62,9 @@ impl FaultKind {
         FaultKind::BadUdi,
         FaultKind::Depth,
         FaultKind::Resume,
+        FaultKind::CartridgeSwap,
+        FaultKind::ResumeOveruse,
+        FaultKind::Backlog,
         FaultKind::Dup,
         FaultKind::Reorder,
         FaultKind::Skew,
@@ -57,8 +72,9 @@ impl FaultKind {
     ];
 
     /// The faults that decide a session's cartridge; a session has at most
-    /// one of them.
-    pub const CARTRIDGE: [FaultKind; 7] = [
+    /// one of them. (One draw picks among them in this order: new kinds go
+    /// last, so a seed without them plans what it planned before.)
+    pub const CARTRIDGE: [FaultKind; 9] = [
         FaultKind::Reuse,
         FaultKind::Moved,
         FaultKind::Expired,
@@ -66,6 +82,8 @@ impl FaultKind {
         FaultKind::Unknown,
         FaultKind::BadUdi,
         FaultKind::Resume,
+        FaultKind::CartridgeSwap,
+        FaultKind::ResumeOveruse,
     ];
 
     /// The key used in `--faults` and in the ground truth.
@@ -78,6 +96,9 @@ impl FaultKind {
             FaultKind::Unknown => "unknown",
             FaultKind::BadUdi => "bad_udi",
             FaultKind::Resume => "resume",
+            FaultKind::CartridgeSwap => "cartridge_swap",
+            FaultKind::ResumeOveruse => "resume_overuse",
+            FaultKind::Backlog => "backlog",
             FaultKind::Depth => "depth",
             FaultKind::Skew => "skew",
             FaultKind::Dup => "dup",
@@ -94,12 +115,18 @@ impl FaultKind {
     /// The flags the server must raise for the fault (and no others).
     pub fn expected_flags(self) -> Vec<FlagKind> {
         match self {
-            FaultKind::Reuse | FaultKind::Moved => vec![FlagKind::CartridgeReused],
+            FaultKind::Reuse | FaultKind::Moved | FaultKind::CartridgeSwap | FaultKind::Backlog => {
+                vec![FlagKind::CartridgeReused]
+            }
             FaultKind::Expired => vec![FlagKind::CartridgeExpired],
             FaultKind::Recalled => vec![FlagKind::CartridgeRecalled],
             FaultKind::Unknown => vec![FlagKind::CartridgeUnknown],
             FaultKind::BadUdi => vec![FlagKind::UdiInvalid],
             FaultKind::Resume => vec![FlagKind::SessionResumed],
+            // On the resume: the owner alone stays within the rating.
+            FaultKind::ResumeOveruse => {
+                vec![FlagKind::SessionResumed, FlagKind::CartridgeOverused]
+            }
             // Every area's guidance is at most the default limit, so a
             // sample above the limit is also above the guidance.
             FaultKind::Depth => vec![FlagKind::DepthExceeded, FlagKind::DepthAboveAreaGuidance],
@@ -108,7 +135,8 @@ impl FaultKind {
         }
     }
 
-    /// Whether the rate counts per message (else per session).
+    /// Whether the rate counts per message (else per session, or per pen
+    /// for [`FaultKind::Backlog`]).
     pub fn per_message(self) -> bool {
         matches!(self, FaultKind::Dup | FaultKind::Reorder)
     }
@@ -120,8 +148,8 @@ impl fmt::Display for FaultKind {
     }
 }
 
-/// The rate of every fault: per session, or per message for `dup` and
-/// `reorder`. Kinds not given are 0.
+/// The rate of every fault: per session, per message for `dup` and
+/// `reorder`, per pen for `backlog`. Kinds not given are 0.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultRates {
     rates: [f64; FaultKind::ALL.len()],
@@ -129,7 +157,8 @@ pub struct FaultRates {
 
 /// The rates `pentrace sim` uses when `--faults` is not given.
 pub const DEFAULT_FAULTS: &str = "reuse=0.02,moved=0.01,expired=0.01,recalled=0.01,unknown=0.01,\
-bad_udi=0.01,depth=0.02,resume=0.02,dup=0.05,reorder=0.02,skew=0.01,disconnect=0.01";
+bad_udi=0.01,depth=0.02,resume=0.02,cartridge_swap=0.01,resume_overuse=0.01,backlog=0.02,\
+dup=0.05,reorder=0.02,skew=0.01,disconnect=0.01";
 
 impl FaultRates {
     /// No faults at all.
@@ -190,8 +219,9 @@ pub enum FaultsError {
     #[error("fault {key} is given twice")]
     Duplicate { key: String },
     #[error(
-        "the cartridge faults (reuse, moved, expired, recalled, unknown, bad_udi, resume) \
-         add up to {total}; a session has at most one, so they may add up to 1 at most"
+        "the cartridge faults (reuse, moved, expired, recalled, unknown, bad_udi, resume, \
+         cartridge_swap, resume_overuse) add up to {total}; a session has at most one, \
+         so they may add up to 1 at most"
     )]
     CartridgeTotal { total: f64 },
 }
@@ -365,5 +395,25 @@ mod tests {
             vec![FlagKind::DepthExceeded, FlagKind::DepthAboveAreaGuidance]
         );
         assert!(FaultKind::Disconnect.expected_flags().is_empty());
+        assert_eq!(
+            FaultKind::ResumeOveruse.expected_flags(),
+            vec![FlagKind::SessionResumed, FlagKind::CartridgeOverused]
+        );
+        for kind in [FaultKind::CartridgeSwap, FaultKind::Backlog] {
+            assert_eq!(kind.expected_flags(), vec![FlagKind::CartridgeReused]);
+        }
+    }
+
+    #[test]
+    fn every_kind_parses_from_its_key() {
+        for kind in FaultKind::ALL {
+            assert_eq!(FaultKind::parse(kind.as_str()), Some(kind));
+        }
+        let rates: FaultRates = "cartridge_swap=0.5,resume_overuse=0.5,backlog=1"
+            .parse()
+            .expect("parses");
+        assert_eq!(rates.rate(FaultKind::Backlog), 1.0);
+        // The backlog is drawn per pen, outside the cartridge draw.
+        assert_eq!(rates.cartridge_total(), 1.0);
     }
 }

@@ -9,7 +9,9 @@ use chrono::NaiveDate;
 use pentrace_proto::v1 as pb;
 
 use crate::api::Api;
-use crate::catalogue::{OK_LOT, PRODUCTS, RECALLED_LOT, SHELF_LIFE_DAYS, lot_expiry};
+use crate::catalogue::{
+    OK_LOT, PRODUCTS, RATED_PRODUCT, RATED_STROKES, RECALLED_LOT, SHELF_LIFE_DAYS, lot_expiry,
+};
 use crate::config::SimConfig;
 use crate::error::SimError;
 
@@ -44,9 +46,10 @@ pub async fn register(api: &Api, config: &SimConfig, today: NaiveDate) -> Result
             .map_err(|s| SimError::rpc("Registry.RegisterDevice", s))?;
     }
     for (gtin, name) in PRODUCTS {
-        register_product(api, gtin, name, today).await?;
+        register_product(api, gtin, name, 0, today).await?;
     }
-    Ok(())
+    let (gtin, name) = RATED_PRODUCT;
+    register_product(api, gtin, name, RATED_STROKES, today).await
 }
 
 /// Issues a secret for every pen (a new one each setup: earlier ones stay
@@ -110,11 +113,13 @@ pub fn read_credentials(path: &std::path::Path) -> Result<HashMap<String, String
         .collect()
 }
 
-/// A product with its good lot and its recalled lot.
+/// A product with its good lot and its recalled lot; `rated_strokes` 0
+/// for no rating.
 async fn register_product(
     api: &Api,
     gtin: &str,
     name: &str,
+    rated_strokes: u64,
     today: NaiveDate,
 ) -> Result<(), SimError> {
     let mut registry = api.registry();
@@ -123,10 +128,10 @@ async fn register_product(
             product: Some(pb::Product {
                 gtin: gtin.into(),
                 name: name.into(),
-                // No limits of its own beyond the device's: the simulator
-                // injects no overuse.
+                // No depth or time limit of its own beyond the device's;
+                // only the rated product (`resume_overuse`) counts strokes.
                 max_depth_um: 0,
-                rated_strokes: 0,
+                rated_strokes,
                 max_active_s: 0,
                 shelf_life_days: u32::try_from(SHELF_LIFE_DAYS).unwrap_or(730),
             }),

@@ -13,20 +13,25 @@ use crate::scenario::{MessageBody, MessagePlan, PenPlan, SessionPlan};
 pub fn build(pen: &PenPlan, msg: &MessagePlan, now: DateTime<Utc>) -> pb::DeviceMessage {
     let session = msg.body.session().and_then(|k| pen.sessions.get(k));
     let sent_at = session.map_or(now, |s| s.device_time(now));
+    let udi = msg
+        .body
+        .session()
+        .and_then(|k| pen.named_udi(k, msg.body))
+        .unwrap_or_default();
     let body = match (msg.body, session) {
         (MessageBody::Start { .. }, Some(s)) => {
             pb::device_message::Body::SessionStart(pb::SessionStart {
-                session: Some(context(s)),
+                session: Some(context(s, udi)),
                 operator_ref: s.operator_ref.clone(),
                 firmware: pen.firmware.clone(),
             })
         }
         (MessageBody::Batch { batch, .. }, Some(s)) => {
-            pb::device_message::Body::StrokeBatch(stroke_batch(s, batch))
+            pb::device_message::Body::StrokeBatch(stroke_batch(s, udi, batch))
         }
         (MessageBody::End { .. }, Some(s)) => {
             pb::device_message::Body::SessionEnd(pb::SessionEnd {
-                session: Some(context(s)),
+                session: Some(context(s, udi)),
                 ended_at: Some(timestamp(s.device_time(s.ended_at))),
                 total_strokes: s.profile.total_strokes(s.batches),
                 reason: pb::EndReason::Completed as i32,
@@ -51,10 +56,10 @@ fn heartbeat(pen: &PenPlan, battery_pct: u32) -> pb::device_message::Body {
     })
 }
 
-fn stroke_batch(s: &SessionPlan, batch: u32) -> pb::StrokeBatch {
+fn stroke_batch(s: &SessionPlan, udi: &str, batch: u32) -> pb::StrokeBatch {
     let started = s.started_at + Duration::milliseconds(i64::from(batch) * i64::from(BATCH_MS));
     pb::StrokeBatch {
-        session: Some(context(s)),
+        session: Some(context(s, udi)),
         started_at: Some(timestamp(s.device_time(started))),
         samples: s
             .profile
@@ -70,11 +75,13 @@ fn stroke_batch(s: &SessionPlan, batch: u32) -> pb::StrokeBatch {
     }
 }
 
-fn context(s: &SessionPlan) -> pb::SessionContext {
+/// The session's context naming the cartridge `udi` (its own, or one
+/// swapped in).
+fn context(s: &SessionPlan, udi: &str) -> pb::SessionContext {
     pb::SessionContext {
         session_id: s.session_id.clone(),
         cartridge: Some(pb::Cartridge {
-            udi: s.udi.clone(),
+            udi: udi.to_owned(),
             chip_uid: String::new(),
         }),
         area: area(s.profile.area),

@@ -167,7 +167,8 @@ fn sim(
 
 /// Every fault kind, often enough that a few dozen pens show each.
 const DEMO_FAULTS: &str = "reuse=0.08,moved=0.05,expired=0.04,recalled=0.04,unknown=0.04,\
-    bad_udi=0.04,resume=0.08,depth=0.06,skew=0.04,disconnect=0.03,dup=0.05,reorder=0.03";
+    bad_udi=0.04,resume=0.08,cartridge_swap=0.05,resume_overuse=0.05,backlog=0.15,depth=0.06,\
+    skew=0.04,disconnect=0.03,dup=0.05,reorder=0.03";
 
 async fn run_and_verify(config: SimConfig) -> anyhow::Result<bool> {
     let report = pentrace_sim::run(&config).await?;

@@ -64,9 +64,19 @@ pub struct SimArgs {
     #[arg(long)]
     setup: bool,
     /// Fault rates, KEY=RATE,...: per session for reuse, moved, expired,
-    /// recalled, unknown, bad_udi, resume, depth, skew, disconnect; per
-    /// message for dup and reorder. Kinds not listed are 0; "none" for no
-    /// faults.
+    /// recalled, unknown, bad_udi, resume, cartridge_swap, resume_overuse,
+    /// depth, skew, disconnect; per message for dup and reorder; per pen for
+    /// backlog. Kinds not listed are 0; "none" for no faults.
+    ///
+    /// cartridge_swap: a batch (or the end) of a session names the cartridge
+    /// of an earlier session for another patient (CARTRIDGE_REUSED).
+    /// resume_overuse: a session of the rated product and its resume, which
+    /// cross the rated strokes only in sum (SESSION_RESUMED and
+    /// CARTRIDGE_OVERUSED on the resume). backlog: the pen was offline for
+    /// days and uploads what it recorded, some sessions sharing a cartridge
+    /// days apart, in a shuffled order (CARTRIDGE_REUSED on each of those
+    /// uploaded after the first). The cartridge faults (all per-session ones
+    /// but depth, skew and disconnect) add up to 1 at most.
     #[arg(long, default_value = DEFAULT_FAULTS, value_parser = parse_faults)]
     faults: FaultRates,
     /// Write every injected fault to FILE, one JSON object per line.

@@ -5,7 +5,8 @@
 //!
 //! Planning runs in three passes:
 //! 1. each pen's sessions and their faults ([`sessions`]), from the pen's
-//!    own seeded RNG;
+//!    own seeded RNG: first the backlog it uploads when it comes back, if
+//!    it was offline ([`backlog`]), then its sessions of the run;
 //! 2. moved cartridges ([`moved`]), which need every pen's sessions;
 //! 3. each pen's messages, the order it sends them in (duplicates,
 //!    swaps, disconnects, waits) and the truth ([`sends`]).
@@ -20,6 +21,7 @@ use crate::config::SimConfig;
 use crate::faults::FaultKind;
 use crate::profile::{SAMPLES_PER_BATCH, SessionProfile, mix};
 
+mod backlog;
 mod moved;
 #[cfg(test)]
 mod replay;
@@ -62,8 +64,10 @@ pub struct PenPlan {
     /// How this pen's scanner reports UDIs.
     pub form: UdiForm,
     pub firmware: String,
+    /// The backlog (if any) in upload order, then the sessions of the run.
     pub sessions: Vec<SessionPlan>,
-    /// Every message, in seq order (`messages[i].seq == first seq + i`).
+    /// Every message, in seq order (`messages[i].seq == first seq + i`):
+    /// the order of `sessions`, a backlog first, in upload order.
     pub messages: Vec<MessagePlan>,
     /// What the pen does, in order.
     pub actions: Vec<Action>,
@@ -90,6 +94,10 @@ pub struct SessionPlan {
     /// Seq of the session's start and end messages.
     pub first_seq: u64,
     pub last_seq: u64,
+    /// Set for a session of a backlog (recorded while the pen was offline,
+    /// days before the run): the virtual time at which the pen, back
+    /// online, uploads every message of it.
+    pub uploaded_at: Option<DateTime<Utc>>,
 }
 
 impl SessionPlan {
@@ -102,6 +110,42 @@ impl SessionPlan {
     /// reports it.
     pub fn device_time(&self, t: DateTime<Utc>) -> DateTime<Utc> {
         t + self.skew.unwrap_or_else(Duration::zero)
+    }
+
+    /// Whether another session may take this one's cartridge (reuse,
+    /// resume, moved, swap): a fresh one of an ordinary product, used in
+    /// the run. A backlog's cartridges stay within the backlog, so its
+    /// truth is only its upload order.
+    pub fn lends_cartridge(&self) -> bool {
+        self.cartridge == CartridgeUse::Fresh && self.uploaded_at.is_none()
+    }
+
+    /// Whether a message of batch `batch` (`None`: the end) names the
+    /// swapped-in cartridge instead of the session's own.
+    pub fn names_swapped(&self, batch: Option<u32>) -> bool {
+        match self.cartridge {
+            CartridgeUse::Swap { from_batch, .. } => batch.unwrap_or(self.batches) >= from_batch,
+            _ => false,
+        }
+    }
+}
+
+impl PenPlan {
+    /// The UDI a message of session `k` names: the session's own, or, from
+    /// a swap on, that of the session whose cartridge was swapped in.
+    pub fn named_udi(&self, k: usize, body: MessageBody) -> Option<&str> {
+        let s = self.sessions.get(k)?;
+        let batch = match body {
+            MessageBody::Batch { batch, .. } => Some(batch),
+            MessageBody::End { .. } => None,
+            _ => return Some(&s.udi),
+        };
+        match s.cartridge {
+            CartridgeUse::Swap { of_session, .. } if s.names_swapped(batch) => {
+                self.sessions.get(of_session).map(|o| o.udi.as_str())
+            }
+            _ => Some(&s.udi),
+        }
     }
 }
 
@@ -123,6 +167,26 @@ pub enum CartridgeUse {
         pen: usize,
         session: usize,
     },
+    /// A fresh cartridge, then from batch `from_batch` on (`batches`: only
+    /// the end) the cartridge of an earlier session of the pen, for
+    /// another patient.
+    Swap {
+        of_session: usize,
+        from_batch: u32,
+    },
+    /// A fresh cartridge of the rated product, used under its rating; the
+    /// next session resumes it (not a fault of its own).
+    OveruseOwner,
+    /// The previous session's rated cartridge within the resume window,
+    /// crossing the rating in sum with it.
+    ResumeOveruse {
+        of_session: usize,
+    },
+    /// A backlog session that used the cartridge of backlog session
+    /// `of_session`, days apart, and is uploaded after it.
+    Backlog {
+        of_session: usize,
+    },
     Expired,
     Recalled,
     Unknown,
@@ -133,8 +197,11 @@ impl CartridgeUse {
     /// The fault this use injects, if any.
     pub fn fault(self) -> Option<FaultKind> {
         Some(match self {
-            CartridgeUse::Fresh => return None,
+            CartridgeUse::Fresh | CartridgeUse::OveruseOwner => return None,
             CartridgeUse::Reuse { .. } => FaultKind::Reuse,
+            CartridgeUse::Swap { .. } => FaultKind::CartridgeSwap,
+            CartridgeUse::ResumeOveruse { .. } => FaultKind::ResumeOveruse,
+            CartridgeUse::Backlog { .. } => FaultKind::Backlog,
             CartridgeUse::Resume { .. } => FaultKind::Resume,
             CartridgeUse::Moved { .. } => FaultKind::Moved,
             CartridgeUse::Expired => FaultKind::Expired,

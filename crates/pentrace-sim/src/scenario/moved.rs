@@ -54,25 +54,33 @@ pub(super) fn resolve(pens: &mut [PenPlan], seed_of: impl Fn(usize) -> u64) {
     }
 }
 
-/// Sessions whose cartridge another pen may take: fresh, owned, not used
-/// again by their own pen; by end time.
+/// Sessions whose cartridge another pen may take: fresh, owned, of the run
+/// (not a backlog), not used again by their own pen; by end time.
 fn source_pool(pens: &[PenPlan]) -> Vec<(DateTime<Utc>, (usize, usize))> {
     let mut pool = Vec::new();
     for (sp, pen) in pens.iter().enumerate() {
+        let used_again = used_again(pen);
         for (sk, s) in pen.sessions.iter().enumerate() {
-            let reused_by_next = pen.sessions.get(sk + 1).is_some_and(|n| {
-                matches!(
-                    n.cartridge,
-                    CartridgeUse::Reuse { .. } | CartridgeUse::Resume { .. }
-                )
-            });
-            if s.cartridge == CartridgeUse::Fresh && !reused_by_next {
+            if s.lends_cartridge() && !used_again.contains(&sk) {
                 pool.push((s.ended_at, (sp, sk)));
             }
         }
     }
     pool.sort();
     pool
+}
+
+/// The sessions whose cartridge another session of the same pen takes.
+fn used_again(pen: &PenPlan) -> HashSet<usize> {
+    pen.sessions
+        .iter()
+        .filter_map(|s| match s.cartridge {
+            CartridgeUse::Reuse { of_session }
+            | CartridgeUse::Resume { of_session }
+            | CartridgeUse::Swap { of_session, .. } => Some(of_session),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A random usable entry: a few random draws, then (when most are not

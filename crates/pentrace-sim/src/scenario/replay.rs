@@ -19,7 +19,7 @@ use pentrace_domain::rules::{
 use pentrace_proto::v1 as pb;
 
 use super::{Action, Scenario};
-use crate::catalogue::{OK_LOT, PRODUCTS, RECALLED_LOT, lot_expiry};
+use crate::catalogue::{OK_LOT, PRODUCTS, RATED_PRODUCT, RATED_STROKES, RECALLED_LOT, lot_expiry};
 use crate::wire;
 
 /// The flags the rules raise for the scenario, as (kind, session id).
@@ -65,11 +65,22 @@ struct Server {
 }
 
 impl Server {
-    /// The registry `--setup` makes: both products, a good lot and a lot
-    /// recalled just before virtual time starts.
+    /// The registry `--setup` makes: the products (one of them rated), a
+    /// good lot and a lot recalled just before virtual time starts.
     fn new(t0: DateTime<Utc>) -> Server {
         let mut lots = HashMap::new();
-        for (gtin, _) in PRODUCTS {
+        let mut products: HashMap<String, ProductFacts> = PRODUCTS
+            .iter()
+            .map(|(g, _)| (g.to_string(), ProductFacts::default()))
+            .collect();
+        products.insert(
+            RATED_PRODUCT.0.to_owned(),
+            ProductFacts {
+                rated_strokes: RATED_STROKES,
+                ..ProductFacts::default()
+            },
+        );
+        for gtin in products.keys() {
             let expiry = Some(lot_expiry(t0.date_naive()));
             lots.insert(
                 (gtin.to_owned(), OK_LOT.to_owned()),
@@ -88,10 +99,7 @@ impl Server {
         }
         Server {
             policy: Policy::default(),
-            products: PRODUCTS
-                .iter()
-                .map(|(g, _)| (g.to_string(), ProductFacts::default()))
-                .collect(),
+            products,
             lots,
             bindings: HashMap::new(),
             sessions: HashMap::new(),

@@ -6,6 +6,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use super::{Action, CartridgeUse, MessageBody, MessagePlan, PenPlan, SessionPlan, TruthRecord};
+use crate::catalogue::RATED_STROKES;
 use crate::config::SimConfig;
 use crate::faults::FaultKind;
 use crate::profile::{BATCH_MS, mix};
@@ -59,6 +60,7 @@ pub(super) fn plan_sends(
 }
 
 /// Heartbeat, each session's start, batches and end, a closing heartbeat.
+/// A backlog's messages all go out as the pen comes back.
 fn messages(pen: &mut PenPlan, base: u64, battery: u32) -> Vec<MessagePlan> {
     let mut out = Vec::new();
     let mut push = |body, at| {
@@ -69,7 +71,7 @@ fn messages(pen: &mut PenPlan, base: u64, battery: u32) -> Vec<MessagePlan> {
     let first_at = pen
         .sessions
         .first()
-        .map(|s| s.started_at - Duration::seconds(1));
+        .map(|s| s.uploaded_at.unwrap_or(s.started_at) - Duration::seconds(1));
     if let Some(at) = first_at {
         push(
             MessageBody::Heartbeat {
@@ -78,8 +80,11 @@ fn messages(pen: &mut PenPlan, base: u64, battery: u32) -> Vec<MessagePlan> {
             at,
         );
     }
+    let mut last_at = None;
     for (k, s) in pen.sessions.iter_mut().enumerate() {
-        s.first_seq = push(MessageBody::Start { session: k }, s.started_at);
+        let uploaded = s.uploaded_at;
+        let at = |t| uploaded.unwrap_or(t);
+        s.first_seq = push(MessageBody::Start { session: k }, at(s.started_at));
         for b in 0..s.batches {
             let sent =
                 s.started_at + Duration::milliseconds((i64::from(b) + 1) * i64::from(BATCH_MS));
@@ -88,16 +93,18 @@ fn messages(pen: &mut PenPlan, base: u64, battery: u32) -> Vec<MessagePlan> {
                     session: k,
                     batch: b,
                 },
-                sent,
+                at(sent),
             );
         }
-        s.last_seq = push(MessageBody::End { session: k }, s.ended_at);
+        let ended = at(s.ended_at);
+        s.last_seq = push(MessageBody::End { session: k }, ended);
+        last_at = Some(ended);
     }
-    if let Some(last) = pen.sessions.last() {
+    if let Some(last) = last_at {
         let battery_pct = battery.saturating_sub(pen.sessions.len() as u32);
         push(
             MessageBody::Heartbeat { battery_pct },
-            last.ended_at + Duration::seconds(FINAL_HEARTBEAT_S),
+            last + Duration::seconds(FINAL_HEARTBEAT_S),
         );
     }
     out
@@ -210,7 +217,7 @@ fn session_truth(pen: &PenPlan, sources: &Sources) -> Vec<TruthRecord> {
         };
         if let Some(fault) = s.cartridge.fault() {
             let detail = cartridge_detail(pen, s, sources);
-            out.push(record(fault, s.first_seq, detail));
+            out.push(record(fault, cartridge_seq(s), detail));
         }
         if let Some(b) = s.profile.excursion_batch {
             let detail = format!(
@@ -231,6 +238,17 @@ fn session_truth(pen: &PenPlan, sources: &Sources) -> Vec<TruthRecord> {
     out
 }
 
+/// The message a cartridge fault is in: the session's start, or the first
+/// message naming a swapped-in cartridge.
+fn cartridge_seq(s: &SessionPlan) -> u64 {
+    match s.cartridge {
+        CartridgeUse::Swap { from_batch, .. } => {
+            s.first_seq + 1 + u64::from(from_batch.min(s.batches))
+        }
+        _ => s.first_seq,
+    }
+}
+
 fn cartridge_detail(pen: &PenPlan, s: &SessionPlan, sources: &Sources) -> String {
     let id = s.label.cartridge_id();
     match s.cartridge {
@@ -249,6 +267,43 @@ fn cartridge_detail(pen: &PenPlan, s: &SessionPlan, sources: &Sources) -> String
                 }
                 None => format!("cartridge {id} first used by another pen"),
             }
+        }
+        CartridgeUse::Swap {
+            of_session,
+            from_batch,
+        } => {
+            let other = &pen.sessions[of_session];
+            let from = if from_batch < s.batches {
+                format!("from batch {from_batch} on")
+            } else {
+                "in its end".to_owned()
+            };
+            format!(
+                "started with cartridge {id}; {from} names cartridge {} of this pen's \
+                 session {} (another patient)",
+                other.label.cartridge_id(),
+                other.session_id
+            )
+        }
+        CartridgeUse::ResumeOveruse { of_session } => {
+            let owner = &pen.sessions[of_session];
+            format!(
+                "resumes session {} with cartridge {id}, rated {RATED_STROKES} strokes: \
+                 {} strokes there, {} here",
+                owner.session_id,
+                owner.profile.total_strokes(owner.batches),
+                s.profile.total_strokes(s.batches)
+            )
+        }
+        CartridgeUse::Backlog { of_session } => {
+            let owner = &pen.sessions[of_session];
+            format!(
+                "backlog uploaded shuffled: cartridge {id} also used in session {} (started \
+                 {}), uploaded before this one (started {})",
+                owner.session_id,
+                owner.started_at.to_rfc3339(),
+                s.started_at.to_rfc3339()
+            )
         }
         _ => format!("UDI {:?}", s.udi),
     }

@@ -6,10 +6,13 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use pentrace_domain::policy::{DEFAULT_MAX_DEPTH_UM, Policy, area_guidance_um};
 use pentrace_domain::{FlagKind, Udi};
+use pentrace_proto::v1 as pb;
 
 use super::replay::replay;
 use super::*;
-use crate::catalogue::{OK_LOT, PRODUCTS, RECALLED_LOT, UNKNOWN_GTIN};
+use crate::catalogue::{
+    OK_LOT, PRODUCTS, RATED_PRODUCT, RATED_STROKES, RECALLED_LOT, UNKNOWN_GTIN,
+};
 use crate::faults::FaultRates;
 
 fn t0() -> DateTime<Utc> {
@@ -31,7 +34,8 @@ fn config(devices: usize, sessions: u32, faults: &str, seed: u64) -> SimConfig {
 
 /// Every fault often, so that each seed exercises their interplay.
 const HEAVY: &str = "reuse=0.14,moved=0.14,expired=0.1,recalled=0.1,unknown=0.1,bad_udi=0.1,\
-resume=0.14,depth=0.3,skew=0.3,dup=0.2,reorder=0.2,disconnect=0.3";
+resume=0.14,cartridge_swap=0.08,resume_overuse=0.08,backlog=0.3,depth=0.3,skew=0.3,dup=0.2,\
+reorder=0.2,disconnect=0.3";
 
 fn heavy(seed: u64) -> (SimConfig, Scenario) {
     let c = config(12, 8, HEAVY, seed);
@@ -81,18 +85,46 @@ fn another_clinic_gets_other_sessions_and_cartridges_from_one_seed() {
     assert_ne!(first(&a), first(&b));
 }
 
+fn assert_replay_is_the_truth(c: &SimConfig, s: &Scenario, seed: u64) {
+    let decided = replay(s, c.compression);
+    let want = expected(s);
+    let missed: Vec<_> = want.difference(&decided).collect();
+    let extra: Vec<_> = decided.difference(&want).collect();
+    assert!(
+        missed.is_empty() && extra.is_empty(),
+        "seed {seed}: missed {missed:?}, unexpected {extra:?}"
+    );
+}
+
 #[test]
 fn the_truth_is_what_the_domain_rules_decide() {
     for seed in 0..40 {
         let (c, s) = heavy(seed);
-        let decided = replay(&s, c.compression);
-        let want = expected(&s);
-        let missed: Vec<_> = want.difference(&decided).collect();
-        let extra: Vec<_> = decided.difference(&want).collect();
-        assert!(
-            missed.is_empty() && extra.is_empty(),
-            "seed {seed}: missed {missed:?}, unexpected {extra:?}"
-        );
+        assert_replay_is_the_truth(&c, &s, seed);
+    }
+}
+
+/// Each new fault alone at its highest rate, with the delivery faults that
+/// reorder and repeat what the server hears.
+#[test]
+fn the_truth_of_swaps_overuse_and_backlogs_is_what_the_rules_decide() {
+    for faults in [
+        "cartridge_swap=1",
+        "resume_overuse=1",
+        "backlog=1",
+        "cartridge_swap=0.5,resume_overuse=0.5,backlog=1,dup=0.3,reorder=0.3,disconnect=0.5",
+    ] {
+        let mut planned = BTreeSet::new();
+        for seed in 0..20 {
+            let c = config(6, 5, faults, seed);
+            let s = plan(&c, t0(), &[]);
+            planned.extend(s.truth.iter().map(|t| t.fault));
+            assert_replay_is_the_truth(&c, &s, seed);
+        }
+        for kind in faults.split(',').filter_map(|f| f.split_once('=')) {
+            let kind = FaultKind::parse(kind.0).expect("kind");
+            assert!(planned.contains(&kind), "{faults}: no {kind} planned");
+        }
     }
 }
 
@@ -126,11 +158,18 @@ fn seqs_continue_from_the_base_without_holes() {
         for (i, m) in pen.messages.iter().enumerate() {
             assert_eq!(m.seq, base + 1 + i as u64);
         }
-        // A heartbeat, then each session's start, 8 batches and end, then
-        // a closing heartbeat.
-        assert_eq!(pen.messages.len(), 2 + 4 * 10);
+        // A heartbeat, then each session's start, batches (8, unless
+        // sized for a rated cartridge) and end, then a closing heartbeat.
+        let per_session: u32 = pen.sessions.iter().map(|x| x.batches + 2).sum();
+        assert_eq!(pen.messages.len(), 2 + per_session as usize);
         for x in &pen.sessions {
-            assert_eq!(x.last_seq - x.first_seq, 9);
+            assert_eq!(x.last_seq - x.first_seq, u64::from(x.batches) + 1);
+            if !matches!(
+                x.cartridge,
+                CartridgeUse::OveruseOwner | CartridgeUse::ResumeOveruse { .. }
+            ) {
+                assert_eq!(x.batches, 8);
+            }
         }
         let mut sent: Vec<usize> = pen
             .actions
@@ -265,8 +304,16 @@ fn udis_read_as_the_fault_says() {
                     continue;
                 }
                 let udi = parsed.expect("parses");
-                let registered = PRODUCTS.iter().any(|p| p.0 == udi.gtin);
+                let registered = PRODUCTS
+                    .iter()
+                    .chain([&RATED_PRODUCT])
+                    .any(|p| p.0 == udi.gtin);
                 assert_eq!(registered, x.cartridge != CartridgeUse::Unknown);
+                let rated = matches!(
+                    x.cartridge,
+                    CartridgeUse::OveruseOwner | CartridgeUse::ResumeOveruse { .. }
+                );
+                assert_eq!(udi.gtin == RATED_PRODUCT.0, rated, "only overuse is rated");
                 if x.cartridge == CartridgeUse::Unknown {
                     assert_eq!(udi.gtin, UNKNOWN_GTIN);
                 }
@@ -373,4 +420,164 @@ fn a_second_run_against_the_same_server_makes_new_sessions() {
     let ids = |s: &Scenario| s.pens[1].sessions[0].session_id.clone();
     assert_eq!(ids(&first), ids(&again));
     assert_ne!(ids(&first), ids(&second));
+}
+
+/// The backlog sessions of a pen (they come first, in upload order).
+fn backlog(pen: &PenPlan) -> &[SessionPlan] {
+    let n = pen
+        .sessions
+        .iter()
+        .take_while(|x| x.uploaded_at.is_some())
+        .count();
+    &pen.sessions[..n]
+}
+
+#[test]
+fn a_backlog_is_days_old_shuffled_and_its_reuses_follow_the_upload_order() {
+    let window = Policy::default().resume_window;
+    let (mut pens, mut before, mut after) = (0, 0, 0);
+    for seed in 0..30 {
+        let c = config(4, 3, "backlog=0.5", seed);
+        let s = plan(&c, t0(), &[]);
+        for pen in &s.pens {
+            let recorded = backlog(pen);
+            assert!(
+                pen.sessions[recorded.len()..]
+                    .iter()
+                    .all(|x| x.uploaded_at.is_none()),
+                "a backlog comes first"
+            );
+            if recorded.is_empty() {
+                continue;
+            }
+            pens += 1;
+            assert!((3..=6).contains(&recorded.len()));
+            let back = recorded[0].uploaded_at.expect("uploaded");
+            let mut times: Vec<_> = recorded
+                .iter()
+                .map(|x| (x.started_at, x.ended_at))
+                .collect();
+            times.sort();
+            assert!(times[0].0 < back - Duration::days(2) + Duration::days(1));
+            for w in times.windows(2) {
+                assert!(w[1].0 - w[0].1 > window * 20, "{w:?}");
+            }
+            assert!(times.iter().all(|t| t.1 + Duration::hours(1) < back));
+            let mut reuses = 0;
+            for (k, x) in recorded.iter().enumerate() {
+                assert_eq!(x.uploaded_at, Some(back));
+                assert_eq!(x.skew, None, "an honest clock");
+                let seqs = x.first_seq..=x.last_seq;
+                for m in pen.messages.iter().filter(|m| seqs.contains(&m.seq)) {
+                    assert_eq!(m.at, back, "sent as the pen comes back");
+                }
+                let CartridgeUse::Backlog { of_session } = x.cartridge else {
+                    assert_eq!(x.cartridge, CartridgeUse::Fresh);
+                    // The first uploaded of its cartridge.
+                    assert!(recorded[..k].iter().all(|o| o.label != x.label));
+                    continue;
+                };
+                reuses += 1;
+                let owner = &recorded[of_session];
+                assert!(of_session < k && owner.cartridge == CartridgeUse::Fresh);
+                assert_eq!(owner.label, x.label);
+                if owner.started_at < x.started_at {
+                    before += 1;
+                } else {
+                    after += 1;
+                }
+            }
+            assert!(reuses >= 1, "a backlog shares a cartridge");
+        }
+    }
+    assert!(pens > 20, "{pens} pens with a backlog");
+    // Shuffled: the owner (the first uploaded) was used later in time
+    // about as often as earlier.
+    assert!(before > 5 && after > 5, "{before} / {after}");
+}
+
+#[test]
+fn a_swap_names_an_earlier_sessions_cartridge_for_another_patient() {
+    let mut swaps = 0;
+    for seed in 0..10 {
+        let c = config(4, 6, "cartridge_swap=0.5", seed);
+        let s = plan(&c, t0(), &[]);
+        for pen in &s.pens {
+            for (k, x) in pen.sessions.iter().enumerate() {
+                let CartridgeUse::Swap {
+                    of_session,
+                    from_batch,
+                } = x.cartridge
+                else {
+                    continue;
+                };
+                swaps += 1;
+                let source = &pen.sessions[of_session];
+                assert!(of_session < k && source.lends_cartridge());
+                assert_ne!(source.patient_ref, x.patient_ref);
+                assert!(from_batch <= x.batches);
+                for m in &pen.messages {
+                    if m.body.session() != Some(k) {
+                        continue;
+                    }
+                    let wire = crate::wire::build(pen, m, t0());
+                    let named = match wire.body.expect("body") {
+                        pb::device_message::Body::SessionStart(b) => b.session,
+                        pb::device_message::Body::StrokeBatch(b) => b.session,
+                        pb::device_message::Body::SessionEnd(b) => b.session,
+                        pb::device_message::Body::Heartbeat(_) => None,
+                    }
+                    .and_then(|c| c.cartridge)
+                    .expect("cartridge")
+                    .udi;
+                    let swapped = match m.body {
+                        MessageBody::Batch { batch, .. } => batch >= from_batch,
+                        MessageBody::End { .. } => true,
+                        _ => false,
+                    };
+                    let want = if swapped { &source.udi } else { &x.udi };
+                    assert_eq!(&named, want, "{:?}", m.body);
+                }
+            }
+        }
+    }
+    assert!(swaps > 20, "{swaps} swaps");
+}
+
+#[test]
+fn a_resume_overuse_crosses_the_rating_only_in_sum() {
+    let window = Policy::default().resume_window;
+    let mut pairs = 0;
+    for seed in 0..10 {
+        let c = config(4, 6, "resume_overuse=0.5,depth=1", seed);
+        let s = plan(&c, t0(), &[]);
+        for pen in &s.pens {
+            for (k, x) in pen.sessions.iter().enumerate() {
+                let strokes = x.profile.total_strokes(x.batches);
+                match x.cartridge {
+                    CartridgeUse::OveruseOwner => {
+                        assert!(strokes <= RATED_STROKES, "{strokes}");
+                        assert!(matches!(
+                            pen.sessions[k + 1].cartridge,
+                            CartridgeUse::ResumeOveruse { of_session } if of_session == k
+                        ));
+                    }
+                    CartridgeUse::ResumeOveruse { of_session } => {
+                        pairs += 1;
+                        let owner = &pen.sessions[of_session];
+                        let before = owner.profile.total_strokes(owner.batches);
+                        assert!(before + strokes > RATED_STROKES);
+                        assert!(strokes <= RATED_STROKES, "not overused alone");
+                        assert_eq!(owner.label, x.label);
+                        assert_eq!(owner.patient_ref, x.patient_ref);
+                        assert!(x.started_at - owner.ended_at < window - Duration::minutes(5));
+                    }
+                    _ => continue,
+                }
+                assert_eq!(x.profile.excursion_batch, None);
+                assert_eq!(x.label.gtin, RATED_PRODUCT.0);
+            }
+        }
+    }
+    assert!(pairs > 10, "{pairs} pairs");
 }
