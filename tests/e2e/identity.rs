@@ -258,7 +258,10 @@ async fn over_tls_a_pen_authenticates_by_its_certificate() {
             .envs(envs.iter().copied())
             .output()
             .expect("run pentrace probe");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert_eq!(probe(&[]), (Some(0), String::new()));
     let (code, err) = probe(&[("PENTRACE_TLS__PLAINTEXT", "true")]);

@@ -273,7 +273,7 @@ fn ignored_env(key: &str) -> bool {
 /// variables belong to other commands (`PENTRACE_AUDIT_KEY`, the tests'
 /// `PENTRACE_TEST_*`) or to Kubernetes service links
 /// (`PENTRACE_SERVICE_HOST`, `PENTRACE_PORT_…`), and are not the server's.
-const CONFIG_KEYS: [&str; 15] = [
+const CONFIG_KEYS: [&str; 16] = [
     "grpc_addr",
     "http_addr",
     "database_url",
@@ -289,6 +289,7 @@ const CONFIG_KEYS: [&str; 15] = [
     "mqtt",
     "audit",
     "tls",
+    "fleet",
 ];
 
 /// Values given on the command line; `None` = not given.
@@ -564,6 +565,18 @@ mod tests {
         );
         config.database_max_connections = 9;
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn every_configuration_key_can_be_set_from_the_environment() {
+        let keys = serde_json::to_value(Config::default()).expect("serializes");
+        for key in keys.as_object().expect("an object").keys() {
+            assert!(
+                !ignored_env(key),
+                "PENTRACE_{} would be ignored",
+                key.to_uppercase()
+            );
+        }
     }
 
     #[test]

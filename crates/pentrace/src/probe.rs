@@ -63,9 +63,12 @@ fn probe(args: &ProbeArgs) -> anyhow::Result<u16> {
     };
     let timeout = Duration::from_secs(args.timeout_s.max(1));
     runtime()?.block_on(async {
-        tokio::time::timeout(timeout, get(addr, ca.as_deref(), &args.server_name, &args.path))
-            .await
-            .with_context(|| format!("no answer from {addr} within {timeout:?}"))?
+        tokio::time::timeout(
+            timeout,
+            get(addr, ca.as_deref(), &args.server_name, &args.path),
+        )
+        .await
+        .with_context(|| format!("no answer from {addr} within {timeout:?}"))?
     })
 }
 
