@@ -23,5 +23,6 @@ mod poison;
 mod rejects;
 mod report;
 mod rss;
+mod review;
 mod rules;
 mod sim;

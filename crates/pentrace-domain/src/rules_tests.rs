@@ -1202,3 +1202,81 @@ fn without_an_expiry_the_production_date_plus_the_shelf_life_applies() {
     let msg = start("pen-1", ctx("s1", dated, after), after);
     assert_eq!(kinds(&run(&msg, &facts(365, None), after)), vec![]);
 }
+
+// ---- REVIEW (branch `review`): FAILING ON PURPOSE against c9e2cb3. Each
+// ---- test names the finding it demonstrates; production code untouched.
+
+/// A pen whose clock is 299.5 s behind: its messages measure a skew of
+/// 299.5 s plus the network's latency, so some are corrected (skew above
+/// the 300 s window) and some are not. The correction is all or nothing,
+/// so the pen's times jump by five minutes between messages, which the
+/// 30 s resume tolerance cannot absorb.
+fn behind() -> Duration {
+    Duration::milliseconds(299_500)
+}
+
+/// Binding of s1's cartridge after its last batch: the batch (real time t0,
+/// 1 s latency: skew 300.5 s, corrected) judged as the pipeline does.
+fn s1_after_a_corrected_batch() -> Binding {
+    let pen = |real: DateTime<Utc>| real - behind();
+    let mut b = batch(ctx("s1", &udi("A", "301231"), pen(t0())), &[500; 10], 10);
+    b.sent_at = pen(t0() + Duration::seconds(1));
+    let received = t0() + Duration::seconds(2);
+    let facts = Facts {
+        binding: Some(bound("s1", "pen-1", t0())),
+        session: SessionFacts {
+            relation: Some(CartridgeRelation::Owner),
+            cartridge_id: Some(CART_A.into()),
+            ..SessionFacts::default()
+        },
+        ..known_facts()
+    };
+    let j = run(&b, &facts, received);
+    assert_eq!(kinds(&j), vec![FlagKind::ClockSkew]);
+    bound("s1", "pen-1", j.activity_at.unwrap())
+}
+
+/// The reboot's first message, real time `real_start`, 0.2 s latency: skew
+/// 299.7 s, not corrected.
+fn reboot_at(real_start: DateTime<Utc>) -> Judgement {
+    let pen = |real: DateTime<Utc>| real - behind();
+    let facts = Facts {
+        binding: Some(s1_after_a_corrected_batch()),
+        ..known_facts()
+    };
+    let received = real_start + Duration::milliseconds(200);
+    let msg = start(
+        "pen-1",
+        ctx("s2", &udi("A", "301231"), pen(real_start)),
+        pen(real_start),
+    );
+    run(&msg, &facts, received)
+}
+
+/// FINDING (wrong flag): a reboot one minute after the last sample, same
+/// pen, patient and cartridge, is flagged CARTRIDGE_REUSED because the
+/// start was not skew-corrected and the last batch was.
+#[test]
+fn review_a_resume_of_a_pen_near_the_skew_window_is_not_a_reuse() {
+    let j = reboot_at(t0() + Duration::minutes(1));
+    assert_eq!(
+        kinds(&j),
+        vec![FlagKind::SessionResumed],
+        "{:?}",
+        j.verdicts
+    );
+}
+
+/// FINDING (hidden reuse, narrow): the same five-minute jump the other
+/// way: a session 14 minutes after the last sample (outside the 10-minute
+/// window) passes as a resume.
+#[test]
+fn review_a_start_outside_the_window_of_a_pen_near_the_skew_window_is_a_reuse() {
+    let j = reboot_at(t0() + Duration::minutes(14));
+    assert_eq!(
+        kinds(&j),
+        vec![FlagKind::CartridgeReused],
+        "{:?}",
+        j.verdicts
+    );
+}
