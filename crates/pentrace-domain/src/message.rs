@@ -122,6 +122,16 @@ impl DeviceMessage {
         }
     }
 
+    /// The session context, to change it (see [`DeviceMessage::session`]).
+    pub fn session_mut(&mut self) -> Option<&mut SessionContext> {
+        match &mut self.body {
+            Body::SessionStart(m) => Some(&mut m.session),
+            Body::StrokeBatch(m) => Some(&mut m.session),
+            Body::SessionEnd(m) => Some(&mut m.session),
+            Body::Heartbeat(_) => None,
+        }
+    }
+
     /// Stroke samples carried by the message (empty unless a batch).
     pub fn samples(&self) -> &[StrokeSample] {
         match &self.body {

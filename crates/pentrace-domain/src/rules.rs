@@ -223,9 +223,13 @@ pub fn judge(
     let at = |t| corrected(t, msg.sent_at, received_at, policy);
     let started = at(ctx.started_at);
     let named = ident.cartridge.as_ref().map(CartridgeId::to_string);
+    let window = Window {
+        started,
+        not_before: started,
+    };
     match (&facts.session.relation, &named) {
         (None, _) => {
-            let relation = relation_of(msg, ctx, ident, facts, policy, started);
+            let relation = relation_of(msg, ctx, ident, facts, policy, &window);
             out.verdicts
                 .extend(cartridge_verdicts(ctx, ident, facts, &relation, started));
             out.decided = Some(relation);
@@ -233,7 +237,14 @@ pub fn judge(
         // Each message is judged alone (DESIGN §3): one naming a cartridge
         // other than its session's is judged for the one it names.
         (Some(_), Some(now)) if named != facts.session.cartridge_id => {
-            let relation = relation_of(msg, ctx, ident, facts, policy, started);
+            // The cartridge's activity since this session started may be
+            // this session's own use of it: only activity after this
+            // message's own time says it was used elsewhere meanwhile.
+            let window = Window {
+                started,
+                not_before: at(message_time(msg).unwrap_or(ctx.started_at)),
+            };
+            let relation = relation_of(msg, ctx, ident, facts, policy, &window);
             let before = facts.session.cartridge_id.as_deref();
             out.verdicts.extend(
                 cartridge_verdicts(ctx, ident, facts, &relation, started)
@@ -271,13 +282,32 @@ pub fn batch_end(b: &StrokeBatch) -> DateTime<Utc> {
 }
 
 /// Decides reuse vs resume vs ownership (DESIGN §4, bind-once).
+/// When a session may resume a cartridge: it started within the resume
+/// window after the cartridge's last activity, and that activity lies no
+/// later than `not_before` (give or take the clock tolerance). For a
+/// session's own cartridge `not_before` is its start; for one it changes
+/// to mid-session, the message's own time.
+struct Window {
+    started: DateTime<Utc>,
+    not_before: DateTime<Utc>,
+}
+
+/// A message's own device time: a batch's start, an end's time.
+fn message_time(msg: &DeviceMessage) -> Option<DateTime<Utc>> {
+    match &msg.body {
+        Body::StrokeBatch(b) => Some(b.started_at),
+        Body::SessionEnd(e) => Some(e.ended_at),
+        _ => None,
+    }
+}
+
 fn relation_of(
     msg: &DeviceMessage,
     ctx: &SessionContext,
     ident: &Identified,
     facts: &Facts,
     policy: &Policy,
-    started: DateTime<Utc>,
+    window: &Window,
 ) -> CartridgeRelation {
     if ident.cartridge.is_none() {
         return CartridgeRelation::Unidentified;
@@ -295,8 +325,8 @@ fn relation_of(
     };
     // Forward in time only: after the last activity (give or take the
     // clock tolerance) and within the window.
-    let idle = time::since(started, binding.last_activity_at);
-    let early = time::since(binding.last_activity_at, started);
+    let idle = time::since(window.started, binding.last_activity_at);
+    let early = time::since(binding.last_activity_at, window.not_before);
     let forward = idle <= policy.resume_window && early <= policy.resume_tolerance;
     if binding.device_id == msg.device_id && same_patient && forward {
         CartridgeRelation::Resumed { owner_session_id }
@@ -598,19 +628,32 @@ fn usage_before(
         active_ms: facts.session.active_ms,
         dedupe_key: None,
     };
+    let per_cartridge = |id: &str| {
+        Some(format!(
+            "cartridge:{id}:{}",
+            FlagKind::CartridgeOverused.as_str()
+        ))
+    };
     match (&facts.binding, relation, named) {
         (Some(b), Some(r), Some(id)) if r.continues(&ctx.session_id, b) => Usage {
             strokes: b.strokes,
             active_ms: b.active_ms,
-            dedupe_key: Some(format!(
-                "cartridge:{id}:{}",
-                FlagKind::CartridgeOverused.as_str()
-            )),
+            dedupe_key: per_cartridge(id),
         },
-        (None, _, _) if out.swapped.is_some() => Usage {
-            strokes: 0,
-            active_ms: 0,
-            dedupe_key: None,
+        // Not bound yet: this message claims it, so the procedure's usage
+        // is what this session used of it — nothing, if it was swapped in
+        // just now.
+        (None, Some(CartridgeRelation::Owner), Some(id)) => Usage {
+            dedupe_key: per_cartridge(id),
+            ..if out.swapped.is_some() {
+                Usage {
+                    strokes: 0,
+                    active_ms: 0,
+                    dedupe_key: None,
+                }
+            } else {
+                own
+            }
         },
         _ => own,
     }

@@ -6,11 +6,12 @@
 //! unsigned integers: `integer` and `bigint`), so an absurd reading is stored
 //! (clamped) and flagged instead of failing the whole batch.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pentrace_domain::gaps::track_seq;
-use pentrace_domain::message::{Body, DeviceMessage, SessionContext};
+use pentrace_domain::message::{Body, DeviceMessage, SessionContext, TimeField};
 use pentrace_domain::policy::Policy;
 use pentrace_domain::rules::{
     self, Binding, CartridgeRelation, Facts, Identified, SeqHole, SessionFacts,
@@ -49,6 +50,7 @@ pub(crate) fn facts_query(envs: &[Envelope], idents: &[Option<Identified>]) -> F
         q.device_ids.insert(msg.device_id.clone());
         if let Some(ctx) = msg.session() {
             q.session_ids.insert(ctx.session_id.clone());
+            q.session_ids.insert(own_session_id(msg, ctx));
         }
         let Some(ident) = ident else { continue };
         if let Some(id) = &ident.cartridge {
@@ -76,6 +78,40 @@ fn storable_delta(before: u64, delta: u64) -> u64 {
     after.min(MAX_BIGINT).saturating_sub(before.min(MAX_BIGINT))
 }
 
+/// A pen's session id names its session only together with the pen and
+/// the session's start (on the pen's clock). Another pen's message under
+/// the same id (a firmware sending the nil UUID, or a forged id), or the
+/// same pen starting a new session under an old id, is a session of its
+/// own, stored under this id derived from all three: it is judged (a reuse
+/// is not hidden) and never adds to a session that is not its own. The
+/// pen's id stays in `raw_session_id` and the flags' evidence.
+fn own_session_id(msg: &DeviceMessage, ctx: &SessionContext) -> String {
+    let raw = format!("{} started {}", ctx.session_id, ctx.started_at.to_rfc3339());
+    pentrace_domain::message::derived_session_id(&msg.device_id, &raw)
+}
+
+/// Whether a message belongs to the stored (or batched) session of its id:
+/// the same pen, and the same start — unless the message's start was
+/// missing and replaced, or the session was stored before its start was
+/// kept.
+fn is_its_session(s: &SessionState, msg: &DeviceMessage, ctx: &SessionContext) -> bool {
+    s.device_id == msg.device_id
+        && match (s.device_started_at, pens_start(msg, ctx)) {
+            (Some(stored), Some(sent)) => stored == sent,
+            _ => true,
+        }
+}
+
+/// The session start the pen sent; `None` when it sent none (or an
+/// unusable one) and the server stood in for it.
+fn pens_start(msg: &DeviceMessage, ctx: &SessionContext) -> Option<DateTime<Utc>> {
+    let replaced = msg
+        .time_faults
+        .iter()
+        .any(|f| f.field == TimeField::SessionStartedAt);
+    (!replaced).then_some(ctx.started_at)
+}
+
 /// What the rules decided about a session message that its session row
 /// records.
 struct Judged {
@@ -83,6 +119,15 @@ struct Judged {
     /// The expiry that applies: (17), the lot's, or the shelf life's.
     expiry: Option<NaiveDate>,
     usage: Usage,
+}
+
+/// What a message adds to the cartridge it names.
+struct Activity {
+    cartridge_id: String,
+    at: DateTime<Utc>,
+    usage: Usage,
+    /// Its relation to that cartridge, when not its session's own.
+    swapped: Option<CartridgeRelation>,
 }
 
 /// What a message adds to its session's and cartridge's usage.
@@ -141,7 +186,8 @@ pub(crate) fn plan(
             plan.rejected.push((i, RejectReason::UnknownDevice));
             continue;
         };
-        work.apply(env, ident.as_ref(), device, policy);
+        let env = work.own_session(env);
+        work.apply(&env, ident.as_ref(), device, policy);
         plan.committed.push(i);
     }
     plan.samples = work.out.samples.iter().map(|b| b.rows.len() as u64).sum();
@@ -220,7 +266,13 @@ impl<'f> Work<'f> {
         // The session first: it knows the relation the cartridge needs.
         let usage = self.record_session(env, ctx, ident, device, judged, policy);
         if let (Some(at), Some(cid)) = (judgement.activity_at, cartridge_id) {
-            self.record_activity(&ctx.session_id, cid, at, &usage);
+            let activity = Activity {
+                cartridge_id: cid,
+                at,
+                usage,
+                swapped: judgement.swapped,
+            };
+            self.record_activity(&ctx.session_id, activity);
         }
     }
 
@@ -241,6 +293,27 @@ impl<'f> Work<'f> {
             self.out
                 .unrecalled_lots
                 .push((udi.gtin.clone(), lot.clone()));
+        }
+    }
+
+    /// The message under the session id it is stored under: its own, unless
+    /// that id names a session of another pen or another start (see
+    /// [`own_session_id`]).
+    fn own_session<'e>(&self, env: &'e Envelope) -> Cow<'e, Envelope> {
+        let Some(ctx) = env.message.session() else {
+            return Cow::Borrowed(env);
+        };
+        match self.sessions.get(&ctx.session_id) {
+            Some(s) if !is_its_session(s, &env.message, ctx) => {
+                let id = own_session_id(&env.message, ctx);
+                let mut env = env.clone();
+                if let Some(ctx) = env.message.session_mut() {
+                    let pens = std::mem::replace(&mut ctx.session_id, id);
+                    ctx.raw_session_id.get_or_insert(pens);
+                }
+                Cow::Owned(env)
+            }
+            _ => Cow::Borrowed(env),
         }
     }
 
@@ -318,14 +391,17 @@ impl<'f> Work<'f> {
     /// Moves the cartridge's last activity forward and adds to its usage,
     /// but only for a session of its procedure (the owner or a resume): a
     /// reuse must not open a resume window, nor count against the owner.
-    fn record_activity(
-        &mut self,
-        session_id: &str,
-        cartridge_id: String,
-        at: DateTime<Utc>,
-        usage: &Usage,
-    ) {
-        let Some(relation) = self.sessions.get(session_id).map(|s| &s.relation) else {
+    fn record_activity(&mut self, session_id: &str, activity: Activity) {
+        let Activity {
+            cartridge_id,
+            at,
+            usage,
+            swapped,
+        } = activity;
+        // The relation to the cartridge the message names: the session's
+        // own, or the one judged now for a cartridge it changed to.
+        let own = self.sessions.get(session_id).map(|s| &s.relation);
+        let Some(relation) = swapped.as_ref().or(own) else {
             return;
         };
         let Some(binding) = self
@@ -336,6 +412,7 @@ impl<'f> Work<'f> {
             return;
         };
         binding.last_activity_at = binding.last_activity_at.max(at);
+        let (strokes_before, active_ms_before) = (binding.strokes, binding.active_ms);
         // The running totals keep the true values (the rules judge on
         // them); the stored copy saturates.
         binding.strokes = binding.strokes.saturating_add(usage.strokes);
@@ -345,6 +422,8 @@ impl<'f> Work<'f> {
             at,
             add_strokes: usage.strokes,
             add_active_ms: usage.active_ms,
+            strokes_before,
+            active_ms_before,
         });
     }
 
@@ -379,6 +458,7 @@ impl<'f> Work<'f> {
                 cartridge_id: ident
                     .and_then(|i| i.cartridge.as_ref())
                     .map(|c| c.to_string()),
+                device_started_at: pens_start(msg, ctx),
                 strokes: 0,
                 active_ms: 0,
             });
@@ -566,7 +646,7 @@ fn session_write(
         firmware: String::new(),
         started_at: rules::corrected(ctx.started_at, msg.sent_at, env.received_at, policy),
         ended_at: None,
-        device_started_at: ctx.started_at,
+        device_started_at: pens_start(msg, ctx),
         device_ended_at: None,
         add_strokes: 0,
         add_active_ms: 0,
@@ -594,6 +674,11 @@ fn merge_body(write: &mut SessionWrite, env: &Envelope, policy: &Policy) {
         _ => {}
     }
 }
+
+// Attacks from an independent review of the rules, with their fixes.
+#[cfg(test)]
+#[path = "judge_attack_tests.rs"]
+mod attack_tests;
 
 #[cfg(test)]
 mod tests {
@@ -672,6 +757,7 @@ mod tests {
                 device_id: "pen-1".into(),
                 relation: CartridgeRelation::Unidentified,
                 cartridge_id: None,
+                device_started_at: None,
                 strokes: MAX_BIGINT - 5,
                 active_ms: 0,
             },
@@ -770,6 +856,7 @@ mod tests {
                             .as_ref()
                             .and_then(|i| i.cartridge.as_ref())
                             .map(|c| c.to_string()),
+                        device_started_at: None,
                         strokes,
                         active_ms,
                     },

@@ -164,11 +164,18 @@ pub struct PolicySettings {
     pub default_max_depth_um: u32,
 }
 
-/// A configured number of seconds as a period (saturating: no setting can
-/// overflow the clock).
+/// A configured number of seconds as a period, saturating at chrono's
+/// largest (validation keeps settings far below it; this never panics).
 fn seconds(s: u64) -> chrono::Duration {
-    chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000))
+    i64::try_from(s)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .unwrap_or(chrono::Duration::MAX)
 }
+
+/// The longest policy period accepted: ten years (a rule period beyond
+/// that means a typo, and would overflow the clock when added to a time).
+const MAX_POLICY_S: u64 = 3650 * 86_400;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -425,6 +432,15 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid("tls.cert", "tls.cert and tls.key go together"));
         }
+        let periods = [
+            ("policy.resume_window_s", self.policy.resume_window_s),
+            ("policy.resume_tolerance_s", self.policy.resume_tolerance_s),
+            ("policy.skew_window_s", self.policy.skew_window_s),
+            ("policy.gap_window_s", self.policy.gap_window_s),
+        ];
+        if let Some((key, _)) = periods.iter().find(|(_, v)| *v > MAX_POLICY_S) {
+            return Err(invalid(key, "must be at most 315360000 (ten years)"));
+        }
         if !(1..=90 * 86_400).contains(&self.fleet.lookback_s) {
             return Err(invalid(
                 "fleet.lookback_s",
@@ -543,6 +559,23 @@ mod tests {
             err.to_string().contains("certificate_warning_days"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_policy_period_beyond_ten_years_is_refused_not_a_panic() {
+        let mut config = Config::load(None, &Overrides::default()).expect("defaults");
+        config.policy.resume_window_s = u64::MAX;
+        let err = config.validate().expect_err("u64::MAX seconds");
+        assert!(err.to_string().contains("policy.resume_window_s"), "{err}");
+        // And were it not validated, the conversion saturates.
+        assert_eq!(
+            config.ingest_config().policy.resume_window,
+            chrono::Duration::MAX
+        );
+        config.policy.resume_window_s = 600;
+        config.policy.gap_window_s = i64::MAX as u64;
+        let err = config.validate().expect_err("i64::MAX seconds");
+        assert!(err.to_string().contains("policy.gap_window_s"), "{err}");
     }
 
     #[test]

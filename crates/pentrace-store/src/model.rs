@@ -67,6 +67,10 @@ pub struct SessionState {
     pub relation: CartridgeRelation,
     /// The cartridge the relation was decided for.
     pub cartridge_id: Option<String>,
+    /// The session's start as the pen's clock read it (`None` for sessions
+    /// stored before it was kept): with the device, what tells a message of
+    /// this session from one of another session under the same id.
+    pub device_started_at: Option<DateTime<Utc>>,
     pub strokes: u64,
     pub active_ms: u64,
 }
@@ -94,6 +98,11 @@ pub struct ActivityRow {
     pub at: DateTime<Utc>,
     pub add_strokes: u64,
     pub add_active_ms: u64,
+    /// The usage the batch was judged on: if the stored usage is no longer
+    /// this (another process added to it meanwhile), the commit is a
+    /// conflict and the batch is judged again, so no overuse is missed.
+    pub strokes_before: u64,
+    pub active_ms_before: u64,
 }
 
 impl ActivityRow {
@@ -102,6 +111,8 @@ impl ActivityRow {
     pub fn merged(rows: &[ActivityRow]) -> Vec<ActivityRow> {
         let mut by_id: std::collections::BTreeMap<&str, ActivityRow> = Default::default();
         for r in rows {
+            // The first row's "before" is the batch's: later rows of the
+            // batch come after its own additions.
             let m = by_id
                 .entry(r.cartridge_id.as_str())
                 .or_insert_with(|| ActivityRow {
@@ -154,8 +165,9 @@ pub struct SessionWrite {
     pub started_at: DateTime<Utc>,
     /// Set by a session end; corrected like `started_at`.
     pub ended_at: Option<DateTime<Utc>>,
-    /// The same two times as the pen's clock read them, uncorrected.
-    pub device_started_at: DateTime<Utc>,
+    /// The same two times as the pen's clock read them, uncorrected;
+    /// `None` when the pen sent none (and the server's stand-in is judged).
+    pub device_started_at: Option<DateTime<Utc>>,
     pub device_ended_at: Option<DateTime<Utc>>,
     pub add_strokes: u64,
     pub add_active_ms: u64,

@@ -57,10 +57,22 @@ impl RegistryService {
 }
 
 fn required(field: &str, value: &str) -> Result<String, Status> {
-    let v = value.trim();
-    if v.is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+    let v = label(field, value)?;
+    if v.is_empty() {
         return Err(invalid(format!(
             "{field} must be 1-256 printable characters"
+        )));
+    }
+    Ok(v)
+}
+
+/// A name that may be empty: trimmed, at most 256 characters (whatever
+/// their script), none a control character.
+fn label(field: &str, value: &str) -> Result<String, Status> {
+    let v = value.trim();
+    if v.chars().count() > 256 || v.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{field} must be at most 256 printable characters"
         )));
     }
     Ok(v.to_owned())
@@ -353,7 +365,7 @@ impl Registry for RegistryService {
         let device = Device {
             id: d.device_id.clone(),
             clinic_id: required("device.clinic_id", &d.clinic_id)?,
-            model: d.model,
+            model: label("device.model", &d.model)?,
             max_depth_um: d.max_depth_um,
         };
         let stored = self
@@ -375,7 +387,7 @@ impl Registry for RegistryService {
             .ok_or_else(|| invalid("product is missing"))?;
         let product = Product {
             gtin: gtin("product.gtin", &p.gtin)?,
-            name: p.name,
+            name: label("product.name", &p.name)?,
             max_depth_um: p.max_depth_um,
             rated_strokes: p.rated_strokes,
             max_active_s: p.max_active_s,

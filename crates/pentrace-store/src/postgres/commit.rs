@@ -38,7 +38,9 @@ pub(super) async fn commit(pool: &PgPool, batch: &WriteBatch) -> StoreResult<Com
     copy::copy_samples(&mut tx, &batch.samples).await?;
     let new_flags = flags::insert(&mut tx, &batch.flags).await?;
     audit::append(&mut tx, &audit::commit_drafts(batch, &new_flags)).await?;
-    update_activity(&mut tx, &batch.activity).await?;
+    if let Some(detail) = update_activity(&mut tx, &batch.activity).await? {
+        return conflict(tx, detail).await;
+    }
     update_devices(&mut tx, &batch.devices).await?;
     let watermarks = advance_watermarks(&mut tx, &batch_devices(&batch.messages)).await?;
     replace_holes(&mut tx, &batch.holes).await?;
@@ -219,36 +221,53 @@ async fn recalled_meanwhile(
 }
 
 /// Moves each cartridge's last activity forward (never back) and adds its
-/// procedure's usage, saturating at bigint's maximum.
-async fn update_activity(conn: &mut PgConnection, activity: &[ActivityRow]) -> StoreResult<()> {
+/// procedure's usage, saturating at bigint's maximum; `Some(detail)` when a
+/// cartridge's usage is no longer what the batch was judged on.
+async fn update_activity(
+    conn: &mut PgConnection,
+    activity: &[ActivityRow],
+) -> StoreResult<Option<String>> {
     // One row per cartridge: UPDATE ... FROM applies only one of several
     // matching rows.
     let merged = ActivityRow::merged(activity);
     if merged.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let ids: Vec<&str> = merged.iter().map(|r| r.cartridge_id.as_str()).collect();
     let at: Vec<DateTime<Utc>> = merged.iter().map(|r| r.at).collect();
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let strokes: Vec<i64> = merged.iter().map(|r| clamp(r.add_strokes)).collect();
     let active_ms: Vec<i64> = merged.iter().map(|r| clamp(r.add_active_ms)).collect();
-    sqlx::query(
+    let strokes_before: Vec<i64> = merged.iter().map(|r| clamp(r.strokes_before)).collect();
+    let ms_before: Vec<i64> = merged.iter().map(|r| clamp(r.active_ms_before)).collect();
+    // A row changed by another commit meanwhile fails the comparison (read
+    // committed re-checks it after waiting for that commit) and is not
+    // updated.
+    let updated: Vec<String> = sqlx::query_scalar(
         "UPDATE cartridges c SET last_activity_at = GREATEST(c.last_activity_at, u.at), \
            strokes = CASE WHEN u.strokes > 9223372036854775807 - c.strokes \
                           THEN 9223372036854775807 ELSE c.strokes + u.strokes END, \
            active_ms = CASE WHEN u.active_ms > 9223372036854775807 - c.active_ms \
                             THEN 9223372036854775807 ELSE c.active_ms + u.active_ms END \
-         FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::int8[]) \
-           AS u(cartridge_id, at, strokes, active_ms) \
-         WHERE c.cartridge_id = u.cartridge_id",
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], \
+                     $6::int8[]) \
+           AS u(cartridge_id, at, strokes, active_ms, strokes_before, active_ms_before) \
+         WHERE c.cartridge_id = u.cartridge_id \
+           AND c.strokes = u.strokes_before AND c.active_ms = u.active_ms_before \
+         RETURNING c.cartridge_id",
     )
-    .bind(ids)
+    .bind(&ids)
     .bind(at)
     .bind(strokes)
     .bind(active_ms)
-    .execute(conn)
+    .bind(strokes_before)
+    .bind(ms_before)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(ids
+        .iter()
+        .find(|id| !updated.iter().any(|u| u == *id))
+        .map(|id| format!("cartridge {id} was used by another commit while the batch was judged")))
 }
 
 /// Liveness and progress: times and seq only grow, battery and firmware keep

@@ -220,21 +220,33 @@ async fn sessions(
         .map(|s| Ok((parse_uuid(s, "session id")?, s)))
         .collect::<StoreResult<Vec<_>>>()?;
     let uuids: Vec<Uuid> = asked.iter().map(|(u, _)| *u).collect();
-    type Row = (Uuid, String, String, Option<Uuid>, Option<String>, i64, i64);
+    type Row = (
+        Uuid,
+        String,
+        String,
+        Option<Uuid>,
+        Option<String>,
+        i64,
+        i64,
+        Option<DateTime<Utc>>,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT session_id, device_id, relation, owner_session_id, cartridge_id, strokes, \
-         active_ms FROM sessions WHERE session_id = ANY($1)",
+         active_ms, device_started_at FROM sessions WHERE session_id = ANY($1)",
     )
     .persistent(false)
     .bind(uuids)
     .fetch_all(conn)
     .await?;
     let mut stored = HashMap::with_capacity(rows.len());
-    for (id, device_id, relation, owner, cartridge_id, strokes, active_ms) in rows {
+    for (id, device_id, relation, owner, cartridge_id, strokes, active_ms, device_started_at) in
+        rows
+    {
         let state = SessionState {
             device_id,
             relation: relation_from(&relation, owner)?,
             cartridge_id,
+            device_started_at,
             strokes: from_i64(strokes, "session strokes")?,
             active_ms: from_i64(active_ms, "session active ms")?,
         };

@@ -95,6 +95,13 @@ pub(super) async fn upsert_device(conn: &mut PgConnection, device: &Device) -> S
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| missing_parent(e, || format!("clinic {}", device.clinic_id)))?;
+    // A pen's own credentials belong to the clinic the pen is in, so a pen
+    // that moves takes them (and what the fleet checks say of them) along.
+    sqlx::query("UPDATE device_credentials SET clinic_id = $2 WHERE device_id = $1")
+        .bind(&id)
+        .bind(&clinic_id)
+        .execute(&mut *conn)
+        .await?;
     Ok(Device {
         id,
         clinic_id,

@@ -22,7 +22,9 @@ pub(super) async fn write(
     let merged = merge(writes)?;
     let (deciding, adding): (Vec<&SessionWrite>, Vec<&SessionWrite>) =
         merged.iter().partition(|w| w.relation.is_some());
-    upsert(conn, &deciding).await?;
+    if let Some(detail) = upsert(conn, &deciding).await? {
+        return Ok(Some(detail));
+    }
     add(conn, &adding).await
 }
 
@@ -73,15 +75,17 @@ fn fold(acc: &mut SessionWrite, w: &SessionWrite) -> StoreResult<()> {
 
 /// Creates the sessions, or adds to them when another process created them
 /// meanwhile (then the stored relation stands: it was decided first).
-async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<()> {
+/// `Some(detail)` when another device's session has the id: never added
+/// to, the batch is judged again (and keeps its session apart).
+async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<Option<String>> {
     if writes.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut c = Columns::default();
     for w in writes {
         c.push(w)?;
     }
-    sqlx::query(
+    let written: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO sessions (session_id, device_id, clinic_id, relation, owner_session_id, \
              cartridge_id, udi, gtin, lot, expiry, area, patient_ref, operator_ref, firmware, \
              started_at, ended_at, strokes, active_ms, samples, max_depth_um, \
@@ -100,9 +104,11 @@ async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResul
              device_ended_at = COALESCE(EXCLUDED.device_ended_at, sessions.device_ended_at), \
              patient_ref = COALESCE(sessions.patient_ref, EXCLUDED.patient_ref), \
              operator_ref = COALESCE(NULLIF(sessions.operator_ref, ''), EXCLUDED.operator_ref), \
-             firmware = COALESCE(NULLIF(sessions.firmware, ''), EXCLUDED.firmware)",
+             firmware = COALESCE(NULLIF(sessions.firmware, ''), EXCLUDED.firmware) \
+         WHERE sessions.device_id = EXCLUDED.device_id \
+         RETURNING session_id",
     )
-    .bind(c.session_id)
+    .bind(&c.session_id)
     .bind(c.device_id)
     .bind(c.clinic_id)
     .bind(c.relation)
@@ -124,9 +130,20 @@ async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResul
     .bind(c.max_depth_um)
     .bind(c.device_started_at)
     .bind(c.device_ended_at)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(missing(&c.session_id, &written))
+}
+
+/// `Some(detail)` naming a session of `asked` that was not written.
+fn missing(asked: &[Uuid], written: &[Uuid]) -> Option<String> {
+    if written.len() == asked.len() {
+        return None;
+    }
+    let id = asked.iter().find(|id| !written.contains(id))?;
+    Some(format!(
+        "session {id} is not stored for this device yet; the batch was judged on stale facts"
+    ))
 }
 
 /// Adds to stored sessions. A session row is never created without its
@@ -152,10 +169,11 @@ async fn add(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<O
              operator_ref = COALESCE(NULLIF(s.operator_ref, ''), u.operator_ref), \
              firmware = COALESCE(NULLIF(s.firmware, ''), u.firmware) \
          FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], \
-                     $6::int4[], $7::text[], $8::text[], $9::text[], $10::timestamptz[]) \
+                     $6::int4[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], \
+                     $11::text[]) \
               AS u(session_id, ended_at, strokes, active_ms, samples, max_depth_um, \
-                   patient_ref, operator_ref, firmware, device_ended_at) \
-         WHERE s.session_id = u.session_id \
+                   patient_ref, operator_ref, firmware, device_ended_at, device_id) \
+         WHERE s.session_id = u.session_id AND s.device_id = u.device_id \
          RETURNING s.session_id",
     )
     .bind(&c.session_id)
@@ -168,16 +186,10 @@ async fn add(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<O
     .bind(c.operator_ref)
     .bind(c.firmware)
     .bind(c.device_ended_at)
+    .bind(&c.device_id)
     .fetch_all(conn)
     .await?;
-    if updated.len() == c.session_id.len() {
-        return Ok(None);
-    }
-    let missing = c.session_id.iter().find(|id| !updated.contains(id));
-    Ok(Some(match missing {
-        Some(id) => format!("session {id} is not stored yet; the batch was judged on stale facts"),
-        None => "a session of the batch is not stored yet".to_owned(),
-    }))
+    Ok(missing(&c.session_id, &updated))
 }
 
 /// Session writes as one array per column.
@@ -199,7 +211,7 @@ struct Columns<'a> {
     firmware: Vec<&'a str>,
     started_at: Vec<chrono::DateTime<chrono::Utc>>,
     ended_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
-    device_started_at: Vec<chrono::DateTime<chrono::Utc>>,
+    device_started_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     device_ended_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
     strokes: Vec<i64>,
     active_ms: Vec<i64>,
@@ -265,7 +277,7 @@ mod tests {
             firmware: String::new(),
             started_at: DateTime::<Utc>::UNIX_EPOCH,
             ended_at: None,
-            device_started_at: DateTime::<Utc>::UNIX_EPOCH,
+            device_started_at: None,
             device_ended_at: None,
             add_strokes: 0,
             add_active_ms: 0,

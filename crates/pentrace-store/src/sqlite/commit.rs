@@ -43,7 +43,9 @@ pub(super) async fn commit(pool: &SqlitePool, batch: &WriteBatch) -> StoreResult
     samples::insert(&mut tx, &batch.samples).await?;
     let new_flags = flags::insert(&mut tx, &batch.flags).await?;
     audit::append(&mut tx, &commit_drafts(batch, &new_flags)).await?;
-    update_activity(&mut tx, &batch.activity).await?;
+    if let Some(detail) = update_activity(&mut tx, &batch.activity).await? {
+        return conflict(tx, detail).await;
+    }
     update_devices(&mut tx, &batch.devices).await?;
     let watermarks = advance_watermarks(&mut tx, &batch_devices(&batch.messages)).await?;
     replace_holes(&mut tx, &batch.holes).await?;
@@ -219,26 +221,40 @@ fn claims_json(rows: &[&ClaimRow]) -> StoreResult<String> {
 }
 
 /// Moves each cartridge's last activity forward (never back) and adds its
-/// procedure's usage, saturating at the integer maximum.
-async fn update_activity(conn: &mut SqliteConnection, activity: &[ActivityRow]) -> StoreResult<()> {
+/// procedure's usage, saturating at the integer maximum; `Some(detail)`
+/// when a cartridge's usage is no longer what the batch was judged on (one
+/// process writes at a time here, so only another process on the same file
+/// could have changed it).
+async fn update_activity(
+    conn: &mut SqliteConnection,
+    activity: &[ActivityRow],
+) -> StoreResult<Option<String>> {
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     for row in ActivityRow::merged(activity) {
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE cartridges SET last_activity_at = max(last_activity_at, ?2), \
                strokes = CASE WHEN ?3 > 9223372036854775807 - strokes \
                               THEN 9223372036854775807 ELSE strokes + ?3 END, \
                active_ms = CASE WHEN ?4 > 9223372036854775807 - active_ms \
                                 THEN 9223372036854775807 ELSE active_ms + ?4 END \
-             WHERE cartridge_id = ?1",
+             WHERE cartridge_id = ?1 AND strokes = ?5 AND active_ms = ?6",
         )
         .bind(&row.cartridge_id)
         .bind(micros(row.at))
         .bind(clamp(row.add_strokes))
         .bind(clamp(row.add_active_ms))
+        .bind(clamp(row.strokes_before))
+        .bind(clamp(row.active_ms_before))
         .execute(&mut *conn)
         .await?;
+        if done.rows_affected() == 0 {
+            return Ok(Some(format!(
+                "cartridge {} was used by another commit while the batch was judged",
+                row.cartridge_id
+            )));
+        }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Liveness and progress: times and seq only grow, battery and firmware keep

@@ -207,19 +207,24 @@ async fn sessions(
         Option<String>,
         i64,
         i64,
+        Option<i64>,
     );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT session_id, device_id, relation, owner_session_id, cartridge_id, strokes, \
-         active_ms FROM sessions WHERE session_id IN (SELECT value FROM json_each(?1))",
+         active_ms, device_started_at FROM sessions \
+         WHERE session_id IN (SELECT value FROM json_each(?1))",
     )
     .bind(json_list(asked.iter().map(|(canonical, _)| canonical)))
     .fetch_all(conn)
     .await?;
     let mut stored = HashMap::with_capacity(rows.len());
-    for (id, device_id, relation, owner, cartridge_id, strokes, active_ms) in rows {
+    for (id, device_id, relation, owner, cartridge_id, strokes, active_ms, started) in rows {
         let state = SessionState {
             device_id,
             cartridge_id,
+            device_started_at: started
+                .map(|t| time(t, "session device_started_at"))
+                .transpose()?,
             relation: relation_from(&relation, owner)?,
             strokes: to_u64(strokes, "session strokes")?,
             active_ms: to_u64(active_ms, "session active ms")?,

@@ -101,6 +101,12 @@ pub(super) async fn upsert_device(
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| missing_parent(e, || format!("clinic {}", device.clinic_id)))?;
+    // See the PostgreSQL store: a pen's own credentials move with it.
+    sqlx::query("UPDATE device_credentials SET clinic_id = ?2 WHERE device_id = ?1")
+        .bind(&id)
+        .bind(&clinic_id)
+        .execute(&mut *conn)
+        .await?;
     Ok(Device {
         id,
         clinic_id,

@@ -19,15 +19,16 @@ pub(super) async fn write(
 ) -> StoreResult<Option<String>> {
     let merged = merge(writes)?;
     for w in &merged {
-        if let Some(relation) = &w.relation {
-            upsert(conn, w, relation).await?;
-        }
-    }
-    for w in merged.iter().filter(|w| w.relation.is_none()) {
-        if !add(conn, w).await? {
+        let written = match &w.relation {
+            Some(relation) => upsert(conn, w, relation).await?,
+            None => add(conn, w).await?,
+        };
+        // Not written: another device's session has the id, or (adding)
+        // the session is not stored; either way the batch is judged again.
+        if !written {
             let id = uuid_text(&w.session_id, "session id")?;
             return Ok(Some(format!(
-                "session {id} is not stored yet; the batch was judged on stale facts"
+                "session {id} is not stored for this device yet; the batch was judged on stale facts"
             )));
         }
     }
@@ -58,15 +59,16 @@ impl Deltas {
 }
 
 /// Creates the session, or adds to it when it is stored already (then the
-/// stored relation stands: it was decided first).
+/// stored relation stands: it was decided first); false when another
+/// device's session has the id.
 async fn upsert(
     conn: &mut SqliteConnection,
     w: &SessionWrite,
     relation: &CartridgeRelation,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     let (relation, owner) = relation_columns(relation)?;
     let d = Deltas::of(w)?;
-    sqlx::query(
+    let result = sqlx::query(
         "INSERT INTO sessions (session_id, ended_at, strokes, active_ms, samples, max_depth_um, \
              patient_ref, operator_ref, firmware, device_id, clinic_id, relation, \
              owner_session_id, cartridge_id, udi, gtin, lot, expiry, area, started_at, \
@@ -82,7 +84,8 @@ async fn upsert(
              device_ended_at = COALESCE(excluded.device_ended_at, device_ended_at), \
              patient_ref = COALESCE(patient_ref, excluded.patient_ref), \
              operator_ref = COALESCE(NULLIF(operator_ref, ''), excluded.operator_ref), \
-             firmware = COALESCE(NULLIF(firmware, ''), excluded.firmware)",
+             firmware = COALESCE(NULLIF(firmware, ''), excluded.firmware) \
+         WHERE device_id = excluded.device_id",
     )
     .bind(uuid_text(&w.session_id, "session id")?)
     .bind(d.ended_at)
@@ -105,10 +108,10 @@ async fn upsert(
     .bind(&w.area)
     .bind(micros(w.started_at))
     .bind(d.device_ended_at)
-    .bind(micros(w.device_started_at))
+    .bind(w.device_started_at.map(micros))
     .execute(conn)
     .await?;
-    Ok(())
+    Ok(result.rows_affected() == 1)
 }
 
 /// Adds to a stored session; false when it is not stored. A session row is
@@ -127,7 +130,7 @@ async fn add(conn: &mut SqliteConnection, w: &SessionWrite) -> StoreResult<bool>
              operator_ref = COALESCE(NULLIF(operator_ref, ''), ?8), \
              firmware = COALESCE(NULLIF(firmware, ''), ?9), \
              device_ended_at = COALESCE(?10, device_ended_at) \
-         WHERE session_id = ?1",
+         WHERE session_id = ?1 AND device_id = ?11",
     )
     .bind(uuid_text(&w.session_id, "session id")?)
     .bind(d.ended_at)
@@ -139,6 +142,7 @@ async fn add(conn: &mut SqliteConnection, w: &SessionWrite) -> StoreResult<bool>
     .bind(&w.operator_ref)
     .bind(&w.firmware)
     .bind(d.device_ended_at)
+    .bind(&w.device_id)
     .execute(conn)
     .await?
     .rows_affected();

@@ -341,16 +341,27 @@ async fn load_facts_returns_what_commit_wrote(store: TestStore) {
             t(500),
         )],
         activity: vec![
-            activity("chip:01", t(500), 40, 4_000),
-            activity("chip:01", t(100), 2, 200),
+            activity("chip:01", t(500), 40, 4_000, (0, 0)),
+            activity("chip:01", t(100), 2, 200, (40, 4_000)),
         ],
         devices: vec![device_write("pen-a", 8), device_write("pen-a", 4)],
         ..WriteBatch::default()
     };
     commit_ok(&store, &batch).await;
     // Activity never moves back.
+    // Judged on a usage another commit has changed since: a conflict,
+    // nothing written (the batch is judged again).
+    let stale = WriteBatch {
+        messages: vec![message("pen-a", 9, "stroke_batch", Some(&resumed))],
+        activity: vec![activity("chip:01", t(600), 10, 10, (0, 0))],
+        ..WriteBatch::default()
+    };
+    match store.commit(&stale).await.expect("commit") {
+        CommitOutcome::Conflict { detail } => assert!(detail.contains("chip:01"), "{detail}"),
+        other => panic!("a stale usage must conflict: {other:?}"),
+    }
     let back = WriteBatch {
-        activity: vec![activity("chip:01", t(50), u64::MAX, 1)],
+        activity: vec![activity("chip:01", t(50), u64::MAX, 1, (42, 4_200))],
         ..WriteBatch::default()
     };
     commit_ok(&store, &back).await;
@@ -406,12 +417,21 @@ async fn load_facts_returns_what_commit_wrote(store: TestStore) {
     assert_eq!(facts.holes["pen-a"], vec![hole]);
 }
 
-fn activity(cartridge: &str, at: DateTime<Utc>, strokes: u64, ms: u64) -> ActivityRow {
+/// What a batch adds to a cartridge, judged on `before` (strokes, ms).
+fn activity(
+    cartridge: &str,
+    at: DateTime<Utc>,
+    strokes: u64,
+    ms: u64,
+    before: (u64, u64),
+) -> ActivityRow {
     ActivityRow {
         cartridge_id: cartridge.into(),
         at,
         add_strokes: strokes,
         add_active_ms: ms,
+        strokes_before: before.0,
+        active_ms_before: before.1,
     }
 }
 

@@ -122,7 +122,7 @@ pub fn session_write(
         started_at,
         ended_at: None,
         // The pen's clock an hour behind, corrected above.
-        device_started_at: started_at - chrono::Duration::hours(1),
+        device_started_at: Some(started_at - chrono::Duration::hours(1)),
         device_ended_at: None,
         add_strokes: 0,
         add_active_ms: 0,
