@@ -113,10 +113,18 @@ pub fn refusal(device_id: &str, seq: u64, code: pb::RejectCode, detail: String) 
 /// The command that tells a pen to stop using a cartridge, for flags of
 /// the kinds that call for it.
 pub fn reject_cartridge(flag: &FlagRecord) -> Option<pb::RejectCartridge> {
-    let session_id = flag
+    let stored = flag
         .session_id
         .clone()
         .filter(|_| flag.kind.rejects_cartridge())?;
+    // The session id the pen sent, when pentrace stores the session under
+    // another (a non-UUID id, or one another session already had): the pen
+    // knows only its own.
+    let session_id = flag
+        .evidence
+        .get("raw_session_id")
+        .and_then(serde_json::Value::as_str)
+        .map_or(stored, str::to_owned);
     Some(pb::RejectCartridge {
         session_id,
         cartridge_id: flag.cartridge_id.clone().unwrap_or_default(),
@@ -142,6 +150,29 @@ mod tests {
             disposition,
             stored_through,
         }
+    }
+
+    #[test]
+    fn a_pen_is_told_to_stop_under_the_session_id_it_sent() {
+        let flag = |evidence: serde_json::Value| FlagRecord {
+            id: uuid::Uuid::nil(),
+            kind: pentrace_domain::FlagKind::CartridgeReused,
+            severity: pentrace_domain::Severity::Critical,
+            state: pentrace_store::FlagState::Open,
+            clinic_id: "c".into(),
+            device_id: "pen-b".into(),
+            session_id: Some("stored-id".into()),
+            cartridge_id: Some("g:1".into()),
+            seq: 1,
+            raised_at: chrono::DateTime::UNIX_EPOCH,
+            detail: String::new(),
+            evidence,
+        };
+        let plain = reject_cartridge(&flag(serde_json::json!({}))).expect("a command");
+        assert_eq!(plain.session_id, "stored-id");
+        let raw = serde_json::json!({ "raw_session_id": "00000000-0000-0000-0000-000000000000" });
+        let mapped = reject_cartridge(&flag(raw)).expect("a command");
+        assert_eq!(mapped.session_id, "00000000-0000-0000-0000-000000000000");
     }
 
     #[test]
