@@ -429,3 +429,34 @@ fn a_swapped_in_cartridge_resumed_after_a_reboot() {
         format!("cartridge:{}:CARTRIDGE_OVERUSED", cart("B"))
     );
 }
+
+/// A stored session's start comes back from the store at microseconds; the
+/// pen's next message carries nanoseconds. Still its own session (the
+/// demo's simulator found this one).
+#[test]
+fn a_start_at_nanoseconds_is_the_stored_start_at_microseconds() {
+    let mut facts = facts_with(0);
+    let started = t0() + Duration::nanoseconds(252_765_414);
+    facts.sessions.insert(
+        S.into(),
+        SessionState {
+            device_id: "pen-1".into(),
+            relation: CartridgeRelation::Owner,
+            cartridge_id: Some(cart("A")),
+            device_started_at: Some(t0() + Duration::microseconds(252_765)),
+            strokes: 0,
+            active_ms: 0,
+        },
+    );
+    let p = run(
+        vec![batch_msg(
+            "pen-1",
+            2,
+            ctx(S, printed("A"), started),
+            started,
+        )],
+        &facts,
+    );
+    assert_eq!(p.write.messages[0].session_id.as_deref(), Some(S));
+    assert!(p.write.flags.is_empty(), "{:?}", p.write.flags);
+}
