@@ -79,27 +79,32 @@ fn storable_delta(before: u64, delta: u64) -> u64 {
 }
 
 /// A pen's session id names its session only together with the pen and
-/// the session's start (on the pen's clock). Another pen's message under
-/// the same id (a firmware sending the nil UUID, or a forged id), or the
-/// same pen starting a new session under an old id, is a session of its
-/// own, stored under this id derived from all three: it is judged (a reuse
-/// is not hidden) and never adds to a session that is not its own. The
-/// pen's id stays in `raw_session_id` and the flags' evidence.
+/// roughly when the session started (on the pen's clock). Another pen's
+/// message under the same id (a firmware sending the nil UUID, or a forged
+/// id), or the same pen starting a new session under an old id on another
+/// day, is a session of its own, stored under this id derived from the
+/// pen, the id and the start's day: it is judged (a reuse is not hidden)
+/// and never adds to a session that is not its own. The pen's id stays in
+/// `raw_session_id` and the flags' evidence.
 fn own_session_id(msg: &DeviceMessage, ctx: &SessionContext) -> String {
-    let raw = format!("{} started {}", ctx.session_id, ctx.started_at.to_rfc3339());
+    let raw = format!("{} on {}", ctx.session_id, ctx.started_at.date_naive());
     pentrace_domain::message::derived_session_id(&msg.device_id, &raw)
 }
 
+/// How far a message's session start may lie from its session's stored
+/// one. Not zero: clients that stamp every message's context with the time
+/// of sending are common, and their sessions must not fall apart; a new
+/// session under an old id is told by its start on another day.
+const SAME_SESSION_SPAN: chrono::TimeDelta = chrono::TimeDelta::hours(12);
+
 /// Whether a message belongs to the stored (or batched) session of its id:
-/// the same pen, and the same start — unless the message's start was
-/// missing and replaced, or the session was stored before its start was
-/// kept.
+/// the same pen, and a start within [`SAME_SESSION_SPAN`] — or no start to
+/// compare (the message's was missing and replaced, or the session was
+/// stored before its start was kept).
 fn is_its_session(s: &SessionState, msg: &DeviceMessage, ctx: &SessionContext) -> bool {
-    // At the precision the stores keep (microseconds): a pen's
-    // nanoseconds do not survive the round trip.
     s.device_id == msg.device_id
         && match (s.device_started_at, pens_start(msg, ctx)) {
-            (Some(stored), Some(sent)) => stored.timestamp_micros() == sent.timestamp_micros(),
+            (Some(stored), Some(sent)) => time::since(sent, stored).abs() <= SAME_SESSION_SPAN,
             _ => true,
         }
 }
