@@ -13,47 +13,20 @@ use tonic::Code;
 use crate::helpers::{Server, TestApp, eventually, exchange, register, spawn_app, user_token};
 use crate::ingest::{Pen, Session, stream, udi};
 use crate::mqtt::heartbeat;
+use crate::rules::{flags_of, lot};
 
 const GTIN: &str = "09506000134352";
 
+/// A product rated for `rated_strokes`, no shelf life.
 fn product(rated_strokes: u64) -> pb::Product {
-    pb::Product {
-        gtin: GTIN.into(),
-        name: "Nano 12".into(),
-        max_depth_um: 0,
-        rated_strokes,
-        max_active_s: 0,
-        shelf_life_days: 0,
-    }
-}
-
-fn lot(name: &str) -> pb::Lot {
-    pb::Lot {
-        gtin: GTIN.into(),
-        lot: name.into(),
-        ..Default::default()
-    }
-}
-
-async fn flags_of(app: &TestApp, device: &str) -> Vec<pb::Flag> {
-    app.compliance()
-        .await
-        .list_flags(pb::ListFlagsRequest {
-            device_id: device.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list flags")
-        .into_inner()
-        .flags
+    crate::rules::product(rated_strokes, 0)
 }
 
 fn count_of(flags: &[pb::Flag], kind: pb::FlagKind) -> usize {
-    flags.iter().filter(|f| f.kind == kind as i32).count()
+    crate::rules::of_kind(flags, kind).len()
 }
 
-/// session
-/// facts are looked up by session id only. Two pens whose firmware sends
+/// Session facts were looked up by session id only. Two pens whose firmware sends
 /// the nil UUID as session id (a zeroed struct) share one session row:
 /// pen-b's session in clinic B is never judged for its cartridge (bound to
 /// pen-a's session of clinic A three hours earlier), and its strokes are

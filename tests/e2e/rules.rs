@@ -13,7 +13,7 @@ use crate::ingest::{Pen, Session, stream, udi};
 
 const GTIN: &str = "09506000134352";
 
-fn product(rated_strokes: u64, shelf_life_days: u32) -> pb::Product {
+pub(crate) fn product(rated_strokes: u64, shelf_life_days: u32) -> pb::Product {
     pb::Product {
         gtin: GTIN.into(),
         name: "Nano 12".into(),
@@ -24,7 +24,7 @@ fn product(rated_strokes: u64, shelf_life_days: u32) -> pb::Product {
     }
 }
 
-fn lot(name: &str) -> pb::Lot {
+pub(crate) fn lot(name: &str) -> pb::Lot {
     pb::Lot {
         gtin: GTIN.into(),
         lot: name.into(),
@@ -32,7 +32,7 @@ fn lot(name: &str) -> pb::Lot {
     }
 }
 
-async fn flags_of(app: &TestApp, device: &str) -> Vec<pb::Flag> {
+pub(crate) async fn flags_of(app: &TestApp, device: &str) -> Vec<pb::Flag> {
     app.compliance()
         .await
         .list_flags(pb::ListFlagsRequest {
@@ -45,7 +45,7 @@ async fn flags_of(app: &TestApp, device: &str) -> Vec<pb::Flag> {
         .flags
 }
 
-fn of_kind(flags: &[pb::Flag], kind: pb::FlagKind) -> Vec<&pb::Flag> {
+pub(crate) fn of_kind(flags: &[pb::Flag], kind: pb::FlagKind) -> Vec<&pb::Flag> {
     flags.iter().filter(|f| f.kind == kind as i32).collect()
 }
 
