@@ -13,8 +13,10 @@ use chrono::{DateTime, Utc};
 use pentrace_domain::audit::{Actor, AuditEvent, ChainHash};
 use pentrace_domain::checkpoint::Checkpoint;
 
+mod classify;
 pub mod model;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 pub mod status;
 mod watermark;
@@ -56,34 +58,7 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        classify(e)
-    }
-}
-
-/// Sorts a database error into the kinds callers act on.
-fn classify(e: sqlx::Error) -> StoreError {
-    use sqlx::Error as E;
-    match &e {
-        E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => {
-            StoreError::Unavailable(e)
-        }
-        // SQLite's codes are numbers, not SQLSTATEs: its module sorts them.
-        E::Database(db) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
-            sqlite::classify(e)
-        }
-        E::Database(db) => match db.code().as_deref() {
-            // serialization_failure, deadlock_detected, admin shutdown,
-            // cannot_connect_now, connection exceptions (class 08).
-            Some("40001" | "40P01" | "57P01" | "57P02" | "57P03") => StoreError::Unavailable(e),
-            Some(code) if code.starts_with("08") => StoreError::Unavailable(e),
-            // Data exceptions (22) and integrity violations (23).
-            Some(code) if code.starts_with("22") || code.starts_with("23") => {
-                StoreError::Rejected(e)
-            }
-            _ => StoreError::Other(e),
-        },
-        E::RowNotFound => StoreError::NotFound("row".into()),
-        _ => StoreError::Other(e),
+        classify::classify(e)
     }
 }
 

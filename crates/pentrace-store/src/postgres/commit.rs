@@ -7,7 +7,7 @@
 //! by key, so concurrent commits take row and index locks in the same order
 //! and do not deadlock on each other.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use pentrace_domain::rules::SeqHole;
@@ -15,6 +15,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::convert::{from_i64, parse_uuid, to_i32, to_i64};
 use super::{audit, copy, flags, sessions};
+use crate::shared::drafts::commit_drafts;
+use crate::shared::merge::{batch_devices, merge_devices};
 use crate::{
     ActivityRow, ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult,
     Watermarks, WriteBatch,
@@ -37,7 +39,7 @@ pub(super) async fn commit(pool: &PgPool, batch: &WriteBatch) -> StoreResult<Com
     }
     copy::copy_samples(&mut tx, &batch.samples).await?;
     let new_flags = flags::insert(&mut tx, &batch.flags).await?;
-    audit::append(&mut tx, &audit::commit_drafts(batch, &new_flags)).await?;
+    audit::append(&mut tx, &commit_drafts(batch, &new_flags)).await?;
     if let Some(detail) = update_activity(&mut tx, &batch.activity).await? {
         return conflict(tx, detail).await;
     }
@@ -307,14 +309,6 @@ async fn update_devices(conn: &mut PgConnection, writes: &[DeviceWrite]) -> Stor
     Ok(())
 }
 
-/// The devices of a batch's messages, sorted (the lock order).
-pub(crate) fn batch_devices(messages: &[MessageRow]) -> Vec<&str> {
-    let mut ids: Vec<&str> = messages.iter().map(|m| m.device_id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// Moves each device's stored watermark to the end of its run of stored
 /// seqs, and returns the watermarks.
 ///
@@ -362,26 +356,6 @@ async fn lock_devices(conn: &mut PgConnection, devices: &[&str]) -> StoreResult<
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// One write per device, in device order; later values win where the
-/// database would also let them win.
-pub(crate) fn merge_devices(writes: &[DeviceWrite]) -> BTreeMap<&str, DeviceWrite> {
-    let mut merged: BTreeMap<&str, DeviceWrite> = BTreeMap::new();
-    for w in writes {
-        match merged.get_mut(w.device_id.as_str()) {
-            None => {
-                merged.insert(&w.device_id, w.clone());
-            }
-            Some(m) => {
-                m.last_seen = m.last_seen.max(w.last_seen);
-                m.max_seq = m.max_seq.max(w.max_seq);
-                m.battery_pct = w.battery_pct.or(m.battery_pct);
-                m.firmware = w.firmware.clone().or(m.firmware.take());
-            }
-        }
-    }
-    merged
 }
 
 /// Replaces the open holes of each listed device with the given list.

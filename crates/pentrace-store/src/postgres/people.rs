@@ -6,32 +6,13 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::audit::{self, now_micros};
+use super::audit;
 use super::convert::{FLAG_COLUMNS, FlagRow, corrupt, flag_records};
+use crate::shared::drafts::{now_micros, user_draft};
+use crate::shared::next_state;
 use crate::{
-    AuditDraft, FlagAction, FlagActionRecord, FlagRecord, FlagStep, GLOBAL_CHAIN, Role, StoreError,
-    StoreResult, User,
+    AuditDraft, FlagAction, FlagActionRecord, FlagRecord, Role, StoreError, StoreResult, User,
 };
-
-pub(crate) fn user_draft(
-    action: &str,
-    user: &User,
-    actor: &Actor,
-    extra: serde_json::Value,
-) -> AuditDraft {
-    AuditDraft {
-        clinic_id: GLOBAL_CHAIN.into(),
-        actor: actor.clone(),
-        action: action.into(),
-        subject_type: "user".into(),
-        subject_id: user.id.to_string(),
-        old_value: None,
-        new_value: Some(json!({
-            "name": user.name, "role": user.role.as_str(), "clinics": user.clinics, "detail": extra,
-        })),
-        reason: None,
-    }
-}
 
 pub(super) async fn create_user(
     pool: &PgPool,
@@ -163,18 +144,6 @@ pub(super) async fn revoke_token(pool: &PgPool, token_id: Uuid, actor: &Actor) -
     audit::append(&mut tx, &[draft]).await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// The flag's state after `step`, or why the step is not allowed.
-pub(crate) fn next_state(state: &str, step: FlagStep) -> StoreResult<&'static str> {
-    match (state, step) {
-        ("open", FlagStep::Acknowledge) => Ok("acknowledged"),
-        ("open" | "acknowledged", FlagStep::Resolve) => Ok("resolved"),
-        (s, step) => Err(StoreError::Invalid(format!(
-            "a flag in state {s} cannot be {}d",
-            step.as_str()
-        ))),
-    }
 }
 
 pub(super) async fn sign_flag(pool: &PgPool, a: &FlagAction) -> StoreResult<FlagRecord> {

@@ -47,7 +47,9 @@ pub(super) async fn put(pool: &PgPool, rows: &[QuarantineRow]) -> StoreResult<Wa
         }
     }
     audit::append(&mut tx, &drafts).await?;
-    let watermarks = commit::advance_watermarks(&mut tx, &commit::batch_devices(&messages)).await?;
+    let watermarks =
+        commit::advance_watermarks(&mut tx, &crate::shared::merge::batch_devices(&messages))
+            .await?;
     tx.commit().await?;
     Ok(watermarks)
 }

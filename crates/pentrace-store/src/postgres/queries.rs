@@ -261,7 +261,10 @@ pub(super) async fn flag_holes(
     let new_flags: Vec<NewFlag> = holes.iter().map(|(_, f)| f.clone()).collect();
     let mut tx = pool.begin().await?;
     let raised = flags::insert(&mut tx, &new_flags).await?;
-    let drafts: Vec<_> = raised.iter().map(super::audit::flag_raised).collect();
+    let drafts: Vec<_> = raised
+        .iter()
+        .map(crate::shared::drafts::flag_raised)
+        .collect();
     super::audit::append(&mut tx, &drafts).await?;
     sqlx::query(
         "DELETE FROM seq_holes h USING UNNEST($1::text[], $2::int8[]) AS u(device_id, first_seq) \

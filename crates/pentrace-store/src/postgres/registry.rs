@@ -9,8 +9,8 @@ use super::flags;
 use pentrace_domain::audit::Actor;
 
 use crate::{
-    AuditDraft, Clinic, Device, ExposureVerdict, FlagRecord, GLOBAL_CHAIN, Lot, NewFlag, Product,
-    StoreError, StoreResult,
+    AuditDraft, Clinic, Device, ExposureVerdict, FlagRecord, Lot, NewFlag, Product, StoreError,
+    StoreResult,
 };
 
 /// `NotFound(what)` when the statement broke a foreign key (the referenced
@@ -230,8 +230,8 @@ pub(super) async fn recall_lot(
     let recalled_at = recalled.recalled_at.unwrap_or(at);
     let exposed = exposure_flags(&mut tx, gtin, lot, recalled_at, exposure).await?;
     let new_flags = flags::insert(&mut tx, &exposed).await?;
-    let mut drafts = vec![recall_draft(&recalled, actor)];
-    drafts.extend(new_flags.iter().map(super::audit::flag_raised));
+    let mut drafts = vec![crate::shared::drafts::recall_draft(&recalled, actor)];
+    drafts.extend(new_flags.iter().map(crate::shared::drafts::flag_raised));
     super::audit::append(&mut tx, &drafts).await?;
     tx.commit().await?;
     Ok((recalled, new_flags))
@@ -305,25 +305,6 @@ pub(super) async fn list_lots(pool: &PgPool, gtin: Option<&str>) -> StoreResult<
     );
     let rows: Vec<LotRow> = sqlx::query_as(&sql).bind(gtin).fetch_all(pool).await?;
     Ok(rows.into_iter().map(lot_from).collect())
-}
-
-/// `lot.recalled` on the catalogue's chain.
-pub(crate) fn recall_draft(lot: &Lot, actor: &Actor) -> AuditDraft {
-    AuditDraft {
-        clinic_id: GLOBAL_CHAIN.into(),
-        actor: actor.clone(),
-        action: "lot.recalled".into(),
-        subject_type: "lot".into(),
-        subject_id: format!("{}:{}", lot.gtin, lot.lot),
-        old_value: None,
-        new_value: Some(serde_json::json!({
-            "gtin": lot.gtin,
-            "lot": lot.lot,
-            "recalled_at": lot.recalled_at.map(|t| t.to_rfc3339()),
-            "recall_reason": lot.recall_reason,
-        })),
-        reason: lot.recall_reason.clone(),
-    }
 }
 
 /// A registry row as JSON, without the columns that change on their own

@@ -1,17 +1,16 @@
 //! Session rows of a commit: created by the write that decides the
 //! session's cartridge relation, then only added to.
 //!
-//! Writes of one session are merged here first: PostgreSQL refuses an
+//! Writes of one session are merged first (`shared::merge`): PostgreSQL refuses an
 //! `ON CONFLICT DO UPDATE` that touches the same row twice in one statement,
 //! and one row per session is less work anyway.
-
-use std::collections::HashMap;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::convert::{parse_uuid, relation_columns, to_i32, to_i64};
-use crate::{SessionWrite, StoreError, StoreResult};
+use crate::shared::merge::merge;
+use crate::{SessionWrite, StoreResult};
 
 /// Writes the sessions; `Some(detail)` when a write adds to a session that
 /// is not stored, i.e. the batch was judged on facts that no longer hold.
@@ -26,51 +25,6 @@ pub(super) async fn write(
         return Ok(Some(detail));
     }
     add(conn, &adding).await
-}
-
-/// One write per session, sorted by session id (lock order). Counters add
-/// up, the depth is the maximum, the relation and the names keep their first
-/// known value, a later end time replaces an earlier one.
-pub(crate) fn merge(writes: &[SessionWrite]) -> StoreResult<Vec<SessionWrite>> {
-    let mut merged: Vec<SessionWrite> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for w in writes {
-        match index.get(w.session_id.as_str()) {
-            Some(&i) => fold(&mut merged[i], w)?,
-            None => {
-                index.insert(&w.session_id, merged.len());
-                merged.push(w.clone());
-            }
-        }
-    }
-    merged.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-    Ok(merged)
-}
-
-fn fold(acc: &mut SessionWrite, w: &SessionWrite) -> StoreResult<()> {
-    let sum = |a: u64, b: u64, what: &str| {
-        a.checked_add(b)
-            .ok_or_else(|| StoreError::Invalid(format!("session {} {what} overflow", w.session_id)))
-    };
-    acc.add_strokes = sum(acc.add_strokes, w.add_strokes, "strokes")?;
-    acc.add_active_ms = sum(acc.add_active_ms, w.add_active_ms, "active ms")?;
-    acc.add_samples = sum(acc.add_samples, w.add_samples, "samples")?;
-    acc.max_depth_um = acc.max_depth_um.max(w.max_depth_um);
-    acc.ended_at = w.ended_at.or(acc.ended_at);
-    acc.device_ended_at = w.device_ended_at.or(acc.device_ended_at);
-    if acc.relation.is_none() {
-        acc.relation = w.relation.clone();
-    }
-    if acc.patient_ref.is_none() {
-        acc.patient_ref = w.patient_ref.clone();
-    }
-    if acc.operator_ref.is_empty() {
-        acc.operator_ref = w.operator_ref.clone();
-    }
-    if acc.firmware.is_empty() {
-        acc.firmware = w.firmware.clone();
-    }
-    Ok(())
 }
 
 /// Creates the sessions, or adds to them when another process created them
@@ -251,76 +205,5 @@ impl<'a> Columns<'a> {
         self.max_depth_um
             .push(to_i32(w.max_depth_um, "session max depth")?);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::{DateTime, Utc};
-    use pentrace_domain::rules::CartridgeRelation;
-
-    fn write(id: &str) -> SessionWrite {
-        SessionWrite {
-            session_id: id.into(),
-            device_id: "pen-1".into(),
-            clinic_id: "c1".into(),
-            relation: None,
-            cartridge_id: None,
-            udi: String::new(),
-            gtin: None,
-            lot: None,
-            expiry: None,
-            area: "face".into(),
-            patient_ref: None,
-            operator_ref: String::new(),
-            firmware: String::new(),
-            started_at: DateTime::<Utc>::UNIX_EPOCH,
-            ended_at: None,
-            device_started_at: None,
-            device_ended_at: None,
-            add_strokes: 0,
-            add_active_ms: 0,
-            add_samples: 0,
-            max_depth_um: 0,
-        }
-    }
-
-    #[test]
-    fn writes_of_one_session_merge_into_one() {
-        let first = SessionWrite {
-            relation: Some(CartridgeRelation::Owner),
-            add_strokes: 10,
-            max_depth_um: 800,
-            ..write("b")
-        };
-        let second = SessionWrite {
-            relation: Some(CartridgeRelation::Unidentified),
-            operator_ref: "op-7".into(),
-            add_strokes: 5,
-            max_depth_um: 600,
-            ended_at: Some(DateTime::<Utc>::UNIX_EPOCH),
-            ..write("b")
-        };
-        let merged = merge(&[first, write("a"), second]).ok().unwrap_or_default();
-        assert_eq!(merged.len(), 2);
-        assert_eq!(merged[0].session_id, "a");
-        let b = &merged[1];
-        assert_eq!(b.relation, Some(CartridgeRelation::Owner));
-        assert_eq!((b.add_strokes, b.max_depth_um), (15, 800));
-        assert_eq!(b.operator_ref, "op-7");
-        assert!(b.ended_at.is_some());
-    }
-
-    #[test]
-    fn counters_that_overflow_are_refused() {
-        let big = SessionWrite {
-            add_strokes: u64::MAX,
-            ..write("a")
-        };
-        assert!(matches!(
-            merge(&[big.clone(), big]),
-            Err(StoreError::Invalid(_))
-        ));
     }
 }

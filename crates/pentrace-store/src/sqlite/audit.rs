@@ -12,7 +12,7 @@ use pentrace_domain::checkpoint::Checkpoint;
 use sqlx::{SqliteConnection, SqlitePool};
 
 use super::convert::{corrupt, hash32, micros, time, to_int8, to_u64};
-use crate::postgres::audit::{now_micros, to_event};
+use crate::shared::drafts::{now_micros, to_event};
 use crate::{AuditDraft, AuditQuery, ChainHead, StoreResult, StoredAuditEvent};
 
 /// Appends the drafts to their chains and returns each draft's hash, in the

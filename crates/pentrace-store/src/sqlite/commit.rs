@@ -18,8 +18,8 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::convert::{micros, opt_uuid_text, to_int4, to_int8, to_u64, uuid_text};
 use super::{audit, begin, flags, samples, sessions};
-use crate::postgres::audit::commit_drafts;
-use crate::postgres::commit::{batch_devices, merge_devices};
+use crate::shared::drafts::commit_drafts;
+use crate::shared::merge::{batch_devices, merge_devices};
 use crate::{
     ActivityRow, ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult,
     Watermarks, WriteBatch,

@@ -6,7 +6,7 @@ use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::convert::{FLAG_COLUMNS, FlagRow, flag_records, opt_uuid_text, to_int8};
-use crate::postgres::audit::now_micros;
+use crate::shared::drafts::now_micros;
 use crate::{FlagRecord, NewFlag, StoreResult};
 
 /// Inserts the flags whose dedupe key is new and returns them, in the order

@@ -29,7 +29,6 @@ mod audit;
 mod commit;
 mod convert;
 mod credentials;
-mod error;
 mod facts;
 mod flags;
 mod people;
@@ -53,7 +52,6 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-pub(crate) use error::classify;
 use registry::{Change, Subject};
 
 use crate::{

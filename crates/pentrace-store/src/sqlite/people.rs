@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::convert::{FLAG_COLUMNS, FlagRow, corrupt, flag_records, micros, stored_uuid, time};
 use super::{audit, begin};
-use crate::postgres::audit::now_micros;
-use crate::postgres::people::{next_state, user_draft};
+use crate::shared::drafts::{now_micros, user_draft};
+use crate::shared::next_state;
 use crate::{
     AuditDraft, FlagAction, FlagActionRecord, FlagRecord, Role, StoreError, StoreResult, User,
 };

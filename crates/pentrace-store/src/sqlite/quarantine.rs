@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::convert::{micros, stored_uuid, time, to_int8, to_u64};
 use super::{audit, begin, commit};
-use crate::postgres::commit::batch_devices;
+use crate::shared::merge::batch_devices;
 use crate::{MessageRow, QuarantineRecord, QuarantineRow, StoreResult, Watermarks};
 
 pub(super) async fn put(pool: &SqlitePool, rows: &[QuarantineRow]) -> StoreResult<Watermarks> {

@@ -271,7 +271,7 @@ pub(super) async fn flag_holes(
     let raised = flags::insert(&mut tx, &new_flags).await?;
     let drafts: Vec<_> = raised
         .iter()
-        .map(crate::postgres::audit::flag_raised)
+        .map(crate::shared::drafts::flag_raised)
         .collect();
     audit::append(&mut tx, &drafts).await?;
     for (device_id, first) in keys {

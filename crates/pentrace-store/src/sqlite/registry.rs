@@ -7,7 +7,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 use super::convert::{date, date_text, micros, opt_time, time, to_int4, to_int8, to_u32, to_u64};
 use super::{audit, begin, flags};
-use crate::postgres::registry::recall_draft;
+use crate::shared::drafts::recall_draft;
 use crate::{
     AuditDraft, Clinic, Device, ExposureVerdict, FlagRecord, Lot, NewFlag, Product, StoreError,
     StoreResult,
@@ -229,7 +229,7 @@ pub(super) async fn recall_lot(
     let exposed = exposure_flags(&mut tx, gtin, lot, recalled_at, exposure).await?;
     let new_flags = flags::insert(&mut tx, &exposed).await?;
     let mut drafts = vec![recall_draft(&recalled, actor)];
-    drafts.extend(new_flags.iter().map(crate::postgres::audit::flag_raised));
+    drafts.extend(new_flags.iter().map(crate::shared::drafts::flag_raised));
     audit::append(&mut tx, &drafts).await?;
     tx.commit().await?;
     Ok((recalled, new_flags))

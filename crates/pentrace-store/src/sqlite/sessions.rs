@@ -1,14 +1,14 @@
 //! Session rows of a commit: created by the write that decides the
 //! session's cartridge relation, then only added to.
 //!
-//! Writes of one session are merged first (the same merge as PostgreSQL's),
+//! Writes of one session are merged first (`shared::merge`, as for PostgreSQL),
 //! so each session costs one statement.
 
 use pentrace_domain::rules::CartridgeRelation;
 use sqlx::SqliteConnection;
 
 use super::convert::{date_text, micros, relation_columns, to_int4, to_int8, uuid_text};
-use crate::postgres::sessions::merge;
+use crate::shared::merge::merge;
 use crate::{SessionWrite, StoreResult};
 
 /// Writes the sessions; `Some(detail)` when a write adds to a session that
