@@ -96,7 +96,7 @@ pub struct SimConfig {
     /// Where to write the ground truth (JSON lines), if anywhere.
     pub truth_path: Option<PathBuf>,
     /// Whether the caller compares with the server afterwards
-    /// ([`crate::verify`]); `run` itself does not look at it.
+    /// ([`crate::verify()`]); `run` itself does not look at it.
     pub verify: bool,
     /// A pen fails when its acks make no progress for this long.
     pub ack_timeout: Duration,

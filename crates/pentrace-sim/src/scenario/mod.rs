@@ -4,12 +4,12 @@
 //! plan; the pen drivers only carry it out.
 //!
 //! Planning runs in three passes:
-//! 1. each pen's sessions and their faults ([`sessions`]), from the pen's
+//! 1. each pen's sessions and their faults (`sessions`), from the pen's
 //!    own seeded RNG: first the backlog it uploads when it comes back, if
-//!    it was offline ([`backlog`]), then its sessions of the run;
-//! 2. moved cartridges ([`moved`]), which need every pen's sessions;
+//!    it was offline (`backlog`), then its sessions of the run;
+//! 2. moved cartridges (`moved`), which need every pen's sessions;
 //! 3. each pen's messages, the order it sends them in (duplicates,
-//!    swaps, disconnects, waits) and the truth ([`sends`]).
+//!    swaps, disconnects, waits) and the truth (`sends`).
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};

@@ -51,7 +51,7 @@ impl KindRow {
     }
 }
 
-/// The result of [`crate::verify`].
+/// The result of [`crate::verify()`].
 #[derive(Debug, Clone, Default)]
 pub struct Verification {
     /// One row per flag kind.
