@@ -250,9 +250,9 @@ async fn over_tls_a_pen_authenticates_by_its_certificate() {
     // The container health check: `pentrace probe` with the server's own
     // configuration speaks HTTPS to it, trusting its CA.
     let http_addr = app.http.trim_start_matches("http://").to_owned();
-    let probe = |envs: &[(&str, &str)]| {
+    let probe_at = |path: &str, envs: &[(&str, &str)]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pentrace"))
-            .arg("probe")
+            .args(["probe", "--path", path])
             .env("PENTRACE_DATA_DIR", &data_dir)
             .env("PENTRACE_HTTP_ADDR", &http_addr)
             .envs(envs.iter().copied())
@@ -263,6 +263,10 @@ async fn over_tls_a_pen_authenticates_by_its_certificate() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let probe = |envs: &[(&str, &str)]| probe_at("/readyz", envs);
+    let (code, err) = probe_at("/no-such-page", &[]);
+    assert_eq!(code, Some(1), "an answer that is not 200: {err}");
+    assert!(err.contains("HTTP 404"), "{err}");
     assert_eq!(probe(&[]), (Some(0), String::new()));
     let (code, err) = probe(&[("PENTRACE_TLS__PLAINTEXT", "true")]);
     assert_eq!(code, Some(2), "plaintext to a TLS listener: {err}");

@@ -643,18 +643,17 @@ fn usage_before(
         // Not bound yet: this message claims it, so the procedure's usage
         // is what this session used of it — nothing, if it was swapped in
         // just now.
-        (None, Some(CartridgeRelation::Owner), Some(id)) => Usage {
-            dedupe_key: per_cartridge(id),
-            ..if out.swapped.is_some() {
-                Usage {
-                    strokes: 0,
-                    active_ms: 0,
-                    dedupe_key: None,
-                }
-            } else {
-                own
+        (None, Some(CartridgeRelation::Owner), Some(id)) => {
+            let (strokes, active_ms) = match out.swapped {
+                Some(_) => (0, 0),
+                None => (own.strokes, own.active_ms),
+            };
+            Usage {
+                strokes,
+                active_ms,
+                dedupe_key: per_cartridge(id),
             }
-        },
+        }
         _ => own,
     }
 }

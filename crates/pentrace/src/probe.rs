@@ -111,9 +111,18 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> anyhow::Result<u16> {
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
-    let mut head = vec![0u8; 64];
-    let n = stream.read(&mut head).await?;
-    let line = String::from_utf8_lossy(&head[..n]);
+    // The status line, however the answer is split into reads (TLS
+    // records, TCP segments); at most 1 KiB of it.
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
     let Some(code) = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()) else {
         bail!("not an HTTP answer: {line:?}");
     };
