@@ -74,3 +74,14 @@ fn sqlite(e: sqlx::Error) -> StoreError {
         _ => StoreError::Other(e),
     }
 }
+
+/// `NotFound(what)` when the statement broke a foreign key (the row it
+/// refers to is missing); any other error unchanged.
+pub(crate) fn missing_parent(e: StoreError, what: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        StoreError::Rejected(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+            StoreError::NotFound(what())
+        }
+        _ => e,
+    }
+}

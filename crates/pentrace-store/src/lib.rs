@@ -14,6 +14,8 @@ use pentrace_domain::audit::{Actor, AuditEvent, ChainHash};
 use pentrace_domain::checkpoint::Checkpoint;
 
 mod classify;
+mod dialect;
+mod engine;
 pub mod model;
 pub mod postgres;
 mod shared;

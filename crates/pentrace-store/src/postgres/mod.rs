@@ -17,7 +17,7 @@ mod flags;
 pub(crate) mod people;
 mod quarantine;
 mod queries;
-pub(crate) mod registry;
+mod registry;
 mod reports;
 pub(crate) mod sessions;
 mod status;
@@ -31,14 +31,13 @@ use sqlx::postgres::PgPoolOptions;
 
 use pentrace_domain::audit::{Actor, AuditEvent, ChainHash};
 use pentrace_domain::checkpoint::Checkpoint;
-use registry::Change;
 
 use crate::{
     AuditDraft, AuditQuery, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device,
     DeviceCredential, DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord,
-    FlagQuery, FlagRecord, GLOBAL_CHAIN, Lot, NewDeviceCredential, NewFlag, Product,
-    QuarantineRecord, QuarantineRow, Role, SessionQuery, SessionRecord, Store, StoreError,
-    StoreResult, StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
+    FlagQuery, FlagRecord, Lot, NewDeviceCredential, NewFlag, Product, QuarantineRecord,
+    QuarantineRow, Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult,
+    StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
 };
 
 /// The migrations of `migrations/postgres`, embedded at build time.
@@ -180,6 +179,49 @@ impl PgStore {
 }
 
 #[async_trait]
+impl crate::dialect::Dialect for PgStore {
+    type Db = sqlx::Postgres;
+    const KIND: &'static str = "postgres";
+
+    async fn write(&self) -> StoreResult<crate::dialect::WriteTx<Self>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn read(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn status(&self) -> StoreResult<crate::StoreStatus> {
+        status::status(&self.pool).await
+    }
+}
+
+#[async_trait]
+impl crate::engine::audit::AuditSql for PgStore {
+    async fn append(
+        c: &mut sqlx::PgConnection,
+        drafts: &[AuditDraft],
+    ) -> StoreResult<Vec<ChainHash>> {
+        audit::append(c, drafts).await
+    }
+}
+
+#[async_trait]
+impl crate::engine::flags::FlagSql for PgStore {
+    async fn insert_flags(
+        c: &mut sqlx::PgConnection,
+        new: &[NewFlag],
+    ) -> StoreResult<Vec<FlagRecord>> {
+        flags::insert(c, new).await
+    }
+}
+
+#[async_trait]
 impl Store for PgStore {
     fn kind(&self) -> &'static str {
         "postgres"
@@ -203,7 +245,7 @@ impl Store for PgStore {
     }
 
     async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()> {
-        registry::auto_register_device(&self.pool, device_id, clinic_id).await
+        crate::engine::registry::auto_register_device(self, device_id, clinic_id).await
     }
 
     async fn quarantine(&self, rows: &[QuarantineRow]) -> StoreResult<Watermarks> {
@@ -219,67 +261,19 @@ impl Store for PgStore {
     }
 
     async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {
-        let change = Change {
-            chain: &clinic.id,
-            table: "clinics",
-            subject_type: "clinic",
-            subject_id: clinic.id.clone(),
-            key: vec![("id", &clinic.id)],
-        };
-        let mut tx = self.pool.begin().await?;
-        let old = change.snapshot(&mut tx).await?;
-        let stored = registry::upsert_clinic(&mut tx, clinic).await?;
-        change.record(&mut tx, old, actor).await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::engine::registry::upsert_clinic(self, clinic, actor).await
     }
 
     async fn upsert_device(&self, device: &Device, actor: &Actor) -> StoreResult<Device> {
-        let change = Change {
-            chain: &device.clinic_id,
-            table: "devices",
-            subject_type: "device",
-            subject_id: device.id.clone(),
-            key: vec![("id", &device.id)],
-        };
-        let mut tx = self.pool.begin().await?;
-        let old = change.snapshot(&mut tx).await?;
-        let stored = registry::upsert_device(&mut tx, device).await?;
-        change.record(&mut tx, old, actor).await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::engine::registry::upsert_device(self, device, actor).await
     }
 
     async fn upsert_product(&self, product: &Product, actor: &Actor) -> StoreResult<Product> {
-        let change = Change {
-            chain: GLOBAL_CHAIN,
-            table: "products",
-            subject_type: "product",
-            subject_id: product.gtin.clone(),
-            key: vec![("gtin", &product.gtin)],
-        };
-        let mut tx = self.pool.begin().await?;
-        let old = change.snapshot(&mut tx).await?;
-        let stored = registry::upsert_product(&mut tx, product).await?;
-        change.record(&mut tx, old, actor).await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::engine::registry::upsert_product(self, product, actor).await
     }
 
     async fn upsert_lot(&self, lot: &Lot, actor: &Actor) -> StoreResult<Lot> {
-        let change = Change {
-            chain: GLOBAL_CHAIN,
-            table: "lots",
-            subject_type: "lot",
-            subject_id: format!("{}:{}", lot.gtin, lot.lot),
-            key: vec![("gtin", &lot.gtin), ("lot", &lot.lot)],
-        };
-        let mut tx = self.pool.begin().await?;
-        let old = change.snapshot(&mut tx).await?;
-        let stored = registry::upsert_lot(&mut tx, lot).await?;
-        change.record(&mut tx, old, actor).await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::engine::registry::upsert_lot(self, lot, actor).await
     }
 
     async fn append_audit(&self, drafts: &[AuditDraft]) -> StoreResult<()> {
@@ -405,19 +399,19 @@ impl Store for PgStore {
         exposure: ExposureVerdict,
         actor: &Actor,
     ) -> StoreResult<(Lot, Vec<FlagRecord>)> {
-        registry::recall_lot(&self.pool, gtin, lot, reason, at, exposure, actor).await
+        crate::engine::registry::recall_lot(self, gtin, lot, reason, at, exposure, actor).await
     }
 
     async fn list_clinics(&self) -> StoreResult<Vec<Clinic>> {
-        registry::list_clinics(&self.pool).await
+        crate::engine::registry::list_clinics(self).await
     }
 
     async fn list_products(&self) -> StoreResult<Vec<Product>> {
-        registry::list_products(&self.pool).await
+        crate::engine::registry::list_products(self).await
     }
 
     async fn list_lots(&self, gtin: Option<&str>) -> StoreResult<Vec<Lot>> {
-        registry::list_lots(&self.pool, gtin).await
+        crate::engine::registry::list_lots(self, gtin).await
     }
 
     async fn list_devices(

@@ -52,14 +52,12 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use registry::{Change, Subject};
-
 use crate::{
     AuditDraft, AuditQuery, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device,
     DeviceCredential, DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord,
-    FlagQuery, FlagRecord, GLOBAL_CHAIN, Lot, NewDeviceCredential, NewFlag, Product,
-    QuarantineRecord, QuarantineRow, Role, SessionQuery, SessionRecord, Store, StoreError,
-    StoreResult, StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
+    FlagQuery, FlagRecord, Lot, NewDeviceCredential, NewFlag, Product, QuarantineRecord,
+    QuarantineRow, Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult,
+    StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
 };
 
 /// The migrations of `migrations/sqlite`, embedded at build time.
@@ -165,6 +163,49 @@ async fn begin(pool: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
 }
 
 #[async_trait]
+impl crate::dialect::Dialect for SqliteStore {
+    type Db = sqlx::Sqlite;
+    const KIND: &'static str = "sqlite";
+
+    async fn write(&self) -> StoreResult<crate::dialect::WriteTx<Self>> {
+        begin(&self.writer).await
+    }
+
+    async fn read(&self) -> StoreResult<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
+        Ok(self.reader.acquire().await?)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn status(&self) -> StoreResult<crate::StoreStatus> {
+        status::status(&self.reader).await
+    }
+}
+
+#[async_trait]
+impl crate::engine::audit::AuditSql for SqliteStore {
+    async fn append(
+        c: &mut sqlx::SqliteConnection,
+        drafts: &[AuditDraft],
+    ) -> StoreResult<Vec<ChainHash>> {
+        audit::append(c, drafts).await
+    }
+}
+
+#[async_trait]
+impl crate::engine::flags::FlagSql for SqliteStore {
+    async fn insert_flags(
+        c: &mut sqlx::SqliteConnection,
+        new: &[NewFlag],
+    ) -> StoreResult<Vec<FlagRecord>> {
+        flags::insert(c, new).await
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
@@ -188,7 +229,7 @@ impl Store for SqliteStore {
     }
 
     async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()> {
-        registry::auto_register_device(&self.writer, device_id, clinic_id).await
+        crate::engine::registry::auto_register_device(self, device_id, clinic_id).await
     }
 
     async fn quarantine(&self, rows: &[QuarantineRow]) -> StoreResult<Watermarks> {
@@ -204,55 +245,19 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {
-        let change = Change {
-            chain: &clinic.id,
-            subject: Subject::Clinic(&clinic.id),
-        };
-        let mut tx = begin(&self.writer).await?;
-        let old = change.snapshot(&mut tx).await?;
-        let stored = registry::upsert_clinic(&mut tx, clinic).await?;
-        change.record(&mut tx, old, actor).await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::engine::registry::upsert_clinic(self, clinic, actor).await
     }
 
     async fn upsert_device(&self, device: &Device, actor: &Actor) -> StoreResult<Device> {
-        let change = Change {
-            chain: &device.clinic_id,
-            subject: Subject::Device(&device.id),
-        };
-        let mut tx = begin(&self.writer).await?;
-        let old = change.snapshot(&mut tx).await?;
-        let stored = registry::upsert_device(&mut tx, device).await?;
-        change.record(&mut tx, old, actor).await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::engine::registry::upsert_device(self, device, actor).await
     }
 
     async fn upsert_product(&self, product: &Product, actor: &Actor) -> StoreResult<Product> {
-        let change = Change {
-            chain: GLOBAL_CHAIN,
-            subject: Subject::Product(&product.gtin),
-        };
-        let mut tx = begin(&self.writer).await?;
-        let old = change.snapshot(&mut tx).await?;
-        let stored = registry::upsert_product(&mut tx, product).await?;
-        change.record(&mut tx, old, actor).await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::engine::registry::upsert_product(self, product, actor).await
     }
 
     async fn upsert_lot(&self, lot: &Lot, actor: &Actor) -> StoreResult<Lot> {
-        let change = Change {
-            chain: GLOBAL_CHAIN,
-            subject: Subject::Lot(&lot.gtin, &lot.lot),
-        };
-        let mut tx = begin(&self.writer).await?;
-        let old = change.snapshot(&mut tx).await?;
-        let stored = registry::upsert_lot(&mut tx, lot).await?;
-        change.record(&mut tx, old, actor).await?;
-        tx.commit().await?;
-        Ok(stored)
+        crate::engine::registry::upsert_lot(self, lot, actor).await
     }
 
     async fn append_audit(&self, drafts: &[AuditDraft]) -> StoreResult<()> {
@@ -378,19 +383,19 @@ impl Store for SqliteStore {
         exposure: ExposureVerdict,
         actor: &Actor,
     ) -> StoreResult<(Lot, Vec<FlagRecord>)> {
-        registry::recall_lot(&self.writer, gtin, lot, reason, at, exposure, actor).await
+        crate::engine::registry::recall_lot(self, gtin, lot, reason, at, exposure, actor).await
     }
 
     async fn list_clinics(&self) -> StoreResult<Vec<Clinic>> {
-        registry::list_clinics(&self.reader).await
+        crate::engine::registry::list_clinics(self).await
     }
 
     async fn list_products(&self) -> StoreResult<Vec<Product>> {
-        registry::list_products(&self.reader).await
+        crate::engine::registry::list_products(self).await
     }
 
     async fn list_lots(&self, gtin: Option<&str>) -> StoreResult<Vec<Lot>> {
-        registry::list_lots(&self.reader, gtin).await
+        crate::engine::registry::list_lots(self, gtin).await
     }
 
     async fn list_devices(

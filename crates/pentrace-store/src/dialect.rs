@@ -1,0 +1,46 @@
+//! The seam between the engine and a database: the little that truly
+//! differs between PostgreSQL and SQLite.
+//!
+//! The engine (`crate::engine`) owns every piece of orchestration and is
+//! written once, generic over a [`Dialect`]. A dialect owns its pools, how a
+//! write transaction begins (`BEGIN IMMEDIATE` on SQLite's one writer
+//! connection), and, through the per-area traits next to the orchestration
+//! that calls them (`engine::registry::RegistrySql`, ...), the leaf
+//! statements whose SQL or column encodings differ: arrays with `UNNEST` or
+//! JSON with `json_each`, `timestamptz` or integer microseconds, `uuid` or
+//! text. A leaf takes domain values and returns domain values; it decides
+//! nothing.
+//!
+//! Leaves are trait methods rather than generic sqlx code so the engine
+//! needs no sqlx type bounds, and each statement stays next to the database
+//! it is written for.
+
+use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
+use sqlx::{Database, Transaction};
+
+use crate::{StoreResult, StoreStatus};
+
+/// A connection of the dialect's database: inside a write transaction
+/// (`&mut *tx`) or taken from the pool for reads.
+pub(crate) type Conn<D> = <<D as Dialect>::Db as Database>::Connection;
+
+/// A write transaction of the dialect's database.
+pub(crate) type WriteTx<D> = Transaction<'static, <D as Dialect>::Db>;
+
+/// A database pentrace stores in.
+#[async_trait]
+pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
+    type Db: Database;
+    /// The store's name in logs and `pentrace status`.
+    const KIND: &'static str;
+    /// Begins a write transaction; the engine commits or rolls it back.
+    async fn write(&self) -> StoreResult<WriteTx<Self>>;
+    /// A connection for reads (SQLite: from the reader pool, so reads run
+    /// while a batch commits).
+    async fn read(&self) -> StoreResult<PoolConnection<Self::Db>>;
+    /// Cheap liveness check.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Server, schema version and TimescaleDB features.
+    async fn status(&self) -> StoreResult<StoreStatus>;
+}

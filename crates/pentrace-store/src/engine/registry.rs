@@ -1,0 +1,367 @@
+//! Clinics, devices, the product catalogue and lots (with recalls): every
+//! registry change audited with its old and new values in the same
+//! transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use pentrace_domain::audit::Actor;
+use serde_json::{Value, json};
+
+use super::audit::AuditSql;
+use super::flags::FlagSql;
+use crate::classify::missing_parent;
+use crate::dialect::{Conn, Dialect};
+use crate::shared::drafts::{flag_raised, recall_draft};
+use crate::{
+    AuditDraft, Clinic, Device, ExposureVerdict, FlagRecord, GLOBAL_CHAIN, Lot, NewFlag, Product,
+    StoreError, StoreResult,
+};
+
+/// A stored session of a recalled lot, not yet flagged `CARTRIDGE_RECALLED`.
+#[derive(Debug)]
+pub(crate) struct ExposedSession {
+    pub session_id: String,
+    pub clinic_id: String,
+    pub device_id: String,
+    pub cartridge_id: Option<String>,
+}
+
+/// The registry's statements.
+#[async_trait]
+pub(crate) trait RegistrySql: Dialect {
+    /// Creates the clinic (named after its id) and the device unless they
+    /// exist; whether the device was created.
+    async fn register_unknown_device(
+        c: &mut Conn<Self>,
+        device_id: &str,
+        clinic_id: &str,
+    ) -> StoreResult<bool>;
+    async fn upsert_clinic(c: &mut Conn<Self>, clinic: &Clinic) -> StoreResult<Clinic>;
+    /// Creates or changes the device and moves its own credentials to its
+    /// clinic; a missing clinic is a foreign-key violation.
+    async fn upsert_device(c: &mut Conn<Self>, device: &Device) -> StoreResult<Device>;
+    /// A missing product is a foreign-key violation.
+    async fn upsert_product(c: &mut Conn<Self>, product: &Product) -> StoreResult<Product>;
+    /// Never undoes a recall: a stored recall time and reason are kept.
+    async fn upsert_lot(c: &mut Conn<Self>, lot: &Lot) -> StoreResult<Lot>;
+    /// Sets the recall time and reason unless the lot has them; None when
+    /// there is no such lot.
+    async fn mark_recalled(
+        c: &mut Conn<Self>,
+        gtin: &str,
+        lot: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Option<Lot>>;
+    /// The lot's sessions started before `before` without a
+    /// `CARTRIDGE_RECALLED` flag, by start time.
+    async fn unflagged_sessions_of_lot(
+        c: &mut Conn<Self>,
+        gtin: &str,
+        lot: &str,
+        before: DateTime<Utc>,
+    ) -> StoreResult<Vec<ExposedSession>>;
+    async fn clinic(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<Clinic>>;
+    async fn device(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<Device>>;
+    async fn product(c: &mut Conn<Self>, gtin: &str) -> StoreResult<Option<Product>>;
+    async fn lot(c: &mut Conn<Self>, gtin: &str, lot: &str) -> StoreResult<Option<Lot>>;
+    async fn list_clinics(c: &mut Conn<Self>) -> StoreResult<Vec<Clinic>>;
+    async fn list_products(c: &mut Conn<Self>) -> StoreResult<Vec<Product>>;
+    /// By gtin and lot; every gtin when None.
+    async fn list_lots(c: &mut Conn<Self>, gtin: Option<&str>) -> StoreResult<Vec<Lot>>;
+}
+
+/// Creates the clinic and the device unless they exist; an existing device
+/// keeps its clinic. Audited only when the device was created: an existing
+/// device was not auto-registered.
+pub(crate) async fn auto_register_device<D: RegistrySql + AuditSql>(
+    d: &D,
+    device_id: &str,
+    clinic_id: &str,
+) -> StoreResult<()> {
+    let mut tx = d.write().await?;
+    if D::register_unknown_device(&mut tx, device_id, clinic_id).await? {
+        let draft = AuditDraft {
+            clinic_id: clinic_id.to_owned(),
+            actor: Actor::System,
+            action: "device.auto_registered".into(),
+            subject_type: "device".into(),
+            subject_id: device_id.to_owned(),
+            old_value: None,
+            new_value: Some(json!({ "device_id": device_id, "clinic_id": clinic_id })),
+            reason: Some("--auto-register: an unknown device sent telemetry".into()),
+        };
+        D::append(&mut tx, &[draft]).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A registry row a person creates or changes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Subject<'a> {
+    Clinic(&'a Clinic),
+    Device(&'a Device),
+    Product(&'a Product),
+    Lot(&'a Lot),
+}
+
+impl Subject<'_> {
+    fn type_name(self) -> &'static str {
+        match self {
+            Subject::Clinic(_) => "clinic",
+            Subject::Device(_) => "device",
+            Subject::Product(_) => "product",
+            Subject::Lot(_) => "lot",
+        }
+    }
+
+    fn id(self) -> String {
+        match self {
+            Subject::Clinic(c) => c.id.clone(),
+            Subject::Device(d) => d.id.clone(),
+            Subject::Product(p) => p.gtin.clone(),
+            Subject::Lot(l) => format!("{}:{}", l.gtin, l.lot),
+        }
+    }
+
+    /// The audit chain the change goes to: a device's clinic, the global
+    /// chain for the catalogue.
+    fn chain(self) -> String {
+        match self {
+            Subject::Clinic(c) => c.id.clone(),
+            Subject::Device(d) => d.clinic_id.clone(),
+            Subject::Product(_) | Subject::Lot(_) => GLOBAL_CHAIN.to_owned(),
+        }
+    }
+
+    /// The stored row as JSON: what a person registered, without the
+    /// columns that change on their own (liveness, progress, creation time).
+    async fn snapshot<D: RegistrySql>(self, c: &mut Conn<D>) -> StoreResult<Option<Value>> {
+        Ok(match self {
+            Subject::Clinic(x) => D::clinic(c, &x.id).await?.map(|c| clinic_json(&c)),
+            Subject::Device(x) => D::device(c, &x.id).await?.map(|d| device_json(&d)),
+            Subject::Product(x) => D::product(c, &x.gtin).await?.map(|p| product_json(&p)),
+            Subject::Lot(x) => D::lot(c, &x.gtin, &x.lot).await?.map(|l| lot_json(&l)),
+        })
+    }
+}
+
+fn clinic_json(c: &Clinic) -> Value {
+    json!({ "id": c.id, "name": c.name, "time_zone": c.time_zone })
+}
+
+fn device_json(d: &Device) -> Value {
+    json!({ "id": d.id, "clinic_id": d.clinic_id, "model": d.model, "max_depth_um": d.max_depth_um })
+}
+
+fn product_json(p: &Product) -> Value {
+    json!({
+        "gtin": p.gtin,
+        "name": p.name,
+        "max_depth_um": p.max_depth_um,
+        "rated_strokes": p.rated_strokes,
+        "max_active_s": p.max_active_s,
+        "shelf_life_days": p.shelf_life_days,
+    })
+}
+
+fn lot_json(l: &Lot) -> Value {
+    json!({
+        "gtin": l.gtin,
+        "lot": l.lot,
+        "expiry": l.expiry.map(|d| d.format("%Y-%m-%d").to_string()),
+        "recalled_at": l.recalled_at.map(json_time),
+        "recall_reason": l.recall_reason,
+    })
+}
+
+/// A time as PostgreSQL's `to_jsonb` writes a `timestamptz` in UTC (the
+/// form registry events recorded before the engine built them in Rust):
+/// `2025-03-01T09:00:00.5+00:00`, fractional seconds without trailing zeros.
+fn json_time(at: DateTime<Utc>) -> String {
+    let text = at.to_rfc3339_opts(SecondsFormat::Micros, false);
+    match text.split_once('.') {
+        Some((seconds, rest)) => {
+            let (fraction, offset) = rest.split_at(rest.find('+').unwrap_or(rest.len()));
+            let fraction = fraction.trim_end_matches('0');
+            if fraction.is_empty() {
+                format!("{seconds}{offset}")
+            } else {
+                format!("{seconds}.{fraction}{offset}")
+            }
+        }
+        None => text,
+    }
+}
+
+/// Appends `<subject>.registered` or `<subject>.changed` with the row's old
+/// and new values, unless nothing changed.
+async fn record<D: RegistrySql + AuditSql>(
+    c: &mut Conn<D>,
+    subject: Subject<'_>,
+    old: Option<Value>,
+    actor: &Actor,
+) -> StoreResult<()> {
+    let new = subject.snapshot::<D>(c).await?;
+    if new == old {
+        return Ok(());
+    }
+    let verb = if old.is_some() {
+        "changed"
+    } else {
+        "registered"
+    };
+    let subject_type = subject.type_name();
+    let draft = AuditDraft {
+        clinic_id: subject.chain(),
+        actor: actor.clone(),
+        action: format!("{subject_type}.{verb}"),
+        subject_type: subject_type.into(),
+        subject_id: subject.id(),
+        old_value: old,
+        new_value: new,
+        reason: None,
+    };
+    D::append(c, &[draft]).await?;
+    Ok(())
+}
+
+pub(crate) async fn upsert_clinic<D: RegistrySql + AuditSql>(
+    d: &D,
+    clinic: &Clinic,
+    actor: &Actor,
+) -> StoreResult<Clinic> {
+    let subject = Subject::Clinic(clinic);
+    let mut tx = d.write().await?;
+    let old = subject.snapshot::<D>(&mut tx).await?;
+    let stored = D::upsert_clinic(&mut tx, clinic).await?;
+    record::<D>(&mut tx, subject, old, actor).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// `NotFound` when the device's clinic does not exist.
+pub(crate) async fn upsert_device<D: RegistrySql + AuditSql>(
+    d: &D,
+    device: &Device,
+    actor: &Actor,
+) -> StoreResult<Device> {
+    let subject = Subject::Device(device);
+    let mut tx = d.write().await?;
+    let old = subject.snapshot::<D>(&mut tx).await?;
+    let stored = D::upsert_device(&mut tx, device)
+        .await
+        .map_err(|e| missing_parent(e, || format!("clinic {}", device.clinic_id)))?;
+    record::<D>(&mut tx, subject, old, actor).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+pub(crate) async fn upsert_product<D: RegistrySql + AuditSql>(
+    d: &D,
+    product: &Product,
+    actor: &Actor,
+) -> StoreResult<Product> {
+    let subject = Subject::Product(product);
+    let mut tx = d.write().await?;
+    let old = subject.snapshot::<D>(&mut tx).await?;
+    let stored = D::upsert_product(&mut tx, product).await?;
+    record::<D>(&mut tx, subject, old, actor).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// `NotFound` when the lot's product is not catalogued. A recall recorded
+/// here raises no exposure flags: recalls go through [`recall_lot`].
+pub(crate) async fn upsert_lot<D: RegistrySql + AuditSql>(
+    d: &D,
+    lot: &Lot,
+    actor: &Actor,
+) -> StoreResult<Lot> {
+    let subject = Subject::Lot(lot);
+    let mut tx = d.write().await?;
+    let old = subject.snapshot::<D>(&mut tx).await?;
+    let stored = D::upsert_lot(&mut tx, lot)
+        .await
+        .map_err(|e| missing_parent(e, || format!("product {}", lot.gtin)))?;
+    record::<D>(&mut tx, subject, old, actor).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// Marks the lot recalled and raises the exposure verdict on every stored
+/// session of the lot that started before the recall, in one transaction.
+///
+/// Idempotent: a lot recalled earlier keeps its first recall time and reason,
+/// and the exposure is judged against that time. Calling it again raises
+/// flags only for sessions stored since (e.g. by a batch that was judged
+/// before the recall and committed after it).
+pub(crate) async fn recall_lot<D: RegistrySql + AuditSql + FlagSql>(
+    d: &D,
+    gtin: &str,
+    lot: &str,
+    reason: &str,
+    at: DateTime<Utc>,
+    exposure: ExposureVerdict,
+    actor: &Actor,
+) -> StoreResult<(Lot, Vec<FlagRecord>)> {
+    let mut tx = d.write().await?;
+    let recalled = D::mark_recalled(&mut tx, gtin, lot, reason, at)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("lot {lot} of {gtin}")))?;
+    let recalled_at = recalled.recalled_at.unwrap_or(at);
+    let exposed = D::unflagged_sessions_of_lot(&mut tx, gtin, lot, recalled_at).await?;
+    let verdicts: Vec<NewFlag> = exposed
+        .into_iter()
+        .map(|s| {
+            let v = exposure(&s.session_id, gtin, lot, recalled_at);
+            NewFlag {
+                kind: v.kind,
+                severity: v.severity,
+                dedupe_key: v.dedupe_key,
+                clinic_id: s.clinic_id,
+                device_id: s.device_id,
+                session_id: Some(s.session_id),
+                cartridge_id: s.cartridge_id,
+                seq: 0,
+                detail: v.detail,
+                evidence: v.evidence,
+            }
+        })
+        .collect();
+    let new_flags = D::insert_flags(&mut tx, &verdicts).await?;
+    let mut drafts = vec![recall_draft(&recalled, actor)];
+    drafts.extend(new_flags.iter().map(flag_raised));
+    D::append(&mut tx, &drafts).await?;
+    tx.commit().await?;
+    Ok((recalled, new_flags))
+}
+
+pub(crate) async fn list_clinics<D: RegistrySql>(d: &D) -> StoreResult<Vec<Clinic>> {
+    D::list_clinics(&mut *d.read().await?).await
+}
+
+pub(crate) async fn list_products<D: RegistrySql>(d: &D) -> StoreResult<Vec<Product>> {
+    D::list_products(&mut *d.read().await?).await
+}
+
+pub(crate) async fn list_lots<D: RegistrySql>(d: &D, gtin: Option<&str>) -> StoreResult<Vec<Lot>> {
+    D::list_lots(&mut *d.read().await?, gtin).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_times_match_postgres() {
+        let at = |nanos| DateTime::from_timestamp(1_740_819_600, nanos).unwrap();
+        assert_eq!(json_time(at(0)), "2025-03-01T09:00:00+00:00");
+        assert_eq!(json_time(at(500_000_000)), "2025-03-01T09:00:00.5+00:00");
+        assert_eq!(
+            json_time(at(123_456_789)),
+            "2025-03-01T09:00:00.123456+00:00"
+        );
+    }
+}
