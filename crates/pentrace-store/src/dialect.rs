@@ -40,7 +40,7 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// while a batch commits).
     async fn read(&self) -> StoreResult<PoolConnection<Self::Db>>;
     /// Cheap liveness check.
-    async fn ping(&self) -> StoreResult<()>;
+    async fn select_one(&self) -> StoreResult<()>;
     /// Server, schema version and TimescaleDB features.
-    async fn status(&self) -> StoreResult<StoreStatus>;
+    async fn schema_status(&self) -> StoreResult<StoreStatus>;
 }

@@ -22,6 +22,7 @@ mod reports;
 pub(crate) mod sessions;
 mod status;
 
+use crate::dialect::Dialect as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pentrace_domain::rules::SeqHole;
@@ -191,23 +192,13 @@ impl crate::dialect::Dialect for PgStore {
         Ok(self.pool.acquire().await?)
     }
 
-    async fn ping(&self) -> StoreResult<()> {
+    async fn select_one(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    async fn status(&self) -> StoreResult<crate::StoreStatus> {
+    async fn schema_status(&self) -> StoreResult<crate::StoreStatus> {
         status::status(&self.pool).await
-    }
-}
-
-#[async_trait]
-impl crate::engine::audit::AuditSql for PgStore {
-    async fn append(
-        c: &mut sqlx::PgConnection,
-        drafts: &[AuditDraft],
-    ) -> StoreResult<Vec<ChainHash>> {
-        audit::append(c, drafts).await
     }
 }
 
@@ -277,14 +268,11 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, drafts: &[AuditDraft]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        audit::append(&mut tx, drafts).await?;
-        tx.commit().await?;
-        Ok(())
+        crate::engine::audit::append_audit(self, drafts).await
     }
 
     async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>> {
-        audit::heads(&self.pool).await
+        <Self as crate::engine::audit::AuditSql>::heads(&mut *self.read().await?).await
     }
 
     async fn audit_page(
@@ -293,11 +281,17 @@ impl Store for PgStore {
         after: u64,
         limit: u32,
     ) -> StoreResult<Vec<StoredAuditEvent>> {
-        audit::page(&self.pool, clinic_id, after, limit).await
+        <Self as crate::engine::audit::AuditSql>::page(
+            &mut *self.read().await?,
+            clinic_id,
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
-        audit::events(&self.pool, query).await
+        crate::engine::audit::audit_events(self, query).await
     }
 
     async fn audit_hash_at(
@@ -305,15 +299,20 @@ impl Store for PgStore {
         clinic_id: &str,
         position: u64,
     ) -> StoreResult<Option<ChainHash>> {
-        audit::hash_at(&self.pool, clinic_id, position).await
+        <Self as crate::engine::audit::AuditSql>::hash_at(
+            &mut *self.read().await?,
+            clinic_id,
+            position,
+        )
+        .await
     }
 
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
-        audit::save_checkpoint(&self.pool, checkpoint).await
+        crate::engine::audit::save_checkpoint(self, checkpoint).await
     }
 
     async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
-        audit::checkpoints(&self.pool).await
+        <Self as crate::engine::audit::AuditSql>::checkpoints(&mut *self.read().await?).await
     }
 
     async fn create_user(

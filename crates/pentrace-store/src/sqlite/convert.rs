@@ -8,7 +8,6 @@
 //! UUIDs are canonical lowercase text.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use pentrace_domain::audit::ChainHash;
 use pentrace_domain::rules::CartridgeRelation;
 use pentrace_domain::{FlagKind, Severity};
 use uuid::Uuid;
@@ -85,13 +84,6 @@ pub(super) fn date(value: Option<String>, what: &str) -> StoreResult<Option<Naiv
 /// A date as stored.
 pub(super) fn date_text(value: Option<NaiveDate>) -> Option<String> {
     value.map(|d| d.format("%Y-%m-%d").to_string())
-}
-
-/// A stored hash.
-pub(super) fn hash32(bytes: &[u8]) -> StoreResult<ChainHash> {
-    bytes
-        .try_into()
-        .map_err(|_| corrupt(format!("a stored hash has {} bytes, not 32", bytes.len())))
 }
 
 /// A value read from the database that the domain cannot hold.

@@ -43,6 +43,7 @@ mod status;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::dialect::Dialect as _;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pentrace_domain::audit::{Actor, AuditEvent, ChainHash};
@@ -175,23 +176,13 @@ impl crate::dialect::Dialect for SqliteStore {
         Ok(self.reader.acquire().await?)
     }
 
-    async fn ping(&self) -> StoreResult<()> {
+    async fn select_one(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 
-    async fn status(&self) -> StoreResult<crate::StoreStatus> {
+    async fn schema_status(&self) -> StoreResult<crate::StoreStatus> {
         status::status(&self.reader).await
-    }
-}
-
-#[async_trait]
-impl crate::engine::audit::AuditSql for SqliteStore {
-    async fn append(
-        c: &mut sqlx::SqliteConnection,
-        drafts: &[AuditDraft],
-    ) -> StoreResult<Vec<ChainHash>> {
-        audit::append(c, drafts).await
     }
 }
 
@@ -261,14 +252,11 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, drafts: &[AuditDraft]) -> StoreResult<()> {
-        let mut tx = begin(&self.writer).await?;
-        audit::append(&mut tx, drafts).await?;
-        tx.commit().await?;
-        Ok(())
+        crate::engine::audit::append_audit(self, drafts).await
     }
 
     async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>> {
-        audit::heads(&self.reader).await
+        <Self as crate::engine::audit::AuditSql>::heads(&mut *self.read().await?).await
     }
 
     async fn audit_page(
@@ -277,11 +265,17 @@ impl Store for SqliteStore {
         after: u64,
         limit: u32,
     ) -> StoreResult<Vec<StoredAuditEvent>> {
-        audit::page(&self.reader, clinic_id, after, limit).await
+        <Self as crate::engine::audit::AuditSql>::page(
+            &mut *self.read().await?,
+            clinic_id,
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
-        audit::events(&self.reader, query).await
+        crate::engine::audit::audit_events(self, query).await
     }
 
     async fn audit_hash_at(
@@ -289,15 +283,20 @@ impl Store for SqliteStore {
         clinic_id: &str,
         position: u64,
     ) -> StoreResult<Option<ChainHash>> {
-        audit::hash_at(&self.reader, clinic_id, position).await
+        <Self as crate::engine::audit::AuditSql>::hash_at(
+            &mut *self.read().await?,
+            clinic_id,
+            position,
+        )
+        .await
     }
 
     async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
-        audit::save_checkpoint(&self.writer, checkpoint).await
+        crate::engine::audit::save_checkpoint(self, checkpoint).await
     }
 
     async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
-        audit::checkpoints(&self.reader).await
+        <Self as crate::engine::audit::AuditSql>::checkpoints(&mut *self.read().await?).await
     }
 
     async fn create_user(
