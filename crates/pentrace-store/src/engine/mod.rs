@@ -6,5 +6,6 @@
 //! the code that calls them (`RegistrySql`, ...).
 
 pub(crate) mod audit;
+pub(crate) mod commit;
 pub(crate) mod flags;
 pub(crate) mod registry;

@@ -1,95 +1,203 @@
-//! `commit`: a whole write batch in one transaction.
-//!
-//! The order matters: the arbiters (message keys, then bind-once claims, then
-//! the session rows the batch was judged on) go first, so a lost race is
-//! found before any bulk work and the transaction rolls back as
-//! `CommitOutcome::Conflict`. Every multi-row statement sends its rows sorted
-//! by key, so concurrent commits take row and index locks in the same order
-//! and do not deadlock on each other.
+//! A commit's statements on PostgreSQL: every set of rows travels as arrays
+//! (`UNNEST`), so each step is one statement however large the batch.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pentrace_domain::rules::SeqHole;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::PgConnection;
 
+use super::PgStore;
 use super::convert::{from_i64, parse_uuid, to_i32, to_i64};
-use super::{audit, copy, flags, sessions};
-use crate::shared::drafts::commit_drafts;
-use crate::shared::merge::{batch_devices, merge_devices};
+use super::{copy, sessions};
+use crate::engine::commit::CommitSql;
 use crate::{
-    ActivityRow, ClaimRow, CommitOutcome, DeviceWrite, MessageRow, StoreError, StoreResult,
-    Watermarks, WriteBatch,
+    ActivityRow, ClaimRow, DeviceWrite, MessageRow, SampleBlock, SessionWrite, StoreError,
+    StoreResult, Watermarks,
 };
 
-/// Writes the batch, or nothing if another writer got there first.
-pub(super) async fn commit(pool: &PgPool, batch: &WriteBatch) -> StoreResult<CommitOutcome> {
-    let mut tx = pool.begin().await?;
-    if let Some(detail) = insert_messages(&mut tx, &batch.messages).await? {
-        return conflict(tx, detail).await;
-    }
-    if let Some(detail) = insert_claims(&mut tx, &batch.claims).await? {
-        return conflict(tx, detail).await;
-    }
-    if let Some(detail) = recalled_meanwhile(&mut tx, &batch.unrecalled_lots).await? {
-        return conflict(tx, detail).await;
-    }
-    if let Some(detail) = sessions::write(&mut tx, &batch.sessions).await? {
-        return conflict(tx, detail).await;
-    }
-    copy::copy_samples(&mut tx, &batch.samples).await?;
-    let new_flags = flags::insert(&mut tx, &batch.flags).await?;
-    audit::append(&mut tx, &commit_drafts(batch, &new_flags)).await?;
-    if let Some(detail) = update_activity(&mut tx, &batch.activity).await? {
-        return conflict(tx, detail).await;
-    }
-    update_devices(&mut tx, &batch.devices).await?;
-    let watermarks = advance_watermarks(&mut tx, &batch_devices(&batch.messages)).await?;
-    replace_holes(&mut tx, &batch.holes).await?;
-    tx.commit().await?;
-    Ok(CommitOutcome::Committed {
-        new_flags,
-        watermarks,
-    })
-}
-
-async fn conflict(tx: Transaction<'_, Postgres>, detail: String) -> StoreResult<CommitOutcome> {
-    tx.rollback().await?;
-    Ok(CommitOutcome::Conflict { detail })
-}
-
-/// Stores the message keys; `Some(detail)` when one was already stored.
-async fn insert_messages(
-    conn: &mut PgConnection,
-    messages: &[MessageRow],
-) -> StoreResult<Option<String>> {
-    if messages.is_empty() {
-        return Ok(None);
-    }
-    let mut rows: Vec<&MessageRow> = messages.iter().collect();
-    rows.sort_by(|a, b| (&a.device_id, a.seq).cmp(&(&b.device_id, b.seq)));
-    if let Some(pair) = rows
-        .windows(2)
-        .find(|w| (&w[0].device_id, w[0].seq) == (&w[1].device_id, w[1].seq))
-    {
-        // A conflict would make the pipeline retry the same batch forever.
-        return Err(StoreError::Invalid(format!(
-            "message {}/{} appears twice in one batch",
-            pair[0].device_id, pair[0].seq
-        )));
-    }
-    match insert_message_keys(conn, &rows).await {
-        Ok(()) => Ok(None),
-        Err(StoreError::Rejected(sqlx::Error::Database(db))) if db.is_unique_violation() => {
-            // PostgreSQL names the key in its detail, e.g.
-            // "Key (device_id, seq)=(pen-1, 7) already exists."
-            let detail = db
-                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                .and_then(|pg| pg.detail().map(str::to_owned))
-                .unwrap_or_else(|| "a message of the batch is already stored".to_owned());
-            Ok(Some(detail))
+#[async_trait]
+impl CommitSql for PgStore {
+    async fn insert_messages(
+        c: &mut PgConnection,
+        rows: &[&MessageRow],
+    ) -> StoreResult<Option<String>> {
+        match insert_message_keys(c, rows).await {
+            Ok(()) => Ok(None),
+            Err(StoreError::Rejected(sqlx::Error::Database(db))) if db.is_unique_violation() => {
+                // PostgreSQL names the key in its detail, e.g.
+                // "Key (device_id, seq)=(pen-1, 7) already exists."
+                let detail = db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|pg| pg.detail().map(str::to_owned))
+                    .unwrap_or_else(|| "a message of the batch is already stored".to_owned());
+                Ok(Some(detail))
+            }
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
+    }
+
+    /// The primary key decides; a concurrent claim waits for this
+    /// transaction and loses.
+    async fn claim_cartridges(
+        c: &mut PgConnection,
+        rows: &[&ClaimRow],
+    ) -> StoreResult<Vec<String>> {
+        let sessions = rows
+            .iter()
+            .map(|r| parse_uuid(&r.session_id, "session id"))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(sqlx::query_scalar(
+            "INSERT INTO cartridges (cartridge_id, session_id, device_id, patient_ref, bound_at, \
+                                     last_activity_at) \
+             SELECT c, s, d, p, b, b FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], \
+                                                 $5::timestamptz[]) AS u(c, s, d, p, b) \
+             ON CONFLICT (cartridge_id) DO NOTHING RETURNING cartridge_id",
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.cartridge_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(sessions)
+        .bind(
+            rows.iter()
+                .map(|r| r.device_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.patient_ref.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.bound_at).collect::<Vec<_>>())
+        .fetch_all(c)
+        .await?)
+    }
+
+    /// `FOR SHARE` holds a concurrent recall's UPDATE until this commit
+    /// ends, so the recall then sees this batch's sessions (and flags them).
+    async fn first_recalled(
+        c: &mut PgConnection,
+        lots: &[&(String, String)],
+    ) -> StoreResult<Option<(String, String)>> {
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT l.gtin, l.lot, l.recalled_at IS NOT NULL FROM lots l \
+             JOIN UNNEST($1::text[], $2::text[]) AS u(gtin, lot) \
+               ON l.gtin = u.gtin AND l.lot = u.lot \
+             ORDER BY l.gtin, l.lot FOR SHARE OF l",
+        )
+        .bind(lots.iter().map(|l| l.0.as_str()).collect::<Vec<_>>())
+        .bind(lots.iter().map(|l| l.1.as_str()).collect::<Vec<_>>())
+        .fetch_all(c)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .find(|(_, _, recalled)| *recalled)
+            .map(|(gtin, lot, _)| (gtin, lot)))
+    }
+
+    async fn create_sessions(
+        c: &mut PgConnection,
+        writes: &[&SessionWrite],
+    ) -> StoreResult<Vec<String>> {
+        sessions::create(c, writes).await
+    }
+
+    async fn add_to_sessions(
+        c: &mut PgConnection,
+        writes: &[&SessionWrite],
+    ) -> StoreResult<Vec<String>> {
+        sessions::add(c, writes).await
+    }
+
+    async fn insert_samples(c: &mut PgConnection, blocks: &[SampleBlock]) -> StoreResult<()> {
+        copy::copy_samples(c, blocks).await
+    }
+
+    /// A row changed by another commit meanwhile fails the comparison (read
+    /// committed re-checks it after waiting for that commit) and is not
+    /// updated.
+    async fn add_activity(c: &mut PgConnection, rows: &[ActivityRow]) -> StoreResult<Vec<String>> {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let column =
+            |f: fn(&ActivityRow) -> u64| rows.iter().map(|r| clamp(f(r))).collect::<Vec<_>>();
+        Ok(sqlx::query_scalar(
+            "UPDATE cartridges c SET last_activity_at = GREATEST(c.last_activity_at, u.at), \
+               strokes = CASE WHEN u.strokes > 9223372036854775807 - c.strokes \
+                              THEN 9223372036854775807 ELSE c.strokes + u.strokes END, \
+               active_ms = CASE WHEN u.active_ms > 9223372036854775807 - c.active_ms \
+                                THEN 9223372036854775807 ELSE c.active_ms + u.active_ms END \
+             FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], \
+                         $6::int8[]) \
+               AS u(cartridge_id, at, strokes, active_ms, strokes_before, active_ms_before) \
+             WHERE c.cartridge_id = u.cartridge_id \
+               AND c.strokes = u.strokes_before AND c.active_ms = u.active_ms_before \
+             RETURNING c.cartridge_id",
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.cartridge_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.at).collect::<Vec<DateTime<Utc>>>())
+        .bind(column(|r| r.add_strokes))
+        .bind(column(|r| r.add_active_ms))
+        .bind(column(|r| r.strokes_before))
+        .bind(column(|r| r.active_ms_before))
+        .fetch_all(c)
+        .await?)
+    }
+
+    async fn update_devices(
+        c: &mut PgConnection,
+        merged: &BTreeMap<&str, DeviceWrite>,
+    ) -> StoreResult<()> {
+        let mut max_seq = Vec::with_capacity(merged.len());
+        let mut battery = Vec::with_capacity(merged.len());
+        for w in merged.values() {
+            max_seq.push(to_i64(w.max_seq, "device max seq")?);
+            battery.push(w.battery_pct.map(|b| to_i32(b, "battery")).transpose()?);
+        }
+        sqlx::query(
+            "UPDATE devices d SET last_seen = GREATEST(d.last_seen, u.last_seen), \
+                                  max_seq = GREATEST(d.max_seq, u.max_seq), \
+                                  battery_pct = COALESCE(u.battery_pct, d.battery_pct), \
+                                  firmware = COALESCE(u.firmware, d.firmware) \
+             FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::int4[], $5::text[]) \
+                  AS u(id, last_seen, max_seq, battery_pct, firmware) \
+             WHERE d.id = u.id",
+        )
+        .bind(merged.keys().copied().collect::<Vec<_>>())
+        .bind(merged.values().map(|w| w.last_seen).collect::<Vec<_>>())
+        .bind(max_seq)
+        .bind(battery)
+        .bind(
+            merged
+                .values()
+                .map(|w| w.firmware.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .execute(c)
+        .await?;
+        Ok(())
+    }
+
+    /// Exact across processes: it runs after `update_devices`, whose UPDATE
+    /// holds these device rows until commit (waiting first for any other
+    /// transaction holding them), and in READ COMMITTED this statement's
+    /// snapshot is taken after that wait, so it sees every message committed
+    /// for these devices before. A transaction that commits later sees ours.
+    async fn advance_watermarks(c: &mut PgConnection, devices: &[&str]) -> StoreResult<Watermarks> {
+        advance_watermarks(c, devices).await
+    }
+
+    async fn replace_holes(
+        c: &mut PgConnection,
+        holes: &[(String, Vec<SeqHole>)],
+    ) -> StoreResult<()> {
+        replace_holes(c, holes).await
     }
 }
 
@@ -131,184 +239,6 @@ async fn insert_message_keys(conn: &mut PgConnection, rows: &[&MessageRow]) -> S
     Ok(())
 }
 
-/// Bind-once: `Some(detail)` when a cartridge is already bound. The primary
-/// key decides; a concurrent claim waits for this transaction and loses.
-async fn insert_claims(
-    conn: &mut PgConnection,
-    claims: &[ClaimRow],
-) -> StoreResult<Option<String>> {
-    if claims.is_empty() {
-        return Ok(None);
-    }
-    let mut rows: Vec<&ClaimRow> = claims.iter().collect();
-    rows.sort_by(|a, b| a.cartridge_id.cmp(&b.cartridge_id));
-    if let Some(pair) = rows
-        .windows(2)
-        .find(|w| w[0].cartridge_id == w[1].cartridge_id)
-    {
-        return Err(StoreError::Invalid(format!(
-            "cartridge {} is claimed twice in one batch",
-            pair[0].cartridge_id
-        )));
-    }
-    let sessions = rows
-        .iter()
-        .map(|r| parse_uuid(&r.session_id, "session id"))
-        .collect::<StoreResult<Vec<_>>>()?;
-    let won: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO cartridges (cartridge_id, session_id, device_id, patient_ref, bound_at, \
-                                 last_activity_at) \
-         SELECT c, s, d, p, b, b FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], \
-                                             $5::timestamptz[]) AS u(c, s, d, p, b) \
-         ON CONFLICT (cartridge_id) DO NOTHING RETURNING cartridge_id",
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.cartridge_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(sessions)
-    .bind(
-        rows.iter()
-            .map(|r| r.device_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.patient_ref.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.bound_at).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await?;
-    if won.len() == rows.len() {
-        return Ok(None);
-    }
-    let won: HashSet<&str> = won.iter().map(String::as_str).collect();
-    let lost = rows.iter().find(|r| !won.contains(r.cartridge_id.as_str()));
-    Ok(Some(match lost {
-        Some(row) => format!("cartridge {} is already bound", row.cartridge_id),
-        None => "a cartridge of the batch is already bound".to_owned(),
-    }))
-}
-
-/// `Some(detail)` when a lot the batch judged as not recalled is recalled
-/// now. `FOR SHARE` holds a concurrent recall's UPDATE until this commit
-/// ends, so the recall then sees this batch's sessions (and flags them).
-async fn recalled_meanwhile(
-    conn: &mut PgConnection,
-    lots: &[(String, String)],
-) -> StoreResult<Option<String>> {
-    if lots.is_empty() {
-        return Ok(None);
-    }
-    let mut sorted: Vec<&(String, String)> = lots.iter().collect();
-    sorted.sort();
-    sorted.dedup();
-    let rows: Vec<(String, String, bool)> = sqlx::query_as(
-        "SELECT l.gtin, l.lot, l.recalled_at IS NOT NULL FROM lots l \
-         JOIN UNNEST($1::text[], $2::text[]) AS u(gtin, lot) ON l.gtin = u.gtin AND l.lot = u.lot \
-         ORDER BY l.gtin, l.lot FOR SHARE OF l",
-    )
-    .bind(sorted.iter().map(|l| l.0.as_str()).collect::<Vec<_>>())
-    .bind(sorted.iter().map(|l| l.1.as_str()).collect::<Vec<_>>())
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .find(|(_, _, recalled)| *recalled)
-        .map(|(gtin, lot, _)| {
-            format!("lot {lot} of {gtin} was recalled while the batch was judged")
-        }))
-}
-
-/// Moves each cartridge's last activity forward (never back) and adds its
-/// procedure's usage, saturating at bigint's maximum; `Some(detail)` when a
-/// cartridge's usage is no longer what the batch was judged on.
-async fn update_activity(
-    conn: &mut PgConnection,
-    activity: &[ActivityRow],
-) -> StoreResult<Option<String>> {
-    // One row per cartridge: UPDATE ... FROM applies only one of several
-    // matching rows.
-    let merged = ActivityRow::merged(activity);
-    if merged.is_empty() {
-        return Ok(None);
-    }
-    let ids: Vec<&str> = merged.iter().map(|r| r.cartridge_id.as_str()).collect();
-    let at: Vec<DateTime<Utc>> = merged.iter().map(|r| r.at).collect();
-    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let strokes: Vec<i64> = merged.iter().map(|r| clamp(r.add_strokes)).collect();
-    let active_ms: Vec<i64> = merged.iter().map(|r| clamp(r.add_active_ms)).collect();
-    let strokes_before: Vec<i64> = merged.iter().map(|r| clamp(r.strokes_before)).collect();
-    let ms_before: Vec<i64> = merged.iter().map(|r| clamp(r.active_ms_before)).collect();
-    // A row changed by another commit meanwhile fails the comparison (read
-    // committed re-checks it after waiting for that commit) and is not
-    // updated.
-    let updated: Vec<String> = sqlx::query_scalar(
-        "UPDATE cartridges c SET last_activity_at = GREATEST(c.last_activity_at, u.at), \
-           strokes = CASE WHEN u.strokes > 9223372036854775807 - c.strokes \
-                          THEN 9223372036854775807 ELSE c.strokes + u.strokes END, \
-           active_ms = CASE WHEN u.active_ms > 9223372036854775807 - c.active_ms \
-                            THEN 9223372036854775807 ELSE c.active_ms + u.active_ms END \
-         FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], \
-                     $6::int8[]) \
-           AS u(cartridge_id, at, strokes, active_ms, strokes_before, active_ms_before) \
-         WHERE c.cartridge_id = u.cartridge_id \
-           AND c.strokes = u.strokes_before AND c.active_ms = u.active_ms_before \
-         RETURNING c.cartridge_id",
-    )
-    .bind(&ids)
-    .bind(at)
-    .bind(strokes)
-    .bind(active_ms)
-    .bind(strokes_before)
-    .bind(ms_before)
-    .fetch_all(conn)
-    .await?;
-    Ok(ids
-        .iter()
-        .find(|id| !updated.iter().any(|u| u == *id))
-        .map(|id| format!("cartridge {id} was used by another commit while the batch was judged")))
-}
-
-/// Liveness and progress: times and seq only grow, battery and firmware keep
-/// their last known value.
-async fn update_devices(conn: &mut PgConnection, writes: &[DeviceWrite]) -> StoreResult<()> {
-    let merged = merge_devices(writes);
-    if merged.is_empty() {
-        return Ok(());
-    }
-    let mut max_seq = Vec::with_capacity(merged.len());
-    let mut battery = Vec::with_capacity(merged.len());
-    for w in merged.values() {
-        max_seq.push(to_i64(w.max_seq, "device max seq")?);
-        battery.push(w.battery_pct.map(|b| to_i32(b, "battery")).transpose()?);
-    }
-    sqlx::query(
-        "UPDATE devices d SET last_seen = GREATEST(d.last_seen, u.last_seen), \
-                              max_seq = GREATEST(d.max_seq, u.max_seq), \
-                              battery_pct = COALESCE(u.battery_pct, d.battery_pct), \
-                              firmware = COALESCE(u.firmware, d.firmware) \
-         FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[], $4::int4[], $5::text[]) \
-              AS u(id, last_seen, max_seq, battery_pct, firmware) \
-         WHERE d.id = u.id",
-    )
-    .bind(merged.keys().copied().collect::<Vec<_>>())
-    .bind(merged.values().map(|w| w.last_seen).collect::<Vec<_>>())
-    .bind(max_seq)
-    .bind(battery)
-    .bind(
-        merged
-            .values()
-            .map(|w| w.firmware.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Moves each device's stored watermark to the end of its run of stored
 /// seqs, and returns the watermarks.
 ///
@@ -321,9 +251,6 @@ pub(super) async fn advance_watermarks(
     conn: &mut PgConnection,
     devices: &[&str],
 ) -> StoreResult<Watermarks> {
-    if devices.is_empty() {
-        return Ok(Watermarks::new());
-    }
     lock_devices(conn, devices).await?;
     let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
         "WITH cur AS (SELECT id, stored_through AS w FROM devices WHERE id = ANY($1)), \
@@ -363,9 +290,6 @@ async fn replace_holes(
     conn: &mut PgConnection,
     holes: &[(String, Vec<SeqHole>)],
 ) -> StoreResult<()> {
-    if holes.is_empty() {
-        return Ok(());
-    }
     let devices: Vec<&str> = holes.iter().map(|(d, _)| d.as_str()).collect();
     let mut c = HoleColumns::default();
     for (device_id, list) in holes {
@@ -404,12 +328,6 @@ struct HoleColumns<'a> {
 
 impl<'a> HoleColumns<'a> {
     fn push(&mut self, device_id: &'a str, hole: &SeqHole) -> StoreResult<()> {
-        if hole.device_id != device_id {
-            return Err(StoreError::Invalid(format!(
-                "a hole of device {} listed under device {device_id}",
-                hole.device_id
-            )));
-        }
         self.device_id.push(device_id);
         self.first.push(to_i64(hole.first, "hole first seq")?);
         self.last.push(to_i64(hole.last, "hole last seq")?);

@@ -1,42 +1,26 @@
-//! Raising flags: one row per dedupe key, shared by commit, recall and gaps.
+//! Raising flags on PostgreSQL: one multi-row insert of arrays.
 
-use std::collections::HashMap;
-
+use async_trait::async_trait;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::convert::{FLAG_COLUMNS, FlagRow, flag_records, parse_opt_uuid, to_i64};
+use super::PgStore;
+use super::convert::{FLAG_COLUMNS, FlagRow, parse_opt_uuid, to_i64};
+use crate::engine::flags::FlagSql;
 use crate::{FlagRecord, NewFlag, StoreResult};
 
-/// Inserts the flags whose dedupe key is new and returns them, in the order
-/// given. Within `flags` the first flag of a key wins; a key already stored
-/// (by this or any other process) raises nothing. `raised_at` is the
-/// transaction's `now()`, so every flag of a commit shares it.
-pub(super) async fn insert(
-    conn: &mut PgConnection,
-    flags: &[NewFlag],
-) -> StoreResult<Vec<FlagRecord>> {
-    let mut order: HashMap<&str, usize> = HashMap::new();
-    let mut unique: Vec<&NewFlag> = Vec::new();
-    for flag in flags {
-        if !order.contains_key(flag.dedupe_key.as_str()) {
-            order.insert(&flag.dedupe_key, unique.len());
-            unique.push(flag);
-        }
+#[async_trait]
+impl FlagSql for PgStore {
+    async fn insert_new_flags(
+        c: &mut PgConnection,
+        flags: &[&NewFlag],
+    ) -> StoreResult<Vec<(String, FlagRecord)>> {
+        insert_rows(c, flags)
+            .await?
+            .into_iter()
+            .map(|(key, row)| Ok((key, FlagRecord::try_from(row)?)))
+            .collect()
     }
-    if unique.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Inserting in key order makes concurrent writers wait on each other's
-    // unique-index entries in the same order, so they cannot deadlock.
-    unique.sort_by(|a, b| a.dedupe_key.cmp(&b.dedupe_key));
-    let rows = insert_rows(conn, &unique).await?;
-    let mut raised: Vec<(usize, FlagRow)> = rows
-        .into_iter()
-        .map(|(key, row)| (order.get(key.as_str()).copied().unwrap_or(usize::MAX), row))
-        .collect();
-    raised.sort_by_key(|(i, _)| *i);
-    flag_records(raised.into_iter().map(|(_, row)| row).collect())
 }
 
 /// A `RETURNING` row: the dedupe key (to restore the caller's order) and the
@@ -116,4 +100,12 @@ impl<'a> Columns<'a> {
         self.evidence.push(&flag.evidence);
         Ok(())
     }
+}
+
+/// The engine's insert, for the modules not yet on the engine.
+pub(super) async fn insert(
+    c: &mut PgConnection,
+    flags: &[NewFlag],
+) -> StoreResult<Vec<FlagRecord>> {
+    <PgStore as FlagSql>::insert_flags(c, flags).await
 }

@@ -203,16 +203,6 @@ impl crate::dialect::Dialect for PgStore {
 }
 
 #[async_trait]
-impl crate::engine::flags::FlagSql for PgStore {
-    async fn insert_flags(
-        c: &mut sqlx::PgConnection,
-        new: &[NewFlag],
-    ) -> StoreResult<Vec<FlagRecord>> {
-        flags::insert(c, new).await
-    }
-}
-
-#[async_trait]
 impl Store for PgStore {
     fn kind(&self) -> &'static str {
         "postgres"
@@ -232,7 +222,7 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, batch: &WriteBatch) -> StoreResult<CommitOutcome> {
-        commit::commit(&self.pool, batch).await
+        crate::engine::commit::commit(self, batch).await
     }
 
     async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()> {

@@ -1,40 +1,19 @@
-//! Session rows of a commit: created by the write that decides the
-//! session's cartridge relation, then only added to.
-//!
-//! Writes of one session are merged first (`shared::merge`): PostgreSQL refuses an
-//! `ON CONFLICT DO UPDATE` that touches the same row twice in one statement,
-//! and one row per session is less work anyway.
+//! Session rows of a commit on PostgreSQL, as arrays. The engine merges a
+//! session's writes first: PostgreSQL refuses an `ON CONFLICT DO UPDATE`
+//! that touches the same row twice in one statement.
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::convert::{parse_uuid, relation_columns, to_i32, to_i64};
-use crate::shared::merge::merge;
 use crate::{SessionWrite, StoreResult};
 
-/// Writes the sessions; `Some(detail)` when a write adds to a session that
-/// is not stored, i.e. the batch was judged on facts that no longer hold.
-pub(super) async fn write(
-    conn: &mut PgConnection,
-    writes: &[SessionWrite],
-) -> StoreResult<Option<String>> {
-    let merged = merge(writes)?;
-    let (deciding, adding): (Vec<&SessionWrite>, Vec<&SessionWrite>) =
-        merged.iter().partition(|w| w.relation.is_some());
-    if let Some(detail) = upsert(conn, &deciding).await? {
-        return Ok(Some(detail));
-    }
-    add(conn, &adding).await
-}
-
 /// Creates the sessions, or adds to them when another process created them
-/// meanwhile (then the stored relation stands: it was decided first).
-/// `Some(detail)` when another device's session has the id: never added
-/// to, the batch is judged again (and keeps its session apart).
-async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<Option<String>> {
-    if writes.is_empty() {
-        return Ok(None);
-    }
+/// meanwhile, never to another device's; the ids written.
+pub(super) async fn create(
+    conn: &mut PgConnection,
+    writes: &[&SessionWrite],
+) -> StoreResult<Vec<String>> {
     let mut c = Columns::default();
     for w in writes {
         c.push(w)?;
@@ -86,27 +65,16 @@ async fn upsert(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResul
     .bind(c.device_ended_at)
     .fetch_all(conn)
     .await?;
-    Ok(missing(&c.session_id, &written))
-}
-
-/// `Some(detail)` naming a session of `asked` that was not written.
-fn missing(asked: &[Uuid], written: &[Uuid]) -> Option<String> {
-    if written.len() == asked.len() {
-        return None;
-    }
-    let id = asked.iter().find(|id| !written.contains(id))?;
-    Some(format!(
-        "session {id} is not stored for this device yet; the batch was judged on stale facts"
-    ))
+    Ok(written.iter().map(Uuid::to_string).collect())
 }
 
 /// Adds to stored sessions. A session row is never created without its
 /// relation (the column is NOT NULL), so a write that does not decide it
 /// must find the row; if it does not, the batch is stale.
-async fn add(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<Option<String>> {
-    if writes.is_empty() {
-        return Ok(None);
-    }
+pub(super) async fn add(
+    conn: &mut PgConnection,
+    writes: &[&SessionWrite],
+) -> StoreResult<Vec<String>> {
     let mut c = Columns::default();
     for w in writes {
         c.push(w)?;
@@ -143,7 +111,7 @@ async fn add(conn: &mut PgConnection, writes: &[&SessionWrite]) -> StoreResult<O
     .bind(&c.device_id)
     .fetch_all(conn)
     .await?;
-    Ok(missing(&c.session_id, &updated))
+    Ok(updated.iter().map(Uuid::to_string).collect())
 }
 
 /// Session writes as one array per column.

@@ -187,16 +187,6 @@ impl crate::dialect::Dialect for SqliteStore {
 }
 
 #[async_trait]
-impl crate::engine::flags::FlagSql for SqliteStore {
-    async fn insert_flags(
-        c: &mut sqlx::SqliteConnection,
-        new: &[NewFlag],
-    ) -> StoreResult<Vec<FlagRecord>> {
-        flags::insert(c, new).await
-    }
-}
-
-#[async_trait]
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
@@ -216,7 +206,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, batch: &WriteBatch) -> StoreResult<CommitOutcome> {
-        commit::commit(&self.writer, batch).await
+        crate::engine::commit::commit(self, batch).await
     }
 
     async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()> {

@@ -1,38 +1,41 @@
-//! Session rows of a commit: created by the write that decides the
-//! session's cartridge relation, then only added to.
-//!
-//! Writes of one session are merged first (`shared::merge`, as for PostgreSQL),
-//! so each session costs one statement.
+//! Session rows of a commit on SQLite: one statement a session (the engine
+//! merges a session's writes first).
 
 use pentrace_domain::rules::CartridgeRelation;
 use sqlx::SqliteConnection;
 
 use super::convert::{date_text, micros, relation_columns, to_int4, to_int8, uuid_text};
-use crate::shared::merge::merge;
 use crate::{SessionWrite, StoreResult};
 
-/// Writes the sessions; `Some(detail)` when a write adds to a session that
-/// is not stored, i.e. the batch was judged on facts that no longer hold.
-pub(super) async fn write(
+/// Creates the sessions (or adds to them, not to another device's); the
+/// ids written.
+pub(super) async fn create(
     conn: &mut SqliteConnection,
-    writes: &[SessionWrite],
-) -> StoreResult<Option<String>> {
-    let merged = merge(writes)?;
-    for w in &merged {
-        let written = match &w.relation {
-            Some(relation) => upsert(conn, w, relation).await?,
-            None => add(conn, w).await?,
-        };
-        // Not written: another device's session has the id, or (adding)
-        // the session is not stored; either way the batch is judged again.
-        if !written {
-            let id = uuid_text(&w.session_id, "session id")?;
-            return Ok(Some(format!(
-                "session {id} is not stored for this device yet; the batch was judged on stale facts"
-            )));
+    writes: &[&SessionWrite],
+) -> StoreResult<Vec<String>> {
+    let mut written = Vec::new();
+    for w in writes {
+        if let Some(relation) = &w.relation
+            && upsert(conn, w, relation).await?
+        {
+            written.push(uuid_text(&w.session_id, "session id")?);
         }
     }
-    Ok(None)
+    Ok(written)
+}
+
+/// Adds to stored sessions of the same device; the ids written.
+pub(super) async fn add(
+    conn: &mut SqliteConnection,
+    writes: &[&SessionWrite],
+) -> StoreResult<Vec<String>> {
+    let mut written = Vec::new();
+    for w in writes {
+        if add_one(conn, w).await? {
+            written.push(uuid_text(&w.session_id, "session id")?);
+        }
+    }
+    Ok(written)
 }
 
 /// What a write adds to a session, as bound.
@@ -117,7 +120,7 @@ async fn upsert(
 /// Adds to a stored session; false when it is not stored. A session row is
 /// never created without its relation (the column is NOT NULL), so a write
 /// that does not decide it must find the row.
-async fn add(conn: &mut SqliteConnection, w: &SessionWrite) -> StoreResult<bool> {
+async fn add_one(conn: &mut SqliteConnection, w: &SessionWrite) -> StoreResult<bool> {
     let d = Deltas::of(w)?;
     let updated = sqlx::query(
         "UPDATE sessions SET \
