@@ -9,7 +9,7 @@ use pentrace_store::{Role, Store, User};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
-use crate::grpc::status;
+use crate::grpc_status::status;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
