@@ -1,6 +1,7 @@
 //! Bearer tokens for the Fleet, Compliance and Registry services, and what
-//! each role may see and do (DESIGN §8). Every query is scoped to the
-//! caller's clinics; an admin's scope is every clinic.
+//! each role may see and do (docs/architecture.md, "People and tenancy").
+//! Every query is scoped to the caller's clinics; an admin's scope is every
+//! clinic.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The gRPC services of DESIGN §3.
+//! The gRPC services (docs/architecture.md, "Wire protocol").
 
 pub mod compliance;
 pub mod fleet;
