@@ -194,7 +194,8 @@ def check_compose():
     report("compose: build contexts, bind-mount sources exist; images pinned", problems)
 
     # Each process has its own fixed client id, equal to its username: the
-    # broker (dynamic security) reserves it for that user (DESIGN §6).
+    # broker (dynamic security) reserves it for that user
+    # (docs/architecture.md, "Device identity").
     problems, ids = [], []
     pentraces = {n: s for n, s in svcs.items() if "PENTRACE_MQTT__URL" in s.get("environment", {})}
     for name, s in pentraces.items():

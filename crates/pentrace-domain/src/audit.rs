@@ -1,5 +1,6 @@
-//! Audit-chain primitives (DESIGN §7): a canonical, versioned byte encoding
-//! of an audit event and the chain hash `SHA-256(prev_hash ‖ encoding)`.
+//! Audit-chain primitives (docs/architecture.md, "Audit trail"): a
+//! canonical, versioned byte encoding of an audit event and the chain hash
+//! `SHA-256(prev_hash ‖ encoding)`.
 //!
 //! The encoding is length-prefixed field by field, so no two different events
 //! encode to the same bytes (no separator can be forged inside a value), and

@@ -4,7 +4,8 @@ use std::fmt;
 
 use crate::udi::Udi;
 
-/// The identity a cartridge is bound by (bind-once, DESIGN §4).
+/// The identity a cartridge is bound by (bind-once: docs/architecture.md,
+/// "Flags").
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CartridgeId {
     /// GTIN-14 and AI (21) serial from the UDI.

@@ -1,7 +1,7 @@
-//! Signed checkpoints of audit chains (DESIGN §7): an Ed25519 signature over
-//! a chain's head — clinic, position, hash, time. A checkpoint exported to a
-//! compliance officer proves later that the chain still has that prefix,
-//! even against someone who can rewrite the database.
+//! Signed checkpoints of audit chains (docs/architecture.md, "Audit trail"):
+//! an Ed25519 signature over a chain's head — clinic, position, hash, time.
+//! A checkpoint exported to a compliance officer proves later that the chain
+//! still has that prefix, even against someone who can rewrite the database.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};

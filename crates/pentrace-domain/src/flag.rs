@@ -1,4 +1,4 @@
-//! Flag kinds, severities and verdicts (DESIGN §4).
+//! Flag kinds, severities and verdicts (docs/architecture.md, "Flags").
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,7 @@
-//! Holes in a device's seq (DESIGN §3: holes are data gaps). Pure
-//! bookkeeping: the pipeline keeps each device's open holes and highest seq;
-//! [`crate::rules::judge_gap`] decides when a hole has become a `DATA_GAP`.
+//! Holes in a device's seq (holes are data gaps: docs/architecture.md, "Wire
+//! protocol"). Pure bookkeeping: the pipeline keeps each device's open holes
+//! and highest seq; [`crate::rules::judge_gap`] decides when a hole has
+//! become a `DATA_GAP`.
 
 use chrono::{DateTime, Utc};
 

@@ -1,5 +1,5 @@
-//! Policy values the rules are judged against (DESIGN §1, §4). Defaults come
-//! from the design; each product and clinic may override them.
+//! Policy values the rules are judged against (docs/architecture.md,
+//! "Domain facts" and "Flags"); each product and clinic may override them.
 
 use chrono::Duration;
 
@@ -43,9 +43,10 @@ impl Default for Policy {
 }
 
 /// Upper bound of the depth guidance for an area and skin, micrometres;
-/// `None` when the area is unspecified or unknown. Values are DESIGN §1's
-/// table (the upper end of each range; stretch marks and scalp have one
-/// range). An unknown skin thickness is judged as thin (the lower bound).
+/// `None` when the area is unspecified or unknown. Values are the table of
+/// docs/architecture.md, "Domain facts" (the upper end of each range;
+/// stretch marks and scalp have one range). An unknown skin thickness is
+/// judged as thin (the lower bound).
 pub fn area_guidance_um(area: TreatmentArea, skin: SkinThickness) -> Option<u32> {
     use TreatmentArea::*;
     let (thin, thick) = match area {

@@ -1,4 +1,4 @@
-//! The flag rules of DESIGN §4 as pure functions.
+//! The flag rules (docs/architecture.md, "Flags") as pure functions.
 //!
 //! The pipeline asks the store for the facts a message needs ([`Facts`]),
 //! hands them here with the policy and the server's receive time, and writes
@@ -234,8 +234,9 @@ pub fn judge(
                 .extend(cartridge_verdicts(ctx, ident, facts, &relation, started));
             out.decided = Some(relation);
         }
-        // Each message is judged alone (DESIGN §3): one naming a cartridge
-        // other than its session's is judged for the one it names.
+        // Each message is judged alone (docs/architecture.md, "Wire
+        // protocol"): one naming a cartridge other than its session's is
+        // judged for the one it names.
         (Some(_), Some(now)) if named != facts.session.cartridge_id => {
             // The cartridge's activity since this session started may be
             // this session's own use of it: only activity after this
@@ -281,7 +282,8 @@ pub fn batch_end(b: &StrokeBatch) -> DateTime<Utc> {
     time::add_ms(b.started_at, last)
 }
 
-/// Decides reuse vs resume vs ownership (DESIGN §4, bind-once).
+/// Decides reuse vs resume vs ownership (bind-once: docs/architecture.md,
+/// "Flags").
 /// When a session may resume a cartridge: it started within the resume
 /// window after the cartridge's last activity, and that activity lies no
 /// later than `not_before` (give or take the clock tolerance). For a

@@ -1,4 +1,4 @@
-//! Every flag kind of DESIGN §4 at its boundaries.
+//! Every flag kind (docs/architecture.md, "Flags") at its boundaries.
 
 #![allow(clippy::unwrap_used)]
 

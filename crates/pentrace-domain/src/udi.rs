@@ -1,4 +1,4 @@
-//! GS1 UDI parsing (DESIGN §1).
+//! GS1 UDI parsing (docs/architecture.md, "Domain facts").
 //!
 //! A cartridge UDI is a GS1 element string made of these Application
 //! Identifiers (AIs): (01) GTIN-14, (17) expiry YYMMDD, (10) lot, (21) serial
@@ -996,7 +996,8 @@ mod tests {
         }
     }
 
-    /// The DESIGN example: (01)09506000134352(17)270200(10)A1B2(21)SN0001.
+    /// The example of the docs and the README:
+    /// (01)09506000134352(17)270200(10)A1B2(21)SN0001.
     fn example() -> Udi {
         Udi {
             lot: Some("A1B2".to_owned()),
@@ -1068,7 +1069,7 @@ mod tests {
         let b = |rest: &str| format!("(01){G}{rest}");
         let link = |rest: &str| format!("https://id.example/01/{G}{rest}");
         vec![
-            // The three forms of the DESIGN example.
+            // The three forms of the example.
             ok("(01)09506000134352(17)270200(10)A1B2(21)SN0001", example()),
             ok(
                 concat!(

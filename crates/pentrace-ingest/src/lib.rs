@@ -1,6 +1,7 @@
-//! The ingest pipeline (DESIGN §2, §6): bounded queue in, batches closed by
-//! size or age, facts loaded per batch, rules judged by the domain, one
-//! transaction per batch, outcomes reported only after commit.
+//! The ingest pipeline (docs/architecture.md, "A message's path" and
+//! "Delivery"): bounded queue in, batches closed by size or age, facts
+//! loaded per batch, rules judged by the domain, one transaction per batch,
+//! outcomes reported only after commit.
 //!
 //! Transports (gRPC, MQTT) submit [`Envelope`]s through an [`IngestHandle`]
 //! and ack what comes back on their reply channel. The queue is bounded:

@@ -1,4 +1,5 @@
-//! Checkpoints and verification of the audit chains (DESIGN §7).
+//! Checkpoints and verification of the audit chains (docs/architecture.md,
+//! "Audit trail").
 //!
 //! Verification walks each chain page by page, so memory stays bounded by
 //! one page whatever the chain's length; it recomputes every hash, checks

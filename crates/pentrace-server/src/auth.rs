@@ -1,6 +1,7 @@
 //! Bearer tokens for the Fleet, Compliance and Registry services, and what
-//! each role may see and do (DESIGN §8). Every query is scoped to the
-//! caller's clinics; an admin's scope is every clinic.
+//! each role may see and do (docs/architecture.md, "People and tenancy").
+//! Every query is scoped to the caller's clinics; an admin's scope is every
+//! clinic.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use pentrace_store::{Role, Store, User};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
-use crate::grpc::status;
+use crate::grpc_status::status;
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -152,7 +152,7 @@ pub struct AuditSettings {
     pub checkpoint_interval_s: Option<u64>,
 }
 
-/// Rule thresholds (DESIGN §4 defaults).
+/// Rule thresholds (docs/architecture.md, "Flags").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySettings {

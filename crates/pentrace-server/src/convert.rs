@@ -1,11 +1,12 @@
 //! Between the wire (protobuf) and the domain. Device input is checked
 //! here, so everything past this point can trust its shape.
 //!
-//! Only what cannot be attributed to a device is refused (DESIGN §6): a
-//! device id that is empty, too long or unusable in an MQTT topic, a seq
-//! that cannot be an idempotency key, a message without a body. Everything
-//! else is made storable and kept: bad content is stored and flagged by the
-//! rules, never a reason to lose a session and its samples.
+//! Only what cannot be attributed to a device is refused
+//! (docs/architecture.md, "Delivery"): a device id that is empty, too long
+//! or unusable in an MQTT topic, a seq that cannot be an idempotency key, a
+//! message without a body. Everything else is made storable and kept: bad
+//! content is stored and flagged by the rules, never a reason to lose a
+//! session and its samples.
 //!
 //! What is substituted (the list the docs carry):
 //! - a missing or out-of-range device time (outside
@@ -40,7 +41,7 @@ use pentrace_proto::v1 as pb;
 use pentrace_store as store;
 use prost_types::Timestamp;
 
-/// Longest device id accepted, in bytes (DESIGN §3: 1-64 characters).
+/// Longest device id accepted, in bytes (docs/architecture.md, "Wire protocol").
 pub const MAX_DEVICE_ID: usize = 64;
 /// Longest free-text field (or raw session id) stored, in bytes; longer
 /// text is cut.

@@ -32,6 +32,11 @@ pub const SECRET_PREFIX: &str = "pds_";
 /// acquire timeout), and a handshake must not hang that long.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often an open connection checks that its credential is still valid
+/// (a revoked one is ended): a gRPC `Telemetry.Ingest` stream and an
+/// embedded-broker connection alike.
+pub const REVALIDATE_EVERY: Duration = Duration::from_secs(5);
+
 /// A store call bounded by [`STORE_TIMEOUT`]; an error or a timeout is
 /// [`AuthFailure::Unavailable`].
 async fn bounded<T, E: std::fmt::Display>(

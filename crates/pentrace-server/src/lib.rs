@@ -11,6 +11,7 @@ pub mod device_auth;
 pub mod downlink;
 pub mod fleet_checks;
 pub mod grpc;
+pub mod grpc_status;
 pub mod http;
 pub mod mqtt;
 pub mod pki;

@@ -1,6 +1,7 @@
-//! Which store a configuration means, opened and migrated: PostgreSQL when
-//! a database URL is configured, else the embedded SQLite file in the data
-//! directory (DESIGN §5: one clinic, a demo, a laptop).
+//! Which store a configuration means, opened and migrated: PostgreSQL when a
+//! database URL is configured, else the embedded SQLite file in the data
+//! directory (one clinic, a demo, a laptop: docs/architecture.md,
+//! "Storage").
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! Clients of the Registry, Fleet and Compliance services, which want a
-//! bearer token (DESIGN §8); telemetry needs none.
+//! bearer token (docs/architecture.md, "People and tenancy"); telemetry needs
+//! none.
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! pentrace's pen simulator and load generator (DESIGN §2, issue 4).
+//! pentrace's pen simulator and load generator (issue 4).
 //!
 //! Simulates N pens over MQTT or gRPC with realistic sessions, injects
 //! faults at given rates, knows the ground truth of every fault, and can

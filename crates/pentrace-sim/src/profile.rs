@@ -1,5 +1,6 @@
-//! Realistic stroke samples: depth settings by treatment area (DESIGN §1),
-//! 50–150 strokes per second, 10 samples of 100 ms per batch.
+//! Realistic stroke samples: depth settings by treatment area
+//! (docs/architecture.md, "Domain facts"), 50–150 strokes per second, 10
+//! samples of 100 ms per batch.
 
 use pentrace_domain::message::{SkinThickness, TreatmentArea};
 use pentrace_domain::policy::{DEFAULT_MAX_DEPTH_UM, area_guidance_um};
@@ -28,8 +29,8 @@ pub struct Sample {
     pub speed_hz: u32,
 }
 
-/// The lower end of the area's depth guidance (DESIGN §1), micrometres;
-/// the upper end is the domain's [`area_guidance_um`].
+/// The lower end of the area's depth guidance (docs/architecture.md, "Domain
+/// facts"), micrometres; the upper end is the domain's [`area_guidance_um`].
 pub fn area_floor_um(area: TreatmentArea, skin: SkinThickness) -> u32 {
     use SkinThickness::{Thick, Thin};
     use TreatmentArea::*;

@@ -1,4 +1,4 @@
-//! `pentrace`: the one command (DESIGN §2).
+//! `pentrace`: the one command (docs/architecture.md, "Crates").
 
 use std::process::ExitCode;
 

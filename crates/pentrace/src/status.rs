@@ -116,7 +116,8 @@ fn timescaledb(ts: &TimescaleStatus) -> String {
     let retention = if ts.retention_policies.is_empty() {
         "none".to_owned()
     } else {
-        // DESIGN §5: pentrace never creates one; say loudly that it is there.
+        // pentrace never creates one (docs/architecture.md, "Storage"); say
+        // loudly that it is there.
         format!(
             "{} (WARNING: deletes evidence; pentrace never creates one)",
             ts.retention_policies.join(", ")

@@ -16,9 +16,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{invalid, status};
 use crate::auth::Authenticator;
 use crate::convert::{self, flag_kind_from_wire, flag_state_from_wire, query_time, timestamp};
+use crate::grpc_status::{invalid, status};
 
 /// The Compliance service.
 #[derive(Debug, Clone)]

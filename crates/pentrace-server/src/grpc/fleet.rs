@@ -9,10 +9,10 @@ use pentrace_proto::v1::fleet_server::Fleet;
 use pentrace_store::{SessionQuery, Store};
 use tonic::{Request, Response, Status};
 
-use super::{invalid, status};
 use crate::auth::Authenticator;
 use crate::convert::{self, query_time, timestamp};
 use crate::fleet_checks::{self, Finding, FindingKind, FleetPolicy};
+use crate::grpc_status::{invalid, status};
 
 /// Most sessions one `ListSessions` answers.
 const MAX_SESSIONS: u32 = 10_000;

@@ -13,10 +13,10 @@ use pentrace_store::{
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
-use super::{invalid, status};
 use crate::auth::{Authenticator, Caller};
 use crate::convert::{self, timestamp};
 use crate::credentials::{self, IssueError, IssueRequest};
+use crate::grpc_status::{invalid, status};
 use crate::pki::CertificateAuthority;
 
 /// The Registry service.

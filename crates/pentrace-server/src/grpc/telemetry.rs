@@ -16,7 +16,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use pentrace_ingest::{Envelope, IngestHandle, Outcome};
@@ -34,12 +33,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::convert;
 use crate::device_auth::{
-    AuthFailure, ConnectionGuard, DeviceAuthenticator, DeviceIdentity, Permit,
+    AuthFailure, ConnectionGuard, DeviceAuthenticator, DeviceIdentity, Permit, REVALIDATE_EVERY,
 };
 use crate::downlink::{self, AckRound, downlink};
-
-/// How often an open stream checks that its credential is still valid.
-pub const REVALIDATE_EVERY: Duration = Duration::from_secs(5);
 
 /// The Telemetry service.
 #[derive(Debug, Clone)]

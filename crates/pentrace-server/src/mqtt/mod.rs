@@ -1,6 +1,7 @@
-//! MQTT ingest (DESIGN §3, §6), two ways into the same pipeline as gRPC,
-//! with PUBACKs only after commit and in arrival order and acks, rejections
-//! and cartridge rejections published back:
+//! MQTT ingest (docs/architecture.md, "Wire protocol" and "Delivery"), two
+//! ways into the same pipeline as gRPC, with PUBACKs only after commit and
+//! in arrival order and acks, rejections and cartridge rejections published
+//! back:
 //!
 //! - behind an external broker (Mosquitto): a shared subscription on the
 //!   devices' `up` topics (`consumer`, `intake`), flags published to the

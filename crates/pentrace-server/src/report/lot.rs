@@ -1,6 +1,6 @@
-//! The outbreak lookback of a cartridge lot (DESIGN §1): every session that
-//! used a cartridge of the lot, and every clinic and device it was used at,
-//! with first and last use.
+//! The outbreak lookback of a cartridge lot (docs/architecture.md, "Domain
+//! facts"): every session that used a cartridge of the lot, and every clinic
+//! and device it was used at, with first and last use.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -1,6 +1,6 @@
-//! Compliance reports (`pentrace report`, DESIGN §7): a clinic's sterility
-//! record for a period and the outbreak lookback of a cartridge lot, as CSV,
-//! JSON or printable HTML.
+//! Compliance reports (`pentrace report`; docs/architecture.md, "Audit
+//! trail"): a clinic's sterility record for a period and the outbreak
+//! lookback of a cartridge lot, as CSV, JSON or printable HTML.
 //!
 //! Every report ends with a one-line footer that carries the SHA-256 of all
 //! bytes before it (the body), so a copy can be checked without pentrace

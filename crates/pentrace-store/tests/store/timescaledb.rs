@@ -1,8 +1,8 @@
-//! What the migrations make of TimescaleDB (DESIGN §5), on the TimescaleDB
-//! test server (`tests/timescaledb/run-tests.sh`): the hypertable, the
-//! compression policy, the hourly continuous aggregate, never a retention
-//! policy; and that the aggregate and the compression really work on samples
-//! written with plain INSERT (the server has no COPY).
+//! What the migrations make of TimescaleDB (docs/architecture.md, "Storage"),
+//! on the TimescaleDB test server (`tests/timescaledb/run-tests.sh`): the
+//! hypertable, the compression policy, the hourly continuous aggregate, never
+//! a retention policy; and that the aggregate and the compression really work
+//! on samples written with plain INSERT (the server has no COPY).
 //!
 //! `Store::status` is checked on every store: TimescaleDB active with those
 //! features on the TimescaleDB server, inactive on plain PostgreSQL, absent
@@ -102,8 +102,8 @@ async fn migrations_create_the_hypertable_compression_and_usage_hourly(store: Te
     .await;
     assert_eq!(refresh, ["usage_hourly"], "refresh policies");
 
-    // Never a retention policy (DESIGN §5): none on any table of any
-    // schema, so in particular none on audit or flag tables.
+    // Never a retention policy (docs/architecture.md, "Storage"): none on any
+    // table of any schema, so in particular none on audit or flag tables.
     let retention = names(
         pg,
         "SELECT coalesce(hypertable_schema || '.' || hypertable_name, job_id::text) \

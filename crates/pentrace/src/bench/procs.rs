@@ -93,7 +93,7 @@ pub fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
 
 /// A private Mosquitto on a free port with the shipped limits
 /// (`deploy/mosquitto/conf.d`): the stock `max_queued_messages 1000` drops
-/// QoS 1 messages silently (DESIGN §6).
+/// QoS 1 messages silently (docs/architecture.md, "Delivery").
 #[derive(Debug)]
 pub struct Mosquitto {
     pub port: u16,

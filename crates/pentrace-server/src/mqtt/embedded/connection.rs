@@ -63,7 +63,7 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// How often a connected credential is checked again (revoked → closed):
 /// as often as a gRPC stream's.
-pub(super) const RECHECK_INTERVAL: Duration = crate::grpc::telemetry::REVALIDATE_EVERY;
+pub(super) const RECHECK_INTERVAL: Duration = crate::device_auth::REVALIDATE_EVERY;
 
 /// What every connection shares.
 #[derive(Debug)]
