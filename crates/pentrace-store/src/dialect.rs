@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Transaction};
 
+use crate::shared::columns::{StoredDate, StoredId, StoredInt, StoredTime};
 use crate::{StoreResult, StoreStatus};
 
 /// A connection of the dialect's database: inside a write transaction
@@ -32,6 +33,12 @@ pub(crate) type WriteTx<D> = Transaction<'static, <D as Dialect>::Db>;
 #[async_trait]
 pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     type Db: Database;
+    /// How the database hands back a time, an id, a date, and a column
+    /// PostgreSQL types `integer` (`shared::columns`).
+    type Time: StoredTime;
+    type Id: StoredId;
+    type Date: StoredDate;
+    type Int4: StoredInt;
     /// The store's name in logs and `pentrace status`.
     const KIND: &'static str;
     /// Begins a write transaction; the engine commits or rolls it back.

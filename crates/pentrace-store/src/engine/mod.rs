@@ -7,5 +7,6 @@
 
 pub(crate) mod audit;
 pub(crate) mod commit;
+pub(crate) mod facts;
 pub(crate) mod flags;
 pub(crate) mod registry;

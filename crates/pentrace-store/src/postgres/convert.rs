@@ -71,23 +71,6 @@ pub(super) fn relation_columns(
     })
 }
 
-/// `(relation, owner_session_id)` columns → `CartridgeRelation`.
-pub(super) fn relation_from(relation: &str, owner: Option<Uuid>) -> StoreResult<CartridgeRelation> {
-    match (relation, owner) {
-        ("owner", _) => Ok(CartridgeRelation::Owner),
-        ("unidentified", _) => Ok(CartridgeRelation::Unidentified),
-        ("resumed", Some(o)) => Ok(CartridgeRelation::Resumed {
-            owner_session_id: o.to_string(),
-        }),
-        ("reused", Some(o)) => Ok(CartridgeRelation::Reused {
-            owner_session_id: o.to_string(),
-        }),
-        _ => Err(corrupt(format!(
-            "session relation {relation:?} with owner {owner:?}"
-        ))),
-    }
-}
-
 /// Stored severity name → `Severity` (the domain has no parser for it).
 fn severity_from(name: &str) -> StoreResult<Severity> {
     match name {
@@ -241,7 +224,10 @@ mod tests {
             },
         ] {
             let (name, id) = relation_columns(&relation).ok().unzip();
-            let back = relation_from(name.unwrap_or_default(), id.flatten());
+            let back = crate::shared::relation_from(
+                name.unwrap_or_default(),
+                id.flatten().map(|u| u.to_string()),
+            );
             assert_eq!(back.ok(), Some(relation));
         }
     }

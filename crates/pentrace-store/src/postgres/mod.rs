@@ -182,6 +182,10 @@ impl PgStore {
 #[async_trait]
 impl crate::dialect::Dialect for PgStore {
     type Db = sqlx::Postgres;
+    type Time = chrono::DateTime<Utc>;
+    type Id = uuid::Uuid;
+    type Date = chrono::NaiveDate;
+    type Int4 = i32;
     const KIND: &'static str = "postgres";
 
     async fn write(&self) -> StoreResult<crate::dialect::WriteTx<Self>> {
@@ -218,7 +222,7 @@ impl Store for PgStore {
     }
 
     async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts> {
-        facts::load(&self.pool, query).await
+        crate::engine::facts::load(self, query).await
     }
 
     async fn commit(&self, batch: &WriteBatch) -> StoreResult<CommitOutcome> {

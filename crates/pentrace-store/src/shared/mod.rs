@@ -2,32 +2,15 @@
 //! merge of a batch's writes into one row each, the flag lifecycle. No SQL
 //! here, and nothing that knows which database it runs on.
 
+pub(crate) mod columns;
 pub(crate) mod drafts;
 pub(crate) mod merge;
 
-use chrono::{DateTime, Utc};
 use pentrace_domain::audit::ChainHash;
 
+pub(crate) use columns::StoredTime;
+
 use crate::{FlagStep, StoreError, StoreResult};
-
-/// A dialect's time column: `timestamptz` on PostgreSQL, integer
-/// microseconds since the Unix epoch on SQLite.
-pub(crate) trait StoredTime {
-    fn into_time(self, what: &str) -> StoreResult<DateTime<Utc>>;
-}
-
-impl StoredTime for DateTime<Utc> {
-    fn into_time(self, _: &str) -> StoreResult<DateTime<Utc>> {
-        Ok(self)
-    }
-}
-
-impl StoredTime for i64 {
-    fn into_time(self, what: &str) -> StoreResult<DateTime<Utc>> {
-        DateTime::from_timestamp_micros(self)
-            .ok_or_else(|| corrupt(format!("{what} {self} µs is out of range")))
-    }
-}
 
 /// A value read from the database that the domain cannot hold.
 pub(crate) fn corrupt(message: String) -> StoreError {
@@ -54,6 +37,23 @@ pub(crate) fn next_state(state: &str, step: FlagStep) -> StoreResult<&'static st
         (s, step) => Err(StoreError::Invalid(format!(
             "a flag in state {s} cannot be {}d",
             step.as_str()
+        ))),
+    }
+}
+
+/// `(relation, owner_session_id)` columns → `CartridgeRelation`.
+pub(crate) fn relation_from(
+    relation: &str,
+    owner: Option<String>,
+) -> StoreResult<pentrace_domain::rules::CartridgeRelation> {
+    use pentrace_domain::rules::CartridgeRelation as R;
+    match (relation, owner) {
+        ("owner", _) => Ok(R::Owner),
+        ("unidentified", _) => Ok(R::Unidentified),
+        ("resumed", Some(owner_session_id)) => Ok(R::Resumed { owner_session_id }),
+        ("reused", Some(owner_session_id)) => Ok(R::Reused { owner_session_id }),
+        (relation, owner) => Err(corrupt(format!(
+            "session relation {relation:?} with owner {owner:?}"
         ))),
     }
 }

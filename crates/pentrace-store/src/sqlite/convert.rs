@@ -104,22 +104,6 @@ pub(super) fn relation_columns(
     })
 }
 
-/// `(relation, owner_session_id)` columns → `CartridgeRelation`.
-pub(super) fn relation_from(
-    relation: &str,
-    owner: Option<String>,
-) -> StoreResult<CartridgeRelation> {
-    match (relation, owner) {
-        ("owner", _) => Ok(CartridgeRelation::Owner),
-        ("unidentified", _) => Ok(CartridgeRelation::Unidentified),
-        ("resumed", Some(owner_session_id)) => Ok(CartridgeRelation::Resumed { owner_session_id }),
-        ("reused", Some(owner_session_id)) => Ok(CartridgeRelation::Reused { owner_session_id }),
-        (relation, owner) => Err(corrupt(format!(
-            "session relation {relation:?} with owner {owner:?}"
-        ))),
-    }
-}
-
 /// Stored severity name → `Severity`.
 fn severity_from(name: &str) -> StoreResult<Severity> {
     match name {
@@ -299,7 +283,7 @@ mod tests {
             },
         ] {
             let back = relation_columns(&relation)
-                .and_then(|(name, owner)| relation_from(name, owner))
+                .and_then(|(name, owner)| crate::shared::relation_from(name, owner))
                 .ok();
             assert_eq!(back, Some(relation));
         }

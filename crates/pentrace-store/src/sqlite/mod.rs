@@ -166,6 +166,10 @@ async fn begin(pool: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
 #[async_trait]
 impl crate::dialect::Dialect for SqliteStore {
     type Db = sqlx::Sqlite;
+    type Time = i64;
+    type Id = String;
+    type Date = String;
+    type Int4 = i64;
     const KIND: &'static str = "sqlite";
 
     async fn write(&self) -> StoreResult<crate::dialect::WriteTx<Self>> {
@@ -202,7 +206,7 @@ impl Store for SqliteStore {
     }
 
     async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts> {
-        facts::load(&self.reader, query).await
+        crate::engine::facts::load(self, query).await
     }
 
     async fn commit(&self, batch: &WriteBatch) -> StoreResult<CommitOutcome> {
