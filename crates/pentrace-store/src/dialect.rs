@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Transaction};
 
+use crate::StoreResult;
 use crate::shared::columns::{StoredDate, StoredId, StoredInt, StoredTime};
-use crate::{StoreResult, StoreStatus};
 
 /// A connection of the dialect's database: inside a write transaction
 /// (`&mut *tx`) or taken from the pool for reads.
@@ -48,6 +48,4 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     async fn read(&self) -> StoreResult<PoolConnection<Self::Db>>;
     /// Cheap liveness check.
     async fn select_one(&self) -> StoreResult<()>;
-    /// Server, schema version and TimescaleDB features.
-    async fn schema_status(&self) -> StoreResult<StoreStatus>;
 }

@@ -10,3 +10,4 @@ pub(crate) mod commit;
 pub(crate) mod facts;
 pub(crate) mod flags;
 pub(crate) mod registry;
+pub(crate) mod status;

@@ -200,10 +200,6 @@ impl crate::dialect::Dialect for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
-
-    async fn schema_status(&self) -> StoreResult<crate::StoreStatus> {
-        status::status(&self.pool).await
-    }
 }
 
 #[async_trait]
@@ -218,7 +214,7 @@ impl Store for PgStore {
     }
 
     async fn status(&self) -> StoreResult<crate::StoreStatus> {
-        status::status(&self.pool).await
+        crate::engine::status::status(self).await
     }
 
     async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts> {

@@ -1,58 +1,47 @@
-//! [`crate::Store::status`] on PostgreSQL: the server, the schema version
-//! against this build's migrations, and TimescaleDB's features.
+//! The status' statements on PostgreSQL, with TimescaleDB's features.
 
-use std::collections::BTreeSet;
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use sqlx::migrate::Migrator;
 
-use sqlx::{PgConnection, PgPool};
+use super::{MIGRATOR, PgStore};
+use crate::engine::status::StatusSql;
+use crate::{StoreResult, TimescaleStatus};
 
-use super::MIGRATOR;
-use crate::{SchemaVersion, StoreResult, StoreStatus, TimescaleStatus};
-
-/// Reads everything on one connection (the store may have a pool of one).
-pub(super) async fn status(pool: &PgPool) -> StoreResult<StoreStatus> {
-    let mut conn = pool.acquire().await?;
-    let server_version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
-        .fetch_one(&mut *conn)
-        .await?;
-    let applied = applied_migrations(&mut conn).await?;
-    let applied_versions: BTreeSet<i64> = applied.iter().map(|m| m.version).collect();
-    let embedded: BTreeSet<i64> = MIGRATOR
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration())
-        .map(|m| m.version)
-        .collect();
-    Ok(StoreStatus {
-        kind: "postgres",
-        server_version,
-        pending_migrations: embedded.difference(&applied_versions).copied().collect(),
-        unknown_migrations: applied_versions.difference(&embedded).copied().collect(),
-        schema_version: applied.into_iter().last(),
-        timescaledb: timescaledb(&mut conn).await?,
-    })
-}
-
-/// Successfully applied migrations, oldest first; none before the first
-/// `pentrace migrate`.
-async fn applied_migrations(conn: &mut PgConnection) -> StoreResult<Vec<SchemaVersion>> {
-    // Resolved through search_path, as the migrator's unqualified name is.
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists {
-        return Ok(Vec::new());
+#[async_trait]
+impl StatusSql for PgStore {
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
     }
-    let rows: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(version, description)| SchemaVersion {
-            version,
-            description,
-        })
-        .collect())
+
+    async fn server_version(c: &mut PgConnection) -> StoreResult<String> {
+        Ok(
+            sqlx::query_scalar("SELECT current_setting('server_version')")
+                .fetch_one(c)
+                .await?,
+        )
+    }
+
+    /// Resolved through search_path, as the migrator's unqualified name is.
+    async fn has_migrations_table(c: &mut PgConnection) -> StoreResult<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(c)
+                .await?,
+        )
+    }
+
+    async fn applied_migrations(c: &mut PgConnection) -> StoreResult<Vec<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT version, description FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(c)
+        .await?)
+    }
+
+    async fn timescaledb(c: &mut PgConnection) -> StoreResult<Option<TimescaleStatus>> {
+        timescaledb(c).await
+    }
 }
 
 /// TimescaleDB's state, None when the extension is not installed. Only

@@ -184,10 +184,6 @@ impl crate::dialect::Dialect for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
-
-    async fn schema_status(&self) -> StoreResult<crate::StoreStatus> {
-        status::status(&self.reader).await
-    }
 }
 
 #[async_trait]
@@ -202,7 +198,7 @@ impl Store for SqliteStore {
     }
 
     async fn status(&self) -> StoreResult<crate::StoreStatus> {
-        status::status(&self.reader).await
+        crate::engine::status::status(self).await
     }
 
     async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts> {
