@@ -11,6 +11,7 @@ use super::audit::AuditSql;
 use super::flags::FlagSql;
 use crate::classify::missing_parent;
 use crate::dialect::{Conn, Dialect};
+use crate::shared::columns::{StoredInt, opt_date, opt_time};
 use crate::shared::drafts::{flag_raised, recall_draft};
 use crate::{
     AuditDraft, Clinic, Device, ExposureVerdict, FlagRecord, GLOBAL_CHAIN, Lot, NewFlag, Product,
@@ -26,7 +27,74 @@ pub(crate) struct ExposedSession {
     pub cartridge_id: Option<String>,
 }
 
-/// The registry's statements.
+/// `clinics`: id, name, time zone.
+pub(crate) type ClinicRow = (String, String, String);
+/// `devices`: id, clinic, model, max depth.
+pub(crate) type DeviceRow<D> = (String, String, String, <D as Dialect>::Int4);
+/// `products`, in [`PRODUCT_COLUMNS`] order.
+pub(crate) type ProductRow<D> = (
+    String,
+    String,
+    <D as Dialect>::Int4,
+    i64,
+    <D as Dialect>::Int4,
+    <D as Dialect>::Int4,
+);
+/// `lots`, in [`LOT_COLUMNS`] order.
+pub(crate) type LotRow<D> = (
+    String,
+    String,
+    Option<<D as Dialect>::Date>,
+    Option<<D as Dialect>::Time>,
+    Option<String>,
+);
+
+pub(crate) const PRODUCT_COLUMNS: &str =
+    "gtin, name, max_depth_um, rated_strokes, max_active_s, shelf_life_days";
+pub(crate) const LOT_COLUMNS: &str = "gtin, lot, expiry, recalled_at, recall_reason";
+
+fn clinic_from((id, name, time_zone): ClinicRow) -> Clinic {
+    Clinic {
+        id,
+        name,
+        time_zone,
+    }
+}
+
+fn device_from<D: Dialect>((id, clinic_id, model, depth): DeviceRow<D>) -> StoreResult<Device> {
+    Ok(Device {
+        id,
+        clinic_id,
+        model,
+        max_depth_um: depth.into_u32("device max depth")?,
+    })
+}
+
+fn product_from<D: Dialect>(row: ProductRow<D>) -> StoreResult<Product> {
+    let (gtin, name, depth, strokes, active_s, shelf_life) = row;
+    Ok(Product {
+        gtin,
+        name,
+        max_depth_um: depth.into_u32("product max depth")?,
+        rated_strokes: strokes.into_u64("product rated strokes")?,
+        max_active_s: active_s.into_u32("product max active s")?,
+        shelf_life_days: shelf_life.into_u32("product shelf life")?,
+    })
+}
+
+fn lot_from<D: Dialect>(row: LotRow<D>) -> StoreResult<Lot> {
+    let (gtin, lot, expiry, recalled_at, recall_reason) = row;
+    Ok(Lot {
+        gtin,
+        lot,
+        expiry: opt_date(expiry, "lot expiry")?,
+        recalled_at: opt_time(recalled_at, "lot recalled_at")?,
+        recall_reason,
+    })
+}
+
+/// The registry's statements; rows come back in the dialect's column
+/// types.
 #[async_trait]
 pub(crate) trait RegistrySql: Dialect {
     /// Creates the clinic (named after its id) and the device unless they
@@ -36,14 +104,15 @@ pub(crate) trait RegistrySql: Dialect {
         device_id: &str,
         clinic_id: &str,
     ) -> StoreResult<bool>;
-    async fn upsert_clinic(c: &mut Conn<Self>, clinic: &Clinic) -> StoreResult<Clinic>;
+    async fn upsert_clinic(c: &mut Conn<Self>, clinic: &Clinic) -> StoreResult<ClinicRow>;
     /// Creates or changes the device and moves its own credentials to its
     /// clinic; a missing clinic is a foreign-key violation.
-    async fn upsert_device(c: &mut Conn<Self>, device: &Device) -> StoreResult<Device>;
+    async fn upsert_device(c: &mut Conn<Self>, device: &Device) -> StoreResult<DeviceRow<Self>>;
     /// A missing product is a foreign-key violation.
-    async fn upsert_product(c: &mut Conn<Self>, product: &Product) -> StoreResult<Product>;
+    async fn upsert_product(c: &mut Conn<Self>, product: &Product)
+    -> StoreResult<ProductRow<Self>>;
     /// Never undoes a recall: a stored recall time and reason are kept.
-    async fn upsert_lot(c: &mut Conn<Self>, lot: &Lot) -> StoreResult<Lot>;
+    async fn upsert_lot(c: &mut Conn<Self>, lot: &Lot) -> StoreResult<LotRow<Self>>;
     /// Sets the recall time and reason unless the lot has them; None when
     /// there is no such lot.
     async fn mark_recalled(
@@ -52,7 +121,7 @@ pub(crate) trait RegistrySql: Dialect {
         lot: &str,
         reason: &str,
         at: DateTime<Utc>,
-    ) -> StoreResult<Option<Lot>>;
+    ) -> StoreResult<Option<LotRow<Self>>>;
     /// The lot's sessions started before `before` without a
     /// `CARTRIDGE_RECALLED` flag, by start time.
     async fn unflagged_sessions_of_lot(
@@ -61,14 +130,14 @@ pub(crate) trait RegistrySql: Dialect {
         lot: &str,
         before: DateTime<Utc>,
     ) -> StoreResult<Vec<ExposedSession>>;
-    async fn clinic(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<Clinic>>;
-    async fn device(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<Device>>;
-    async fn product(c: &mut Conn<Self>, gtin: &str) -> StoreResult<Option<Product>>;
-    async fn lot(c: &mut Conn<Self>, gtin: &str, lot: &str) -> StoreResult<Option<Lot>>;
-    async fn list_clinics(c: &mut Conn<Self>) -> StoreResult<Vec<Clinic>>;
-    async fn list_products(c: &mut Conn<Self>) -> StoreResult<Vec<Product>>;
+    async fn clinic(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<ClinicRow>>;
+    async fn device(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<DeviceRow<Self>>>;
+    async fn product(c: &mut Conn<Self>, gtin: &str) -> StoreResult<Option<ProductRow<Self>>>;
+    async fn lot(c: &mut Conn<Self>, gtin: &str, lot: &str) -> StoreResult<Option<LotRow<Self>>>;
+    async fn list_clinics(c: &mut Conn<Self>) -> StoreResult<Vec<ClinicRow>>;
+    async fn list_products(c: &mut Conn<Self>) -> StoreResult<Vec<ProductRow<Self>>>;
     /// By gtin and lot; every gtin when None.
-    async fn list_lots(c: &mut Conn<Self>, gtin: Option<&str>) -> StoreResult<Vec<Lot>>;
+    async fn list_lots(c: &mut Conn<Self>, gtin: Option<&str>) -> StoreResult<Vec<LotRow<Self>>>;
 }
 
 /// Creates the clinic and the device unless they exist; an existing device
@@ -139,10 +208,21 @@ impl Subject<'_> {
     /// columns that change on their own (liveness, progress, creation time).
     async fn snapshot<D: RegistrySql>(self, c: &mut Conn<D>) -> StoreResult<Option<Value>> {
         Ok(match self {
-            Subject::Clinic(x) => D::clinic(c, &x.id).await?.map(|c| clinic_json(&c)),
-            Subject::Device(x) => D::device(c, &x.id).await?.map(|d| device_json(&d)),
-            Subject::Product(x) => D::product(c, &x.gtin).await?.map(|p| product_json(&p)),
-            Subject::Lot(x) => D::lot(c, &x.gtin, &x.lot).await?.map(|l| lot_json(&l)),
+            Subject::Clinic(x) => D::clinic(c, &x.id)
+                .await?
+                .map(|r| clinic_json(&clinic_from(r))),
+            Subject::Device(x) => match D::device(c, &x.id).await? {
+                Some(row) => Some(device_json(&device_from::<D>(row)?)),
+                None => None,
+            },
+            Subject::Product(x) => match D::product(c, &x.gtin).await? {
+                Some(row) => Some(product_json(&product_from::<D>(row)?)),
+                None => None,
+            },
+            Subject::Lot(x) => match D::lot(c, &x.gtin, &x.lot).await? {
+                Some(row) => Some(lot_json(&lot_from::<D>(row)?)),
+                None => None,
+            },
         })
     }
 }
@@ -235,7 +315,7 @@ pub(crate) async fn upsert_clinic<D: RegistrySql + AuditSql>(
     let subject = Subject::Clinic(clinic);
     let mut tx = d.write().await?;
     let old = subject.snapshot::<D>(&mut tx).await?;
-    let stored = D::upsert_clinic(&mut tx, clinic).await?;
+    let stored = clinic_from(D::upsert_clinic(&mut tx, clinic).await?);
     record::<D>(&mut tx, subject, old, actor).await?;
     tx.commit().await?;
     Ok(stored)
@@ -250,9 +330,10 @@ pub(crate) async fn upsert_device<D: RegistrySql + AuditSql>(
     let subject = Subject::Device(device);
     let mut tx = d.write().await?;
     let old = subject.snapshot::<D>(&mut tx).await?;
-    let stored = D::upsert_device(&mut tx, device)
+    let row = D::upsert_device(&mut tx, device)
         .await
         .map_err(|e| missing_parent(e, || format!("clinic {}", device.clinic_id)))?;
+    let stored = device_from::<D>(row)?;
     record::<D>(&mut tx, subject, old, actor).await?;
     tx.commit().await?;
     Ok(stored)
@@ -266,7 +347,7 @@ pub(crate) async fn upsert_product<D: RegistrySql + AuditSql>(
     let subject = Subject::Product(product);
     let mut tx = d.write().await?;
     let old = subject.snapshot::<D>(&mut tx).await?;
-    let stored = D::upsert_product(&mut tx, product).await?;
+    let stored = product_from::<D>(D::upsert_product(&mut tx, product).await?)?;
     record::<D>(&mut tx, subject, old, actor).await?;
     tx.commit().await?;
     Ok(stored)
@@ -282,9 +363,10 @@ pub(crate) async fn upsert_lot<D: RegistrySql + AuditSql>(
     let subject = Subject::Lot(lot);
     let mut tx = d.write().await?;
     let old = subject.snapshot::<D>(&mut tx).await?;
-    let stored = D::upsert_lot(&mut tx, lot)
+    let row = D::upsert_lot(&mut tx, lot)
         .await
         .map_err(|e| missing_parent(e, || format!("product {}", lot.gtin)))?;
+    let stored = lot_from::<D>(row)?;
     record::<D>(&mut tx, subject, old, actor).await?;
     tx.commit().await?;
     Ok(stored)
@@ -307,9 +389,10 @@ pub(crate) async fn recall_lot<D: RegistrySql + AuditSql + FlagSql>(
     actor: &Actor,
 ) -> StoreResult<(Lot, Vec<FlagRecord>)> {
     let mut tx = d.write().await?;
-    let recalled = D::mark_recalled(&mut tx, gtin, lot, reason, at)
+    let row = D::mark_recalled(&mut tx, gtin, lot, reason, at)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("lot {lot} of {gtin}")))?;
+    let recalled = lot_from::<D>(row)?;
     let recalled_at = recalled.recalled_at.unwrap_or(at);
     let exposed = D::unflagged_sessions_of_lot(&mut tx, gtin, lot, recalled_at).await?;
     let verdicts: Vec<NewFlag> = exposed
@@ -339,15 +422,18 @@ pub(crate) async fn recall_lot<D: RegistrySql + AuditSql + FlagSql>(
 }
 
 pub(crate) async fn list_clinics<D: RegistrySql>(d: &D) -> StoreResult<Vec<Clinic>> {
-    D::list_clinics(&mut *d.read().await?).await
+    let rows = D::list_clinics(&mut *d.read().await?).await?;
+    Ok(rows.into_iter().map(clinic_from).collect())
 }
 
 pub(crate) async fn list_products<D: RegistrySql>(d: &D) -> StoreResult<Vec<Product>> {
-    D::list_products(&mut *d.read().await?).await
+    let rows = D::list_products(&mut *d.read().await?).await?;
+    rows.into_iter().map(product_from::<D>).collect()
 }
 
 pub(crate) async fn list_lots<D: RegistrySql>(d: &D, gtin: Option<&str>) -> StoreResult<Vec<Lot>> {
-    D::list_lots(&mut *d.read().await?, gtin).await
+    let rows = D::list_lots(&mut *d.read().await?, gtin).await?;
+    rows.into_iter().map(lot_from::<D>).collect()
 }
 
 #[cfg(test)]

@@ -5,61 +5,12 @@ use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
 use super::SqliteStore;
-use super::convert::{date, date_text, micros, opt_time, to_int4, to_int8, to_u32, to_u64};
-use crate::engine::registry::{ExposedSession, RegistrySql};
+use super::convert::{date_text, micros, to_int4, to_int8};
+use crate::engine::registry::{
+    ClinicRow, DeviceRow, ExposedSession, LOT_COLUMNS, LotRow, PRODUCT_COLUMNS, ProductRow,
+    RegistrySql,
+};
 use crate::{Clinic, Device, Lot, Product, StoreResult};
-
-/// A `products` row.
-type ProductRow = (String, String, i64, i64, i64, i64);
-
-const PRODUCT_COLUMNS: &str =
-    "gtin, name, max_depth_um, rated_strokes, max_active_s, shelf_life_days";
-
-fn product_from(row: ProductRow) -> StoreResult<Product> {
-    let (gtin, name, depth, strokes, active_s, shelf_life) = row;
-    Ok(Product {
-        gtin,
-        name,
-        max_depth_um: to_u32(depth, "product max depth")?,
-        rated_strokes: to_u64(strokes, "product rated strokes")?,
-        max_active_s: to_u32(active_s, "product max active s")?,
-        shelf_life_days: to_u32(shelf_life, "product shelf life")?,
-    })
-}
-
-/// A `lots` row.
-type LotRow = (String, String, Option<String>, Option<i64>, Option<String>);
-
-const LOT_COLUMNS: &str = "gtin, lot, expiry, recalled_at, recall_reason";
-
-fn lot_from((gtin, lot, expiry, recalled_at, recall_reason): LotRow) -> StoreResult<Lot> {
-    Ok(Lot {
-        gtin,
-        lot,
-        expiry: date(expiry, "lot expiry")?,
-        recalled_at: opt_time(recalled_at, "lot recalled_at")?,
-        recall_reason,
-    })
-}
-
-type DeviceRow = (String, String, String, i64);
-
-fn device_from((id, clinic_id, model, depth): DeviceRow) -> StoreResult<Device> {
-    Ok(Device {
-        id,
-        clinic_id,
-        model,
-        max_depth_um: to_u32(depth, "device max depth")?,
-    })
-}
-
-fn clinic_from((id, name, time_zone): (String, String, String)) -> Clinic {
-    Clinic {
-        id,
-        name,
-        time_zone,
-    }
-}
 
 #[async_trait]
 impl RegistrySql for SqliteStore {
@@ -83,7 +34,7 @@ impl RegistrySql for SqliteStore {
         Ok(created.rows_affected() > 0)
     }
 
-    async fn upsert_clinic(c: &mut SqliteConnection, clinic: &Clinic) -> StoreResult<Clinic> {
+    async fn upsert_clinic(c: &mut SqliteConnection, clinic: &Clinic) -> StoreResult<ClinicRow> {
         let row = sqlx::query_as(
             "INSERT INTO clinics (id, name, time_zone) VALUES (?1, ?2, ?3) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, time_zone = excluded.time_zone \
@@ -94,11 +45,14 @@ impl RegistrySql for SqliteStore {
         .bind(&clinic.time_zone)
         .fetch_one(c)
         .await?;
-        Ok(clinic_from(row))
+        Ok(row)
     }
 
-    async fn upsert_device(c: &mut SqliteConnection, device: &Device) -> StoreResult<Device> {
-        let row: DeviceRow = sqlx::query_as(
+    async fn upsert_device(
+        c: &mut SqliteConnection,
+        device: &Device,
+    ) -> StoreResult<DeviceRow<Self>> {
+        let row: DeviceRow<Self> = sqlx::query_as(
             "INSERT INTO devices (id, clinic_id, model, max_depth_um) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (id) DO UPDATE SET clinic_id = excluded.clinic_id, \
                  model = excluded.model, max_depth_um = excluded.max_depth_um \
@@ -115,10 +69,13 @@ impl RegistrySql for SqliteStore {
             .bind(&row.1)
             .execute(c)
             .await?;
-        device_from(row)
+        Ok(row)
     }
 
-    async fn upsert_product(c: &mut SqliteConnection, product: &Product) -> StoreResult<Product> {
+    async fn upsert_product(
+        c: &mut SqliteConnection,
+        product: &Product,
+    ) -> StoreResult<ProductRow<Self>> {
         let sql = format!(
             "INSERT INTO products ({PRODUCT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (gtin) DO UPDATE SET name = excluded.name, \
@@ -126,7 +83,7 @@ impl RegistrySql for SqliteStore {
                  max_active_s = excluded.max_active_s, shelf_life_days = excluded.shelf_life_days \
              RETURNING {PRODUCT_COLUMNS}"
         );
-        let row: ProductRow = sqlx::query_as(&sql)
+        let row: ProductRow<Self> = sqlx::query_as(&sql)
             .bind(&product.gtin)
             .bind(&product.name)
             .bind(to_int4(product.max_depth_um, "product max depth")?)
@@ -135,10 +92,10 @@ impl RegistrySql for SqliteStore {
             .bind(to_int4(product.shelf_life_days, "product shelf life")?)
             .fetch_one(c)
             .await?;
-        product_from(row)
+        Ok(row)
     }
 
-    async fn upsert_lot(c: &mut SqliteConnection, lot: &Lot) -> StoreResult<Lot> {
+    async fn upsert_lot(c: &mut SqliteConnection, lot: &Lot) -> StoreResult<LotRow<Self>> {
         let sql = format!(
             "INSERT INTO lots ({LOT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (gtin, lot) DO UPDATE SET expiry = excluded.expiry, \
@@ -146,7 +103,7 @@ impl RegistrySql for SqliteStore {
                  recall_reason = COALESCE(recall_reason, excluded.recall_reason) \
              RETURNING {LOT_COLUMNS}"
         );
-        let row: LotRow = sqlx::query_as(&sql)
+        let row: LotRow<Self> = sqlx::query_as(&sql)
             .bind(&lot.gtin)
             .bind(&lot.lot)
             .bind(date_text(lot.expiry))
@@ -154,7 +111,7 @@ impl RegistrySql for SqliteStore {
             .bind(&lot.recall_reason)
             .fetch_one(c)
             .await?;
-        lot_from(row)
+        Ok(row)
     }
 
     async fn mark_recalled(
@@ -163,20 +120,20 @@ impl RegistrySql for SqliteStore {
         lot: &str,
         reason: &str,
         at: DateTime<Utc>,
-    ) -> StoreResult<Option<Lot>> {
+    ) -> StoreResult<Option<LotRow<Self>>> {
         let sql = format!(
             "UPDATE lots SET recalled_at = COALESCE(recalled_at, ?3), \
                              recall_reason = COALESCE(recall_reason, ?4) \
              WHERE gtin = ?1 AND lot = ?2 RETURNING {LOT_COLUMNS}"
         );
-        let row: Option<LotRow> = sqlx::query_as(&sql)
+        let row: Option<LotRow<Self>> = sqlx::query_as(&sql)
             .bind(gtin)
             .bind(lot)
             .bind(micros(at))
             .bind(reason)
             .fetch_optional(c)
             .await?;
-        row.map(lot_from).transpose()
+        Ok(row)
     }
 
     async fn unflagged_sessions_of_lot(
@@ -210,58 +167,69 @@ impl RegistrySql for SqliteStore {
             .collect())
     }
 
-    async fn clinic(c: &mut SqliteConnection, id: &str) -> StoreResult<Option<Clinic>> {
+    async fn clinic(c: &mut SqliteConnection, id: &str) -> StoreResult<Option<ClinicRow>> {
         let row = sqlx::query_as("SELECT id, name, time_zone FROM clinics WHERE id = ?1")
             .bind(id)
             .fetch_optional(c)
             .await?;
-        Ok(row.map(clinic_from))
+        Ok(row)
     }
 
-    async fn device(c: &mut SqliteConnection, id: &str) -> StoreResult<Option<Device>> {
-        let row: Option<DeviceRow> =
+    async fn device(c: &mut SqliteConnection, id: &str) -> StoreResult<Option<DeviceRow<Self>>> {
+        let row: Option<DeviceRow<Self>> =
             sqlx::query_as("SELECT id, clinic_id, model, max_depth_um FROM devices WHERE id = ?1")
                 .bind(id)
                 .fetch_optional(c)
                 .await?;
-        row.map(device_from).transpose()
+        Ok(row)
     }
 
-    async fn product(c: &mut SqliteConnection, gtin: &str) -> StoreResult<Option<Product>> {
+    async fn product(
+        c: &mut SqliteConnection,
+        gtin: &str,
+    ) -> StoreResult<Option<ProductRow<Self>>> {
         let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE gtin = ?1");
-        let row: Option<ProductRow> = sqlx::query_as(&sql).bind(gtin).fetch_optional(c).await?;
-        row.map(product_from).transpose()
+        let row: Option<ProductRow<Self>> =
+            sqlx::query_as(&sql).bind(gtin).fetch_optional(c).await?;
+        Ok(row)
     }
 
-    async fn lot(c: &mut SqliteConnection, gtin: &str, lot: &str) -> StoreResult<Option<Lot>> {
+    async fn lot(
+        c: &mut SqliteConnection,
+        gtin: &str,
+        lot: &str,
+    ) -> StoreResult<Option<LotRow<Self>>> {
         let sql = format!("SELECT {LOT_COLUMNS} FROM lots WHERE gtin = ?1 AND lot = ?2");
-        let row: Option<LotRow> = sqlx::query_as(&sql)
+        let row: Option<LotRow<Self>> = sqlx::query_as(&sql)
             .bind(gtin)
             .bind(lot)
             .fetch_optional(c)
             .await?;
-        row.map(lot_from).transpose()
+        Ok(row)
     }
 
-    async fn list_clinics(c: &mut SqliteConnection) -> StoreResult<Vec<Clinic>> {
-        let rows: Vec<(String, String, String)> =
+    async fn list_clinics(c: &mut SqliteConnection) -> StoreResult<Vec<ClinicRow>> {
+        let rows: Vec<ClinicRow> =
             sqlx::query_as("SELECT id, name, time_zone FROM clinics ORDER BY id")
                 .fetch_all(c)
                 .await?;
-        Ok(rows.into_iter().map(clinic_from).collect())
+        Ok(rows)
     }
 
-    async fn list_products(c: &mut SqliteConnection) -> StoreResult<Vec<Product>> {
+    async fn list_products(c: &mut SqliteConnection) -> StoreResult<Vec<ProductRow<Self>>> {
         let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products ORDER BY gtin");
-        let rows: Vec<ProductRow> = sqlx::query_as(&sql).fetch_all(c).await?;
-        rows.into_iter().map(product_from).collect()
+        let rows: Vec<ProductRow<Self>> = sqlx::query_as(&sql).fetch_all(c).await?;
+        Ok(rows)
     }
 
-    async fn list_lots(c: &mut SqliteConnection, gtin: Option<&str>) -> StoreResult<Vec<Lot>> {
+    async fn list_lots(
+        c: &mut SqliteConnection,
+        gtin: Option<&str>,
+    ) -> StoreResult<Vec<LotRow<Self>>> {
         let sql = format!(
             "SELECT {LOT_COLUMNS} FROM lots WHERE (?1 IS NULL OR gtin = ?1) ORDER BY gtin, lot"
         );
-        let rows: Vec<LotRow> = sqlx::query_as(&sql).bind(gtin).fetch_all(c).await?;
-        rows.into_iter().map(lot_from).collect()
+        let rows: Vec<LotRow<Self>> = sqlx::query_as(&sql).bind(gtin).fetch_all(c).await?;
+        Ok(rows)
     }
 }
