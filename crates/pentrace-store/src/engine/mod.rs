@@ -6,5 +6,7 @@
 //! the code that calls them (`RegistrySql`, ...).
 
 pub(crate) mod audit;
+pub(crate) mod credentials;
 pub(crate) mod flags;
+pub(crate) mod people;
 pub(crate) mod registry;
