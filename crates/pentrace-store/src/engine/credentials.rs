@@ -40,7 +40,7 @@ pub(crate) trait CredentialSql: Dialect {
         c: &mut Conn<Self>,
         which: Credentials<'_>,
     ) -> StoreResult<Vec<DeviceCredential>>;
-    /// Revokes those of `which` that are valid; those it revoked.
+    /// Revokes those of `which` not revoked yet; those it revoked.
     async fn revoke_credentials(
         c: &mut Conn<Self>,
         which: Credentials<'_>,
