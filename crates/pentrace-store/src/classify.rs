@@ -85,3 +85,14 @@ pub(crate) fn missing_parent(e: StoreError, what: impl FnOnce() -> String) -> St
         _ => e,
     }
 }
+
+/// `Invalid(what)` when the statement broke a unique constraint (the row
+/// exists already); any other error unchanged.
+pub(crate) fn duplicate(e: StoreError, what: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        StoreError::Rejected(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            StoreError::Invalid(what())
+        }
+        _ => e,
+    }
+}

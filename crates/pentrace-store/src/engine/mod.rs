@@ -7,7 +7,9 @@
 
 pub(crate) mod audit;
 pub(crate) mod commit;
+pub(crate) mod credentials;
 pub(crate) mod facts;
 pub(crate) mod flags;
+pub(crate) mod people;
 pub(crate) mod registry;
 pub(crate) mod status;

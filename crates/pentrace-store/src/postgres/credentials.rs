@@ -1,29 +1,31 @@
-//! Device credentials: fingerprints only, every change audited.
+//! The device credentials' statements on PostgreSQL.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pentrace_domain::audit::Actor;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::audit;
+use super::PgStore;
 use super::convert::corrupt;
-use crate::{
-    CredentialKind, DeviceCredential, NewDeviceCredential, RegistryFacts, StoreError, StoreResult,
-};
+use crate::engine::credentials::{CredentialSql, Credentials};
+use crate::{CredentialKind, DeviceCredential, NewDeviceCredential, StoreResult};
 
 const COLUMNS: &str =
     "id, kind, principal, clinic_id, fingerprint, not_after, created_at, revoked_at";
 
+type Time = DateTime<Utc>;
 type Row = (
     Uuid,
     String,
     String,
     String,
     Vec<u8>,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
+    Option<Time>,
+    Time,
+    Option<Time>,
 );
+
+type Query<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, Row, sqlx::postgres::PgArguments>;
 
 fn credential(row: Row) -> StoreResult<DeviceCredential> {
     let (id, kind, principal, clinic_id, fingerprint, not_after, created_at, revoked_at) = row;
@@ -42,153 +44,79 @@ fn credential(row: Row) -> StoreResult<DeviceCredential> {
     })
 }
 
-/// What [`RegistryFacts::clinic_of`] decides on, in three lookups.
-async fn clinic_of(conn: &mut PgConnection, new: &NewDeviceCredential) -> StoreResult<String> {
-    let device_clinic = sqlx::query_scalar("SELECT clinic_id FROM devices WHERE id = $1")
-        .bind(&new.principal)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let clinic = new.clinic_id.as_deref().unwrap_or_default();
-    let clinic_exists: Option<String> = sqlx::query_scalar("SELECT id FROM clinics WHERE id = $1")
-        .bind(clinic)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let other_clinic = sqlx::query_scalar(
-        "SELECT clinic_id FROM device_credentials WHERE principal = $1 AND clinic_id <> $2 LIMIT 1",
-    )
-    .bind(&new.principal)
-    .bind(clinic)
-    .fetch_optional(&mut *conn)
-    .await?;
-    RegistryFacts {
-        device_clinic,
-        clinic_exists: clinic_exists.is_some(),
-        other_clinic,
+/// The condition that selects `which`, and how many parameters it takes.
+fn filter(which: Credentials<'_>) -> (&'static str, usize) {
+    match which {
+        Credentials::Id(_) => ("id = $1", 1),
+        Credentials::Fingerprint(_) => ("fingerprint = $1", 1),
+        Credentials::Of(..) => ("principal = $1 AND ($2::text IS NULL OR kind = $2)", 2),
+        Credentials::Clinics(_) => ("$1::text[] IS NULL OR clinic_id = ANY($1)", 1),
     }
-    .clinic_of(new)
 }
 
-pub(super) async fn issue(
-    pool: &PgPool,
-    new: &NewDeviceCredential,
-    actor: &Actor,
-) -> StoreResult<(DeviceCredential, Vec<DeviceCredential>)> {
-    let mut tx = pool.begin().await?;
-    let clinic_id = clinic_of(&mut tx, new).await?;
-    let revoked: Vec<Row> = if new.replace {
-        sqlx::query_as(&format!(
-            "UPDATE device_credentials SET revoked_at = now() \
-             WHERE principal = $1 AND kind = $2 AND revoked_at IS NULL RETURNING {COLUMNS}"
-        ))
-        .bind(&new.principal)
-        .bind(new.kind.as_str())
-        .fetch_all(&mut *tx)
-        .await?
-    } else {
-        Vec::new()
-    };
-    let revoked = revoked
-        .into_iter()
-        .map(credential)
-        .collect::<StoreResult<Vec<_>>>()?;
-    let row: Row = sqlx::query_as(&format!(
-        "INSERT INTO device_credentials (id, kind, principal, device_id, clinic_id, fingerprint, not_after) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
-    ))
-    .bind(Uuid::new_v4())
-    .bind(new.kind.as_str())
-    .bind(&new.principal)
-    .bind(new.kind.is_pen().then_some(&new.principal))
-    .bind(&clinic_id)
-    .bind(new.fingerprint.as_slice())
-    .bind(new.not_after)
-    .fetch_one(&mut *tx)
-    .await?;
-    let issued = credential(row)?;
-    let mut drafts = vec![issued.audit_draft("device.credential_issued", actor, None)];
-    drafts.extend(revoked.iter().map(|c| {
-        c.audit_draft(
-            "device.credential_revoked",
-            actor,
-            Some("replaced (rotation)".into()),
-        )
-    }));
-    audit::append(&mut tx, &drafts).await?;
-    tx.commit().await?;
-    Ok((issued, revoked))
-}
-
-pub(super) async fn revoke(
-    pool: &PgPool,
-    id: Uuid,
-    reason: &str,
-    actor: &Actor,
-) -> StoreResult<DeviceCredential> {
-    let mut tx = pool.begin().await?;
-    let changed: Option<Row> = sqlx::query_as(&format!(
-        "UPDATE device_credentials SET revoked_at = now() \
-         WHERE id = $1 AND revoked_at IS NULL RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let credential = match changed {
-        Some(row) => {
-            let c = credential(row)?;
-            let draft = c.audit_draft("device.credential_revoked", actor, Some(reason.to_owned()));
-            audit::append(&mut tx, &[draft]).await?;
-            c
+/// Binds the parameters of [`filter`].
+fn bind<'q>(query: Query<'q>, which: Credentials<'q>) -> Query<'q> {
+    match which {
+        Credentials::Id(id) => query.bind(id),
+        Credentials::Fingerprint(fingerprint) => query.bind(fingerprint.as_slice()),
+        Credentials::Of(principal, kind) => {
+            query.bind(principal).bind(kind.map(CredentialKind::as_str))
         }
-        None => by_id(&mut tx, id).await?,
-    };
-    tx.commit().await?;
-    Ok(credential)
+        Credentials::Clinics(clinics) => query.bind(clinics),
+    }
 }
 
-async fn by_id(conn: &mut PgConnection, id: Uuid) -> StoreResult<DeviceCredential> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM device_credentials WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    row.map(credential)
-        .transpose()?
-        .ok_or_else(|| StoreError::NotFound(format!("credential {id}")))
-}
+#[async_trait]
+impl CredentialSql for PgStore {
+    async fn insert_credential(
+        c: &mut PgConnection,
+        id: Uuid,
+        new: &NewDeviceCredential,
+        clinic_id: &str,
+    ) -> StoreResult<DeviceCredential> {
+        let sql = format!(
+            "INSERT INTO device_credentials \
+                 (id, kind, principal, device_id, clinic_id, fingerprint, not_after) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query_as(&sql)
+            .bind(id)
+            .bind(new.kind.as_str())
+            .bind(&new.principal)
+            .bind(new.kind.is_pen().then_some(&new.principal))
+            .bind(clinic_id)
+            .bind(new.fingerprint.as_slice())
+            .bind(new.not_after)
+            .fetch_one(c)
+            .await?;
+        credential(row)
+    }
 
-pub(super) async fn by_fingerprint(
-    pool: &PgPool,
-    fingerprint: &[u8; 32],
-) -> StoreResult<Option<DeviceCredential>> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM device_credentials WHERE fingerprint = $1"
-    ))
-    .bind(fingerprint.as_slice())
-    .fetch_optional(pool)
-    .await?;
-    row.map(credential).transpose()
-}
+    async fn credentials(
+        c: &mut PgConnection,
+        which: Credentials<'_>,
+    ) -> StoreResult<Vec<DeviceCredential>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM device_credentials WHERE {} ORDER BY created_at DESC, id",
+            filter(which).0
+        );
+        let rows: Vec<Row> = bind(sqlx::query_as(&sql), which).fetch_all(c).await?;
+        rows.into_iter().map(credential).collect()
+    }
 
-pub(super) async fn list(
-    pool: &PgPool,
-    clinics: Option<&[String]>,
-) -> StoreResult<Vec<DeviceCredential>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM device_credentials \
-         WHERE $1::text[] IS NULL OR clinic_id = ANY($1) ORDER BY created_at DESC, id"
-    ))
-    .bind(clinics)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter().map(credential).collect()
-}
-
-pub(super) async fn device_clinic(pool: &PgPool, device_id: &str) -> StoreResult<Option<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT clinic_id FROM devices WHERE id = $1")
-            .bind(device_id)
-            .fetch_optional(pool)
-            .await?,
-    )
+    async fn revoke_credentials(
+        c: &mut PgConnection,
+        which: Credentials<'_>,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<DeviceCredential>> {
+        let (filter, n) = filter(which);
+        let sql = format!(
+            "UPDATE device_credentials SET revoked_at = ${} \
+             WHERE revoked_at IS NULL AND ({filter}) RETURNING {COLUMNS}",
+            n + 1
+        );
+        let query = bind(sqlx::query_as(&sql), which).bind(at);
+        let rows: Vec<Row> = query.fetch_all(c).await?;
+        rows.into_iter().map(credential).collect()
+    }
 }

@@ -312,11 +312,11 @@ impl Store for PgStore {
         clinics: &[String],
         actor: &Actor,
     ) -> StoreResult<User> {
-        people::create_user(&self.pool, name, role, clinics, actor).await
+        crate::engine::people::create_user(self, name, role, clinics, actor).await
     }
 
     async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>> {
-        people::user_by_name(&self.pool, name).await
+        crate::engine::people::user_by_name(self, name).await
     }
 
     async fn issue_token(
@@ -325,15 +325,15 @@ impl Store for PgStore {
         token_hash: &[u8; 32],
         actor: &Actor,
     ) -> StoreResult<uuid::Uuid> {
-        people::issue_token(&self.pool, user_id, token_hash, actor).await
+        crate::engine::people::issue_token(self, user_id, token_hash, actor).await
     }
 
     async fn revoke_token(&self, token_id: uuid::Uuid, actor: &Actor) -> StoreResult<()> {
-        people::revoke_token(&self.pool, token_id, actor).await
+        crate::engine::people::revoke_token(self, token_id, actor).await
     }
 
     async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>> {
-        people::user_by_token(&self.pool, token_hash).await
+        crate::engine::people::user_by_token(self, token_hash).await
     }
 
     async fn issue_device_credential(
@@ -341,7 +341,7 @@ impl Store for PgStore {
         new: &NewDeviceCredential,
         actor: &Actor,
     ) -> StoreResult<(DeviceCredential, Vec<DeviceCredential>)> {
-        credentials::issue(&self.pool, new, actor).await
+        crate::engine::credentials::issue(self, new, actor).await
     }
 
     async fn revoke_device_credential(
@@ -350,33 +350,33 @@ impl Store for PgStore {
         reason: &str,
         actor: &Actor,
     ) -> StoreResult<DeviceCredential> {
-        credentials::revoke(&self.pool, id, reason, actor).await
+        crate::engine::credentials::revoke(self, id, reason, actor).await
     }
 
     async fn device_credential(
         &self,
         fingerprint: &[u8; 32],
     ) -> StoreResult<Option<DeviceCredential>> {
-        credentials::by_fingerprint(&self.pool, fingerprint).await
+        crate::engine::credentials::by_fingerprint(self, fingerprint).await
     }
 
     async fn list_device_credentials(
         &self,
         clinics: Option<&[String]>,
     ) -> StoreResult<Vec<DeviceCredential>> {
-        credentials::list(&self.pool, clinics).await
+        crate::engine::credentials::list(self, clinics).await
     }
 
     async fn device_clinic(&self, device_id: &str) -> StoreResult<Option<String>> {
-        credentials::device_clinic(&self.pool, device_id).await
+        crate::engine::credentials::device_clinic(self, device_id).await
     }
 
     async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord> {
-        people::sign_flag(&self.pool, action).await
+        crate::engine::people::sign_flag(self, action).await
     }
 
     async fn flag_actions(&self, flag_ids: &[uuid::Uuid]) -> StoreResult<Vec<FlagActionRecord>> {
-        people::flag_actions(&self.pool, flag_ids).await
+        crate::engine::people::flag_actions(self, flag_ids).await
     }
 
     async fn recall_lot(

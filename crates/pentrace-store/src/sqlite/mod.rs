@@ -296,11 +296,11 @@ impl Store for SqliteStore {
         clinics: &[String],
         actor: &Actor,
     ) -> StoreResult<User> {
-        people::create_user(&self.writer, name, role, clinics, actor).await
+        crate::engine::people::create_user(self, name, role, clinics, actor).await
     }
 
     async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>> {
-        people::user_by_name(&self.reader, name).await
+        crate::engine::people::user_by_name(self, name).await
     }
 
     async fn issue_token(
@@ -309,15 +309,15 @@ impl Store for SqliteStore {
         token_hash: &[u8; 32],
         actor: &Actor,
     ) -> StoreResult<uuid::Uuid> {
-        people::issue_token(&self.writer, user_id, token_hash, actor).await
+        crate::engine::people::issue_token(self, user_id, token_hash, actor).await
     }
 
     async fn revoke_token(&self, token_id: uuid::Uuid, actor: &Actor) -> StoreResult<()> {
-        people::revoke_token(&self.writer, token_id, actor).await
+        crate::engine::people::revoke_token(self, token_id, actor).await
     }
 
     async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>> {
-        people::user_by_token(&self.reader, token_hash).await
+        crate::engine::people::user_by_token(self, token_hash).await
     }
 
     async fn issue_device_credential(
@@ -325,7 +325,7 @@ impl Store for SqliteStore {
         new: &NewDeviceCredential,
         actor: &Actor,
     ) -> StoreResult<(DeviceCredential, Vec<DeviceCredential>)> {
-        credentials::issue(&self.writer, new, actor).await
+        crate::engine::credentials::issue(self, new, actor).await
     }
 
     async fn revoke_device_credential(
@@ -334,33 +334,33 @@ impl Store for SqliteStore {
         reason: &str,
         actor: &Actor,
     ) -> StoreResult<DeviceCredential> {
-        credentials::revoke(&self.writer, id, reason, actor).await
+        crate::engine::credentials::revoke(self, id, reason, actor).await
     }
 
     async fn device_credential(
         &self,
         fingerprint: &[u8; 32],
     ) -> StoreResult<Option<DeviceCredential>> {
-        credentials::by_fingerprint(&self.reader, fingerprint).await
+        crate::engine::credentials::by_fingerprint(self, fingerprint).await
     }
 
     async fn list_device_credentials(
         &self,
         clinics: Option<&[String]>,
     ) -> StoreResult<Vec<DeviceCredential>> {
-        credentials::list(&self.reader, clinics).await
+        crate::engine::credentials::list(self, clinics).await
     }
 
     async fn device_clinic(&self, device_id: &str) -> StoreResult<Option<String>> {
-        credentials::device_clinic(&self.reader, device_id).await
+        crate::engine::credentials::device_clinic(self, device_id).await
     }
 
     async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord> {
-        people::sign_flag(&self.writer, action).await
+        crate::engine::people::sign_flag(self, action).await
     }
 
     async fn flag_actions(&self, flag_ids: &[uuid::Uuid]) -> StoreResult<Vec<FlagActionRecord>> {
-        people::flag_actions(&self.reader, flag_ids).await
+        crate::engine::people::flag_actions(self, flag_ids).await
     }
 
     async fn recall_lot(

@@ -10,6 +10,7 @@ use crate::helpers::*;
 crate::conformance!(
     credentials_belong_to_a_pen_or_a_clinics_gateway,
     rotation_and_revocation_are_audited_once,
+    credentials_are_listed_by_clinic,
 );
 
 fn new(kind: CredentialKind, principal: &str, clinic: Option<&str>, fp: u8) -> NewDeviceCredential {
@@ -177,4 +178,51 @@ async fn rotation_and_revocation_are_audited_once(store: TestStore) {
             "device.credential_revoked",
         ]
     );
+}
+
+/// A list scoped to clinics holds exactly their credentials.
+async fn credentials_are_listed_by_clinic(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    let clinic2 = Clinic {
+        id: "clinic-2".into(),
+        name: "Two".into(),
+        time_zone: "UTC".into(),
+    };
+    store
+        .upsert_clinic(&clinic2, &Actor::System)
+        .await
+        .expect("clinic");
+    let actor = Actor::System;
+    for (kind, principal, clinic, fp) in [
+        (CredentialKind::PenSecret, "pen-a", None, 1),
+        (CredentialKind::GatewaySecret, "gw-1", Some(CLINIC), 2),
+        (CredentialKind::GatewaySecret, "gw-2", Some("clinic-2"), 3),
+    ] {
+        store
+            .issue_device_credential(&new(kind, principal, clinic, fp), &actor)
+            .await
+            .expect("issue");
+    }
+    let listed = |clinics: &'static [&'static str]| {
+        let store = store.clone();
+        async move {
+            let clinics: Vec<String> = clinics.iter().map(|c| (*c).to_owned()).collect();
+            let mut principals: Vec<String> = store
+                .list_device_credentials(Some(&clinics))
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|c| c.principal)
+                .collect();
+            principals.sort();
+            principals
+        }
+    };
+    assert_eq!(listed(&[CLINIC]).await, ["gw-1", "pen-a"]);
+    assert_eq!(listed(&["clinic-2"]).await, ["gw-2"]);
+    assert_eq!(
+        listed(&[CLINIC, "clinic-2"]).await,
+        ["gw-1", "gw-2", "pen-a"]
+    );
+    assert!(listed(&[]).await.is_empty());
 }
