@@ -16,6 +16,7 @@
 //! it is written for.
 
 use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Transaction};
 
@@ -48,4 +49,43 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     async fn read(&self) -> StoreResult<PoolConnection<Self::Db>>;
     /// Cheap liveness check.
     async fn select_one(&self) -> StoreResult<()>;
+
+    /// A time as this database stores it.
+    fn time(at: DateTime<Utc>) -> Self::Time {
+        Self::Time::from_time(at)
+    }
+    /// A date as this database stores it.
+    fn date(day: NaiveDate) -> Self::Date {
+        Self::Date::from_date(day)
+    }
+    /// An id as this database stores it; `Invalid` when not a UUID.
+    fn id(id: &str, what: &str) -> StoreResult<Self::Id> {
+        Self::Id::from_id(id, what)
+    }
+    /// A value for a column PostgreSQL types `integer`.
+    fn int4(value: u32, what: &str) -> StoreResult<Self::Int4> {
+        Self::Int4::from_u32(value, what)
+    }
 }
+
+/// Implements a leaf trait for both stores from one body, the way
+/// vaultwarden's `db_run!` runs one body on each backend: the body's SQL
+/// runs unchanged on both (`$n` placeholders, which sqlx-sqlite binds by
+/// position too) and its values go through the dialect's encodings
+/// (`Self::time`, `Self::id`, ...). Each expansion is concrete code, so no
+/// sqlx trait bounds are needed. Statements whose SQL differs are written
+/// per dialect instead.
+macro_rules! for_both_stores {
+    (impl $leaves:path { $($body:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $leaves for crate::postgres::PgStore {
+            $($body)*
+        }
+
+        #[async_trait::async_trait]
+        impl $leaves for crate::sqlite::SqliteStore {
+            $($body)*
+        }
+    };
+}
+pub(crate) use for_both_stores;

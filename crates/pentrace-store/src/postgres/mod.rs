@@ -17,7 +17,6 @@ mod flags;
 pub(crate) mod people;
 mod quarantine;
 mod queries;
-mod registry;
 mod reports;
 pub(crate) mod sessions;
 mod status;

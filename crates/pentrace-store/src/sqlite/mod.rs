@@ -34,7 +34,6 @@ mod flags;
 mod people;
 mod quarantine;
 mod queries;
-mod registry;
 mod reports;
 mod samples;
 mod sessions;
