@@ -7,4 +7,6 @@
 
 pub(crate) mod audit;
 pub(crate) mod flags;
+pub(crate) mod quarantine;
+pub(crate) mod queries;
 pub(crate) mod registry;

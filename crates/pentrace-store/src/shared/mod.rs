@@ -4,6 +4,7 @@
 
 pub(crate) mod drafts;
 pub(crate) mod merge;
+pub(crate) mod rows;
 
 use crate::{FlagStep, StoreError, StoreResult};
 
