@@ -11,5 +11,7 @@ pub(crate) mod credentials;
 pub(crate) mod facts;
 pub(crate) mod flags;
 pub(crate) mod people;
+pub(crate) mod quarantine;
+pub(crate) mod queries;
 pub(crate) mod registry;
 pub(crate) mod status;

@@ -225,11 +225,3 @@ impl Columns {
         Ok(())
     }
 }
-
-/// The engine's append, for the modules not yet on the engine.
-pub(super) async fn append(
-    c: &mut sqlx::PgConnection,
-    drafts: &[crate::AuditDraft],
-) -> StoreResult<Vec<ChainHash>> {
-    <PgStore as AuditSql>::append(c, drafts).await
-}

@@ -101,11 +101,3 @@ impl<'a> Columns<'a> {
         Ok(())
     }
 }
-
-/// The engine's insert, for the modules not yet on the engine.
-pub(super) async fn insert(
-    c: &mut PgConnection,
-    flags: &[NewFlag],
-) -> StoreResult<Vec<FlagRecord>> {
-    <PgStore as FlagSql>::insert_flags(c, flags).await
-}

@@ -17,7 +17,6 @@ mod flags;
 pub(crate) mod people;
 mod quarantine;
 mod queries;
-mod reports;
 pub(crate) mod sessions;
 mod status;
 
@@ -229,15 +228,15 @@ impl Store for PgStore {
     }
 
     async fn quarantine(&self, rows: &[QuarantineRow]) -> StoreResult<Watermarks> {
-        quarantine::put(&self.pool, rows).await
+        crate::engine::quarantine::quarantine(self, rows).await
     }
 
     async fn list_quarantine(&self, limit: u32) -> StoreResult<Vec<QuarantineRecord>> {
-        quarantine::list(&self.pool, limit).await
+        crate::engine::quarantine::list_quarantine(self, limit).await
     }
 
     async fn quarantined(&self, id: uuid::Uuid) -> StoreResult<Option<QuarantineRecord>> {
-        quarantine::one(&self.pool, id).await
+        crate::engine::quarantine::quarantined(self, id).await
     }
 
     async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {
@@ -407,23 +406,23 @@ impl Store for PgStore {
         clinic_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<DeviceStatus>> {
-        queries::list_devices(&self.pool, clinic_id, now).await
+        crate::engine::queries::list_devices(self, clinic_id, now).await
     }
 
     async fn list_sessions(&self, query: &SessionQuery) -> StoreResult<Vec<SessionRecord>> {
-        queries::list_sessions(&self.pool, query).await
+        crate::engine::queries::list_sessions(self, query).await
     }
 
     async fn list_flags(&self, query: &FlagQuery) -> StoreResult<Vec<FlagRecord>> {
-        queries::list_flags(&self.pool, query).await
+        crate::engine::queries::list_flags(self, query).await
     }
 
     async fn cartridge_history(&self, cartridge_id: &str) -> StoreResult<CartridgeHistory> {
-        queries::cartridge_history(&self.pool, cartridge_id).await
+        crate::engine::queries::cartridge_history(self, cartridge_id).await
     }
 
     async fn lot_lookback(&self, gtin: &str, lot: &str) -> StoreResult<Vec<SessionRecord>> {
-        queries::lot_lookback(&self.pool, gtin, lot).await
+        crate::engine::queries::lot_lookback(self, gtin, lot).await
     }
 
     async fn sessions_in_period(
@@ -432,7 +431,7 @@ impl Store for PgStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> StoreResult<Vec<SessionRecord>> {
-        reports::sessions_in_period(&self.pool, clinic_id, from, to).await
+        crate::engine::queries::sessions_in_period(self, clinic_id, from, to).await
     }
 
     async fn flags_in_period(
@@ -441,14 +440,14 @@ impl Store for PgStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> StoreResult<Vec<FlagRecord>> {
-        reports::flags_in_period(&self.pool, clinic_id, from, to).await
+        crate::engine::queries::flags_in_period(self, clinic_id, from, to).await
     }
 
     async fn due_holes(&self, before: DateTime<Utc>) -> StoreResult<Vec<(SeqHole, String)>> {
-        queries::due_holes(&self.pool, before).await
+        crate::engine::queries::due_holes(self, before).await
     }
 
     async fn flag_holes(&self, holes: &[(SeqHole, NewFlag)]) -> StoreResult<Vec<FlagRecord>> {
-        queries::flag_holes(&self.pool, holes).await
+        crate::engine::queries::flag_holes(self, holes).await
     }
 }

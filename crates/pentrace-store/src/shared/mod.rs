@@ -5,6 +5,7 @@
 pub(crate) mod columns;
 pub(crate) mod drafts;
 pub(crate) mod merge;
+pub(crate) mod rows;
 
 use pentrace_domain::audit::ChainHash;
 

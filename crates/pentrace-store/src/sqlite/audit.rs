@@ -177,11 +177,3 @@ impl AuditSql for SqliteStore {
         rows.into_iter().map(checkpoint_from).collect()
     }
 }
-
-/// The engine's append, for the modules not yet on the engine.
-pub(super) async fn append(
-    c: &mut sqlx::SqliteConnection,
-    drafts: &[crate::AuditDraft],
-) -> StoreResult<Vec<ChainHash>> {
-    <SqliteStore as AuditSql>::append(c, drafts).await
-}

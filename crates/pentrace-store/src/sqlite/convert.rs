@@ -9,10 +9,12 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pentrace_domain::rules::CartridgeRelation;
-use pentrace_domain::{FlagKind, Severity};
 use uuid::Uuid;
 
-use crate::{FlagRecord, FlagState, SessionRecord, StoreError, StoreResult};
+use super::SqliteStore;
+pub(super) use crate::shared::rows::FLAG_COLUMNS;
+use crate::shared::rows::{self, Columns};
+use crate::{StoreError, StoreResult};
 
 /// A time as stored: microseconds since 1970-01-01 UTC (finer digits are
 /// dropped, as PostgreSQL drops them).
@@ -48,11 +50,6 @@ pub(super) fn to_u64(value: i64, what: &str) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| corrupt(format!("{what} {value} is negative")))
 }
 
-/// INTEGER → `u32`.
-pub(super) fn to_u32(value: i64, what: &str) -> StoreResult<u32> {
-    u32::try_from(value).map_err(|_| corrupt(format!("{what} {value} is out of range")))
-}
-
 /// An id as a caller sends it → the canonical lowercase text stored, so
 /// `ABC…` and `abc…` name the same session, as PostgreSQL's `uuid` does.
 pub(super) fn uuid_text(value: &str, what: &str) -> StoreResult<String> {
@@ -69,16 +66,6 @@ pub(super) fn opt_uuid_text(value: Option<&str>, what: &str) -> StoreResult<Opti
 /// A stored id back to a `Uuid`.
 pub(super) fn stored_uuid(value: &str, what: &str) -> StoreResult<Uuid> {
     Uuid::parse_str(value).map_err(|e| corrupt(format!("{what} {value:?}: {e}")))
-}
-
-/// A stored date (`YYYY-MM-DD`).
-pub(super) fn date(value: Option<String>, what: &str) -> StoreResult<Option<NaiveDate>> {
-    value
-        .map(|d| {
-            NaiveDate::parse_from_str(&d, "%Y-%m-%d")
-                .map_err(|e| corrupt(format!("{what} {d:?}: {e}")))
-        })
-        .transpose()
 }
 
 /// A date as stored.
@@ -104,127 +91,18 @@ pub(super) fn relation_columns(
     })
 }
 
-/// Stored severity name → `Severity`.
-fn severity_from(name: &str) -> StoreResult<Severity> {
-    match name {
-        "info" => Ok(Severity::Info),
-        "warning" => Ok(Severity::Warning),
-        "major" => Ok(Severity::Major),
-        "critical" => Ok(Severity::Critical),
-        _ => Err(corrupt(format!("flag severity {name:?}"))),
+/// Ids are canonical text, times microseconds.
+impl Columns for SqliteStore {
+    type Id = uuid::fmt::Hyphenated;
+    type Time = i64;
+
+    fn time(t: i64, what: &str) -> StoreResult<DateTime<Utc>> {
+        time(t, what)
     }
 }
-
-/// Columns of `flags` that make a [`FlagRecord`], in [`FlagRow`] order.
-pub(super) const FLAG_COLUMNS: &str = "id, kind, severity, state, clinic_id, device_id, \
-     session_id, cartridge_id, seq, raised_at, detail, evidence";
 
 /// A `flags` row.
-#[derive(Debug, sqlx::FromRow)]
-pub(super) struct FlagRow {
-    id: String,
-    kind: String,
-    severity: String,
-    state: String,
-    clinic_id: String,
-    device_id: String,
-    session_id: Option<String>,
-    cartridge_id: Option<String>,
-    seq: i64,
-    raised_at: i64,
-    detail: String,
-    evidence: String,
-}
-
-impl TryFrom<FlagRow> for FlagRecord {
-    type Error = StoreError;
-
-    fn try_from(row: FlagRow) -> StoreResult<FlagRecord> {
-        Ok(FlagRecord {
-            id: stored_uuid(&row.id, "flag id")?,
-            kind: FlagKind::parse(&row.kind)
-                .ok_or_else(|| corrupt(format!("flag kind {:?}", row.kind)))?,
-            severity: severity_from(&row.severity)?,
-            state: FlagState::parse(&row.state)
-                .ok_or_else(|| corrupt(format!("flag state {:?}", row.state)))?,
-            clinic_id: row.clinic_id,
-            device_id: row.device_id,
-            session_id: row.session_id,
-            cartridge_id: row.cartridge_id,
-            seq: to_u64(row.seq, "flag seq")?,
-            raised_at: time(row.raised_at, "flag raised_at")?,
-            detail: row.detail,
-            evidence: serde_json::from_str(&row.evidence)
-                .map_err(|e| corrupt(format!("flag evidence is not JSON: {e}")))?,
-        })
-    }
-}
-
-/// Converts fetched flag rows.
-pub(super) fn flag_records(rows: Vec<FlagRow>) -> StoreResult<Vec<FlagRecord>> {
-    rows.into_iter().map(FlagRecord::try_from).collect()
-}
-
-/// Columns of `sessions` that make a [`SessionRecord`], in [`SessionRow`]
-/// order.
-pub(super) const SESSION_COLUMNS: &str = "session_id, device_id, clinic_id, cartridge_id, udi, \
-     gtin, lot, expiry, area, operator_ref, patient_ref, started_at, ended_at, strokes, \
-     max_depth_um, samples, device_started_at, device_ended_at";
-
-/// A `sessions` row as the query services see it.
-#[derive(Debug, sqlx::FromRow)]
-pub(super) struct SessionRow {
-    session_id: String,
-    device_id: String,
-    clinic_id: String,
-    cartridge_id: Option<String>,
-    udi: String,
-    gtin: Option<String>,
-    lot: Option<String>,
-    expiry: Option<String>,
-    area: String,
-    operator_ref: String,
-    patient_ref: Option<String>,
-    started_at: i64,
-    ended_at: Option<i64>,
-    strokes: i64,
-    max_depth_um: i64,
-    samples: i64,
-    device_started_at: Option<i64>,
-    device_ended_at: Option<i64>,
-}
-
-impl TryFrom<SessionRow> for SessionRecord {
-    type Error = StoreError;
-
-    fn try_from(row: SessionRow) -> StoreResult<SessionRecord> {
-        Ok(SessionRecord {
-            session_id: row.session_id,
-            device_id: row.device_id,
-            clinic_id: row.clinic_id,
-            cartridge_id: row.cartridge_id,
-            udi: row.udi,
-            gtin: row.gtin,
-            lot: row.lot,
-            expiry: date(row.expiry, "session expiry")?,
-            area: row.area,
-            operator_ref: row.operator_ref,
-            patient_ref: row.patient_ref,
-            started_at: time(row.started_at, "session started_at")?,
-            ended_at: opt_time(row.ended_at, "session ended_at")?,
-            device_started_at: opt_time(row.device_started_at, "session device_started_at")?,
-            device_ended_at: opt_time(row.device_ended_at, "session device_ended_at")?,
-            strokes: to_u64(row.strokes, "session strokes")?,
-            max_depth_um: to_u32(row.max_depth_um, "session max depth")?,
-            samples: to_u64(row.samples, "session samples")?,
-        })
-    }
-}
-
-/// Converts fetched session rows.
-pub(super) fn session_records(rows: Vec<SessionRow>) -> StoreResult<Vec<SessionRecord>> {
-    rows.into_iter().map(SessionRecord::try_from).collect()
-}
+pub(super) type FlagRow = rows::FlagRow<SqliteStore>;
 
 #[cfg(test)]
 mod tests {
@@ -294,6 +172,9 @@ mod tests {
         let d = NaiveDate::from_ymd_opt(2030, 1, 31);
         let text = date_text(d);
         assert_eq!(text.as_deref(), Some("2030-01-31"));
-        assert_eq!(date(text, "expiry").ok(), Some(d));
+        assert_eq!(
+            crate::shared::columns::opt_date(text, "expiry").ok(),
+            Some(d)
+        );
     }
 }

@@ -51,11 +51,3 @@ impl FlagSql for SqliteStore {
         Ok(raised)
     }
 }
-
-/// The engine's insert, for the modules not yet on the engine.
-pub(super) async fn insert(
-    c: &mut SqliteConnection,
-    flags: &[NewFlag],
-) -> StoreResult<Vec<FlagRecord>> {
-    <SqliteStore as FlagSql>::insert_flags(c, flags).await
-}

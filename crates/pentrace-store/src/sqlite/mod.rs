@@ -34,7 +34,6 @@ mod flags;
 mod people;
 mod quarantine;
 mod queries;
-mod reports;
 mod samples;
 mod sessions;
 mod status;
@@ -213,15 +212,15 @@ impl Store for SqliteStore {
     }
 
     async fn quarantine(&self, rows: &[QuarantineRow]) -> StoreResult<Watermarks> {
-        quarantine::put(&self.writer, rows).await
+        crate::engine::quarantine::quarantine(self, rows).await
     }
 
     async fn list_quarantine(&self, limit: u32) -> StoreResult<Vec<QuarantineRecord>> {
-        quarantine::list(&self.reader, limit).await
+        crate::engine::quarantine::list_quarantine(self, limit).await
     }
 
     async fn quarantined(&self, id: uuid::Uuid) -> StoreResult<Option<QuarantineRecord>> {
-        quarantine::one(&self.reader, id).await
+        crate::engine::quarantine::quarantined(self, id).await
     }
 
     async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {
@@ -391,23 +390,23 @@ impl Store for SqliteStore {
         clinic_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<DeviceStatus>> {
-        queries::list_devices(&self.reader, clinic_id, now).await
+        crate::engine::queries::list_devices(self, clinic_id, now).await
     }
 
     async fn list_sessions(&self, query: &SessionQuery) -> StoreResult<Vec<SessionRecord>> {
-        queries::list_sessions(&self.reader, query).await
+        crate::engine::queries::list_sessions(self, query).await
     }
 
     async fn list_flags(&self, query: &FlagQuery) -> StoreResult<Vec<FlagRecord>> {
-        queries::list_flags(&self.reader, query).await
+        crate::engine::queries::list_flags(self, query).await
     }
 
     async fn cartridge_history(&self, cartridge_id: &str) -> StoreResult<CartridgeHistory> {
-        queries::cartridge_history(&self.reader, cartridge_id).await
+        crate::engine::queries::cartridge_history(self, cartridge_id).await
     }
 
     async fn lot_lookback(&self, gtin: &str, lot: &str) -> StoreResult<Vec<SessionRecord>> {
-        queries::lot_lookback(&self.reader, gtin, lot).await
+        crate::engine::queries::lot_lookback(self, gtin, lot).await
     }
 
     async fn sessions_in_period(
@@ -416,7 +415,7 @@ impl Store for SqliteStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> StoreResult<Vec<SessionRecord>> {
-        reports::sessions_in_period(&self.reader, clinic_id, from, to).await
+        crate::engine::queries::sessions_in_period(self, clinic_id, from, to).await
     }
 
     async fn flags_in_period(
@@ -425,15 +424,15 @@ impl Store for SqliteStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> StoreResult<Vec<FlagRecord>> {
-        reports::flags_in_period(&self.reader, clinic_id, from, to).await
+        crate::engine::queries::flags_in_period(self, clinic_id, from, to).await
     }
 
     async fn due_holes(&self, before: DateTime<Utc>) -> StoreResult<Vec<(SeqHole, String)>> {
-        queries::due_holes(&self.reader, before).await
+        crate::engine::queries::due_holes(self, before).await
     }
 
     async fn flag_holes(&self, holes: &[(SeqHole, NewFlag)]) -> StoreResult<Vec<FlagRecord>> {
-        queries::flag_holes(&self.writer, holes).await
+        crate::engine::queries::flag_holes(self, holes).await
     }
 }
 

@@ -9,6 +9,7 @@ crate::conformance!(
     the_watermark_is_the_end_of_the_stored_run,
     the_watermark_is_exact_under_concurrent_commits_of_one_device,
     quarantine_stores_the_key_the_bytes_and_an_audit_event,
+    a_quarantine_call_stores_its_rows_at_one_server_time,
 );
 
 async fn watermark(store: &TestStore, device: &str) -> u64 {
@@ -138,4 +139,24 @@ async fn quarantine_stores_the_key_the_bytes_and_an_audit_event(store: TestStore
     );
     // The watermark goes on past it.
     assert_eq!(commit_seqs(&store, "pen-a", &[3]).await, 3);
+}
+
+/// Both stores take `quarantined_at` from the server's clock, once per
+/// call, at the microseconds they keep (PostgreSQL used `now()` before).
+async fn a_quarantine_call_stores_its_rows_at_one_server_time(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    let before = chrono::Utc::now();
+    let rows = [
+        quarantined("pen-a", 1, "one"),
+        quarantined("pen-a", 2, "two"),
+    ];
+    store.quarantine(&rows).await.expect("quarantine");
+    let after = chrono::Utc::now();
+    let list = store.list_quarantine(10).await.expect("list");
+    assert_eq!(list.len(), 2);
+    let at = list[0].quarantined_at;
+    assert_eq!(list[1].quarantined_at, at, "one time per call");
+    assert_eq!(at.timestamp_subsec_nanos() % 1000, 0, "microseconds");
+    let before = chrono::DateTime::from_timestamp_micros(before.timestamp_micros());
+    assert!(before.is_some_and(|b| b <= at) && at <= after, "{at}");
 }
