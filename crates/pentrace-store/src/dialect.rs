@@ -16,12 +16,12 @@
 //! it is written for.
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Transaction};
 
 use crate::StoreResult;
-use crate::shared::columns::{StoredDate, StoredId, StoredInt, StoredTime};
+use crate::shared::columns::{StoredId, StoredTime};
 
 /// A connection of the dialect's database: inside a write transaction
 /// (`&mut *tx`) or taken from the pool for reads.
@@ -34,12 +34,9 @@ pub(crate) type WriteTx<D> = Transaction<'static, <D as Dialect>::Db>;
 #[async_trait]
 pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     type Db: Database;
-    /// How the database hands back a time, an id, a date, and a column
-    /// PostgreSQL types `integer` (`shared::columns`).
+    /// How the database stores a time and an id (`shared::columns`).
     type Time: StoredTime;
     type Id: StoredId;
-    type Date: StoredDate;
-    type Int4: StoredInt;
     /// The store's name in logs and `pentrace status`.
     const KIND: &'static str;
     /// Begins a write transaction; the engine commits or rolls it back.
@@ -54,25 +51,13 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     fn time(at: DateTime<Utc>) -> Self::Time {
         Self::Time::from_time(at)
     }
-    /// A date as this database stores it.
-    fn date(day: NaiveDate) -> Self::Date {
-        Self::Date::from_date(day)
-    }
-    /// An id as this database stores it; `Invalid` when not a UUID.
-    fn id(id: &str, what: &str) -> StoreResult<Self::Id> {
-        Self::Id::from_id(id, what)
-    }
-    /// A value for a column PostgreSQL types `integer`.
-    fn int4(value: u32, what: &str) -> StoreResult<Self::Int4> {
-        Self::Int4::from_u32(value, what)
-    }
 }
 
 /// Implements a leaf trait for both stores from one body, the way
 /// vaultwarden's `db_run!` runs one body on each backend: the body's SQL
 /// runs unchanged on both (`$n` placeholders, which sqlx-sqlite binds by
 /// position too) and its values go through the dialect's encodings
-/// (`Self::time`, `Self::id`, ...). Each expansion is concrete code, so no
+/// (`Self::time`). Each expansion is concrete code, so no
 /// sqlx trait bounds are needed. Statements whose SQL differs are written
 /// per dialect instead.
 macro_rules! for_both_stores {

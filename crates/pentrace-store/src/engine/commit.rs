@@ -239,7 +239,7 @@ fn sorted_unique<'a, T, K: Ord + 'a>(
     twice: impl Fn(&T) -> String,
 ) -> StoreResult<Vec<&'a T>> {
     let mut sorted: Vec<&T> = rows.iter().collect();
-    sorted.sort_by(|a, b| key(a).cmp(&key(b)));
+    sorted.sort_by_key(|row| key(row));
     match sorted.windows(2).find(|w| key(w[0]) == key(w[1])) {
         Some(pair) => Err(StoreError::Invalid(twice(pair[0]))),
         None => Ok(sorted),

@@ -6,27 +6,22 @@
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use pentrace_domain::rules::{Binding, LotFacts, ProductFacts, SeqHole};
 
 use super::commit::canonical_id;
 use crate::dialect::{Conn, Dialect};
-use crate::shared::columns::{StoredId, StoredInt, StoredTime, opt_date, opt_time};
+use crate::shared::columns::{StoredId, StoredInt, StoredTime, opt_time};
 use crate::shared::relation_from;
 use crate::{DeviceState, FactsQuery, SessionState, StoreResult, StoredFacts};
 
 /// Row types of the lookups, in the dialect's column types.
-pub(crate) type DeviceRow<D> = (String, String, <D as Dialect>::Int4, i64, i64);
-pub(crate) type ProductRow<D> = (
-    String,
-    <D as Dialect>::Int4,
-    i64,
-    <D as Dialect>::Int4,
-    <D as Dialect>::Int4,
-);
+pub(crate) type DeviceRow = (String, String, i32, i64, i64);
+pub(crate) type ProductRow = (String, i32, i64, i32, i32);
 pub(crate) type LotRow<D> = (
     String,
     String,
-    Option<<D as Dialect>::Date>,
+    Option<NaiveDate>,
     Option<<D as Dialect>::Time>,
 );
 pub(crate) type BindingRow<D> = (
@@ -57,9 +52,9 @@ pub(crate) trait FactsSql: Dialect {
     /// `(device_id, seq)` of the keys that are stored.
     async fn seen(c: &mut Conn<Self>, keys: &[(String, u64)]) -> StoreResult<Vec<(String, i64)>>;
     /// id, clinic, max depth, max seq, stored watermark.
-    async fn devices(c: &mut Conn<Self>, ids: &[&str]) -> StoreResult<Vec<DeviceRow<Self>>>;
+    async fn devices(c: &mut Conn<Self>, ids: &[&str]) -> StoreResult<Vec<DeviceRow>>;
     /// gtin, max depth, rated strokes, max active s, shelf life days.
-    async fn products(c: &mut Conn<Self>, gtins: &[&str]) -> StoreResult<Vec<ProductRow<Self>>>;
+    async fn products(c: &mut Conn<Self>, gtins: &[&str]) -> StoreResult<Vec<ProductRow>>;
     /// gtin, lot, expiry, recalled at.
     async fn lots(c: &mut Conn<Self>, keys: &[&(String, String)])
     -> StoreResult<Vec<LotRow<Self>>>;
@@ -125,7 +120,7 @@ pub(crate) async fn load<D: FactsSql>(d: &D, query: &FactsQuery) -> StoreResult<
         let keys: Vec<&(String, String)> = query.lots.iter().collect();
         for (gtin, lot, expiry, recalled_at) in D::lots(c, &keys).await? {
             let lot_facts = LotFacts {
-                expiry: opt_date(expiry, "lot expiry")?,
+                expiry,
                 recalled_at: opt_time(recalled_at, "lot recalled_at")?,
             };
             facts.lots.insert((gtin, lot), lot_facts);

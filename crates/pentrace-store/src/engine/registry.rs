@@ -3,7 +3,7 @@
 //! transaction.
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use pentrace_domain::audit::Actor;
 use serde_json::{Value, json};
 
@@ -11,7 +11,7 @@ use super::audit::AuditSql;
 use super::flags::FlagSql;
 use crate::classify::missing_parent;
 use crate::dialect::{Conn, Dialect, for_both_stores};
-use crate::shared::columns::{StoredId, StoredInt, int8, opt_date, opt_time};
+use crate::shared::columns::{StoredId, StoredInt, int4, int8, opt_time};
 use crate::shared::drafts::{flag_raised, recall_draft};
 use crate::{
     AuditDraft, Clinic, Device, ExposureVerdict, FlagRecord, GLOBAL_CHAIN, Lot, NewFlag, Product,
@@ -30,21 +30,14 @@ pub(crate) struct ExposedSession {
 /// `clinics`: id, name, time zone.
 pub(crate) type ClinicRow = (String, String, String);
 /// `devices`: id, clinic, model, max depth.
-pub(crate) type DeviceRow<D> = (String, String, String, <D as Dialect>::Int4);
+pub(crate) type DeviceRow = (String, String, String, i32);
 /// `products`, in [`PRODUCT_COLUMNS`] order.
-pub(crate) type ProductRow<D> = (
-    String,
-    String,
-    <D as Dialect>::Int4,
-    i64,
-    <D as Dialect>::Int4,
-    <D as Dialect>::Int4,
-);
+pub(crate) type ProductRow = (String, String, i32, i64, i32, i32);
 /// `lots`, in [`LOT_COLUMNS`] order.
 pub(crate) type LotRow<D> = (
     String,
     String,
-    Option<<D as Dialect>::Date>,
+    Option<NaiveDate>,
     Option<<D as Dialect>::Time>,
     Option<String>,
 );
@@ -61,7 +54,7 @@ fn clinic_from((id, name, time_zone): ClinicRow) -> Clinic {
     }
 }
 
-fn device_from<D: Dialect>((id, clinic_id, model, depth): DeviceRow<D>) -> StoreResult<Device> {
+fn device_from((id, clinic_id, model, depth): DeviceRow) -> StoreResult<Device> {
     Ok(Device {
         id,
         clinic_id,
@@ -70,7 +63,7 @@ fn device_from<D: Dialect>((id, clinic_id, model, depth): DeviceRow<D>) -> Store
     })
 }
 
-fn product_from<D: Dialect>(row: ProductRow<D>) -> StoreResult<Product> {
+fn product_from(row: ProductRow) -> StoreResult<Product> {
     let (gtin, name, depth, strokes, active_s, shelf_life) = row;
     Ok(Product {
         gtin,
@@ -87,7 +80,7 @@ fn lot_from<D: Dialect>(row: LotRow<D>) -> StoreResult<Lot> {
     Ok(Lot {
         gtin,
         lot,
-        expiry: opt_date(expiry, "lot expiry")?,
+        expiry,
         recalled_at: opt_time(recalled_at, "lot recalled_at")?,
         recall_reason,
     })
@@ -107,10 +100,9 @@ pub(crate) trait RegistrySql: Dialect {
     async fn upsert_clinic(c: &mut Conn<Self>, clinic: &Clinic) -> StoreResult<ClinicRow>;
     /// Creates or changes the device and moves its own credentials to its
     /// clinic; a missing clinic is a foreign-key violation.
-    async fn upsert_device(c: &mut Conn<Self>, device: &Device) -> StoreResult<DeviceRow<Self>>;
+    async fn upsert_device(c: &mut Conn<Self>, device: &Device) -> StoreResult<DeviceRow>;
     /// A missing product is a foreign-key violation.
-    async fn upsert_product(c: &mut Conn<Self>, product: &Product)
-    -> StoreResult<ProductRow<Self>>;
+    async fn upsert_product(c: &mut Conn<Self>, product: &Product) -> StoreResult<ProductRow>;
     /// Never undoes a recall: a stored recall time and reason are kept.
     async fn upsert_lot(c: &mut Conn<Self>, lot: &Lot) -> StoreResult<LotRow<Self>>;
     /// Sets the recall time and reason unless the lot has them; None when
@@ -131,11 +123,11 @@ pub(crate) trait RegistrySql: Dialect {
         before: DateTime<Utc>,
     ) -> StoreResult<Vec<ExposedSession>>;
     async fn clinic(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<ClinicRow>>;
-    async fn device(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<DeviceRow<Self>>>;
-    async fn product(c: &mut Conn<Self>, gtin: &str) -> StoreResult<Option<ProductRow<Self>>>;
+    async fn device(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<DeviceRow>>;
+    async fn product(c: &mut Conn<Self>, gtin: &str) -> StoreResult<Option<ProductRow>>;
     async fn lot(c: &mut Conn<Self>, gtin: &str, lot: &str) -> StoreResult<Option<LotRow<Self>>>;
     async fn list_clinics(c: &mut Conn<Self>) -> StoreResult<Vec<ClinicRow>>;
-    async fn list_products(c: &mut Conn<Self>) -> StoreResult<Vec<ProductRow<Self>>>;
+    async fn list_products(c: &mut Conn<Self>) -> StoreResult<Vec<ProductRow>>;
     /// By gtin and lot; every gtin when None.
     async fn list_lots(c: &mut Conn<Self>, gtin: Option<&str>) -> StoreResult<Vec<LotRow<Self>>>;
 }
@@ -176,8 +168,8 @@ for_both_stores! {
             .await?)
         }
 
-        async fn upsert_device(c: &mut Conn<Self>, device: &Device) -> StoreResult<DeviceRow<Self>> {
-            let row: DeviceRow<Self> = sqlx::query_as(
+        async fn upsert_device(c: &mut Conn<Self>, device: &Device) -> StoreResult<DeviceRow> {
+            let row: DeviceRow = sqlx::query_as(
                 "INSERT INTO devices (id, clinic_id, model, max_depth_um) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (id) DO UPDATE SET clinic_id = EXCLUDED.clinic_id, \
                      model = EXCLUDED.model, max_depth_um = EXCLUDED.max_depth_um \
@@ -186,7 +178,7 @@ for_both_stores! {
             .bind(&device.id)
             .bind(&device.clinic_id)
             .bind(&device.model)
-            .bind(Self::int4(device.max_depth_um, "device max depth")?)
+            .bind(int4(device.max_depth_um, "device max depth")?)
             .fetch_one(&mut *c)
             .await?;
             // A pen's own credentials belong to the clinic the pen is in, so
@@ -203,7 +195,7 @@ for_both_stores! {
         async fn upsert_product(
             c: &mut Conn<Self>,
             product: &Product,
-        ) -> StoreResult<ProductRow<Self>> {
+        ) -> StoreResult<ProductRow> {
             let sql = format!(
                 "INSERT INTO products ({PRODUCT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (gtin) DO UPDATE SET name = EXCLUDED.name, \
@@ -216,10 +208,10 @@ for_both_stores! {
             Ok(sqlx::query_as(&sql)
                 .bind(&product.gtin)
                 .bind(&product.name)
-                .bind(Self::int4(product.max_depth_um, "product max depth")?)
+                .bind(int4(product.max_depth_um, "product max depth")?)
                 .bind(int8(product.rated_strokes, "product rated strokes")?)
-                .bind(Self::int4(product.max_active_s, "product max active s")?)
-                .bind(Self::int4(product.shelf_life_days, "product shelf life")?)
+                .bind(int4(product.max_active_s, "product max active s")?)
+                .bind(int4(product.shelf_life_days, "product shelf life")?)
                 .fetch_one(c)
                 .await?)
         }
@@ -235,7 +227,7 @@ for_both_stores! {
             Ok(sqlx::query_as(&sql)
                 .bind(&lot.gtin)
                 .bind(&lot.lot)
-                .bind(lot.expiry.map(Self::date))
+                .bind(lot.expiry)
                 .bind(lot.recalled_at.map(Self::time))
                 .bind(&lot.recall_reason)
                 .fetch_one(c)
@@ -301,7 +293,7 @@ for_both_stores! {
                 .await?)
         }
 
-        async fn device(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<DeviceRow<Self>>> {
+        async fn device(c: &mut Conn<Self>, id: &str) -> StoreResult<Option<DeviceRow>> {
             Ok(sqlx::query_as(
                 "SELECT id, clinic_id, model, max_depth_um FROM devices WHERE id = $1",
             )
@@ -310,7 +302,7 @@ for_both_stores! {
             .await?)
         }
 
-        async fn product(c: &mut Conn<Self>, gtin: &str) -> StoreResult<Option<ProductRow<Self>>> {
+        async fn product(c: &mut Conn<Self>, gtin: &str) -> StoreResult<Option<ProductRow>> {
             let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE gtin = $1");
             Ok(sqlx::query_as(&sql).bind(gtin).fetch_optional(c).await?)
         }
@@ -330,7 +322,7 @@ for_both_stores! {
                 .await?)
         }
 
-        async fn list_products(c: &mut Conn<Self>) -> StoreResult<Vec<ProductRow<Self>>> {
+        async fn list_products(c: &mut Conn<Self>) -> StoreResult<Vec<ProductRow>> {
             let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products ORDER BY gtin");
             Ok(sqlx::query_as(&sql).fetch_all(c).await?)
         }
@@ -416,11 +408,11 @@ impl Subject<'_> {
                 .await?
                 .map(|r| clinic_json(&clinic_from(r))),
             Subject::Device(x) => match D::device(c, &x.id).await? {
-                Some(row) => Some(device_json(&device_from::<D>(row)?)),
+                Some(row) => Some(device_json(&device_from(row)?)),
                 None => None,
             },
             Subject::Product(x) => match D::product(c, &x.gtin).await? {
-                Some(row) => Some(product_json(&product_from::<D>(row)?)),
+                Some(row) => Some(product_json(&product_from(row)?)),
                 None => None,
             },
             Subject::Lot(x) => match D::lot(c, &x.gtin, &x.lot).await? {
@@ -537,7 +529,7 @@ pub(crate) async fn upsert_device<D: RegistrySql + AuditSql>(
     let row = D::upsert_device(&mut tx, device)
         .await
         .map_err(|e| missing_parent(e, || format!("clinic {}", device.clinic_id)))?;
-    let stored = device_from::<D>(row)?;
+    let stored = device_from(row)?;
     record::<D>(&mut tx, subject, old, actor).await?;
     tx.commit().await?;
     Ok(stored)
@@ -551,7 +543,7 @@ pub(crate) async fn upsert_product<D: RegistrySql + AuditSql>(
     let subject = Subject::Product(product);
     let mut tx = d.write().await?;
     let old = subject.snapshot::<D>(&mut tx).await?;
-    let stored = product_from::<D>(D::upsert_product(&mut tx, product).await?)?;
+    let stored = product_from(D::upsert_product(&mut tx, product).await?)?;
     record::<D>(&mut tx, subject, old, actor).await?;
     tx.commit().await?;
     Ok(stored)
@@ -632,7 +624,7 @@ pub(crate) async fn list_clinics<D: RegistrySql>(d: &D) -> StoreResult<Vec<Clini
 
 pub(crate) async fn list_products<D: RegistrySql>(d: &D) -> StoreResult<Vec<Product>> {
     let rows = D::list_products(&mut *d.read().await?).await?;
-    rows.into_iter().map(product_from::<D>).collect()
+    rows.into_iter().map(product_from).collect()
 }
 
 pub(crate) async fn list_lots<D: RegistrySql>(d: &D, gtin: Option<&str>) -> StoreResult<Vec<Lot>> {

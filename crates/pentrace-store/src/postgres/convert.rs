@@ -6,13 +6,12 @@
 //! a value that does not fit is an invalid request on the way in, and a
 //! corrupt row on the way out.
 
-use chrono::{DateTime, Utc};
 use pentrace_domain::rules::CartridgeRelation;
 use uuid::Uuid;
 
 use super::PgStore;
+use crate::shared::rows;
 pub(super) use crate::shared::rows::FLAG_COLUMNS;
-use crate::shared::rows::{self, Columns};
 use crate::{StoreError, StoreResult};
 
 /// `u64` → `bigint`.
@@ -61,15 +60,6 @@ pub(super) fn relation_columns(
             Some(parse_uuid(owner_session_id, "owner session id")?),
         ),
     })
-}
-
-impl Columns for PgStore {
-    type Id = Uuid;
-    type Time = DateTime<Utc>;
-
-    fn time(t: DateTime<Utc>, _: &str) -> StoreResult<DateTime<Utc>> {
-        Ok(t)
-    }
 }
 
 /// A `flags` row.

@@ -39,7 +39,7 @@ impl FactsSql for PgStore {
         .await?)
     }
 
-    async fn devices(c: &mut PgConnection, ids: &[&str]) -> StoreResult<Vec<DeviceRow<Self>>> {
+    async fn devices(c: &mut PgConnection, ids: &[&str]) -> StoreResult<Vec<DeviceRow>> {
         Ok(sqlx::query_as(
             "SELECT id, clinic_id, max_depth_um, max_seq, stored_through FROM devices \
              WHERE id = ANY($1)",
@@ -50,7 +50,7 @@ impl FactsSql for PgStore {
         .await?)
     }
 
-    async fn products(c: &mut PgConnection, gtins: &[&str]) -> StoreResult<Vec<ProductRow<Self>>> {
+    async fn products(c: &mut PgConnection, gtins: &[&str]) -> StoreResult<Vec<ProductRow>> {
         Ok(sqlx::query_as(
             "SELECT gtin, max_depth_um, rated_strokes, max_active_s, shelf_life_days \
              FROM products WHERE gtin = ANY($1)",

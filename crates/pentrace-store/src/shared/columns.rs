@@ -4,14 +4,15 @@
 //! `YYYY-MM-DD` text) and 32-bit integers (`integer` or SQLite's one
 //! integer type). Values that do not fit the domain are corrupt rows.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
+use uuid::fmt::Hyphenated;
 
 use super::corrupt;
 use crate::{StoreError, StoreResult};
 
 /// A dialect's time column.
-pub(crate) trait StoredTime: Send + Sized {
+pub(crate) trait StoredTime: Send + Sized + std::fmt::Debug {
     fn from_time(at: DateTime<Utc>) -> Self;
     fn into_time(self, what: &str) -> StoreResult<DateTime<Utc>>;
 }
@@ -48,75 +49,32 @@ pub(crate) fn opt_time<T: StoredTime>(
 
 /// A dialect's id column, read as the canonical lowercase text the domain
 /// uses.
-pub(crate) trait StoredId: Send + Sized {
-    /// An id as a caller sends it; `Invalid` when it is not a UUID.
-    fn from_id(id: &str, what: &str) -> StoreResult<Self>;
-    fn into_id(self) -> String;
+pub(crate) trait StoredId: Send + Sized + std::fmt::Debug {
+    fn into_uuid(self) -> Uuid;
+    /// The canonical text the domain uses.
+    fn into_id(self) -> String {
+        self.into_uuid().to_string()
+    }
 }
 
 impl StoredId for Uuid {
-    fn from_id(id: &str, what: &str) -> StoreResult<Self> {
-        Uuid::parse_str(id).map_err(|e| StoreError::Invalid(format!("{what} {id:?}: {e}")))
-    }
-
-    fn into_id(self) -> String {
-        self.to_string()
-    }
-}
-
-/// Canonical lowercase text, so `ABC…` and `abc…` name the same row, as
-/// PostgreSQL's `uuid` does.
-impl StoredId for String {
-    fn from_id(id: &str, what: &str) -> StoreResult<Self> {
-        Uuid::from_id(id, what).map(|u| u.to_string())
-    }
-
-    fn into_id(self) -> String {
+    fn into_uuid(self) -> Uuid {
         self
     }
 }
 
-/// A dialect's date column.
-pub(crate) trait StoredDate: Send + Sized {
-    fn from_date(day: NaiveDate) -> Self;
-    fn into_date(self, what: &str) -> StoreResult<NaiveDate>;
-}
-
-impl StoredDate for NaiveDate {
-    fn from_date(day: NaiveDate) -> Self {
-        day
+/// Canonical lowercase text, so `ABC…` and `abc…` name the same row, as
+/// PostgreSQL's `uuid` does; a stored id that is not a UUID is a corrupt
+/// row.
+impl StoredId for Hyphenated {
+    fn into_uuid(self) -> Uuid {
+        self.into_uuid()
     }
-
-    fn into_date(self, _: &str) -> StoreResult<NaiveDate> {
-        Ok(self)
-    }
-}
-
-impl StoredDate for String {
-    fn from_date(day: NaiveDate) -> Self {
-        day.format("%Y-%m-%d").to_string()
-    }
-
-    fn into_date(self, what: &str) -> StoreResult<NaiveDate> {
-        NaiveDate::parse_from_str(&self, "%Y-%m-%d")
-            .map_err(|e| corrupt(format!("{what} {self:?}: {e}")))
-    }
-}
-
-/// An optional date column.
-pub(crate) fn opt_date<T: StoredDate>(
-    value: Option<T>,
-    what: &str,
-) -> StoreResult<Option<NaiveDate>> {
-    value.map(|d| d.into_date(what)).transpose()
 }
 
 /// A dialect's integer column (PostgreSQL's `integer` or `bigint`, SQLite's
 /// INTEGER), read into the domain's unsigned types.
 pub(crate) trait StoredInt: Send + Copy + std::fmt::Display {
-    /// `Invalid` beyond PostgreSQL's `integer`, so both stores refuse the
-    /// same values.
-    fn from_u32(value: u32, what: &str) -> StoreResult<Self>;
     fn into_i64(self) -> i64;
 
     fn into_u32(self, what: &str) -> StoreResult<u32> {
@@ -130,23 +88,21 @@ pub(crate) trait StoredInt: Send + Copy + std::fmt::Display {
 }
 
 impl StoredInt for i32 {
-    fn from_u32(value: u32, what: &str) -> StoreResult<Self> {
-        i32::try_from(value).map_err(|_| too_large(value, what))
-    }
-
     fn into_i64(self) -> i64 {
         i64::from(self)
     }
 }
 
 impl StoredInt for i64 {
-    fn from_u32(value: u32, what: &str) -> StoreResult<Self> {
-        i32::from_u32(value, what).map(i64::from)
-    }
-
     fn into_i64(self) -> i64 {
         self
     }
+}
+
+/// `u32` → `integer`; `Invalid` beyond its range, so both stores refuse
+/// the same values.
+pub(crate) fn int4(value: u32, what: &str) -> StoreResult<i32> {
+    i32::try_from(value).map_err(|_| too_large(value, what))
 }
 
 /// `u64` → `bigint`; `Invalid` when it does not fit.

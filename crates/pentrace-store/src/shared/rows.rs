@@ -1,5 +1,5 @@
 //! The rows several statements of both dialects read, decoded into domain
-//! values once: each dialect names its column types ([`Columns`]), and a
+//! values once: each dialect names its column types ([`Dialect`]), and a
 //! row type here takes them as its parameter.
 
 use std::fmt::Debug;
@@ -8,25 +8,13 @@ use chrono::{DateTime, NaiveDate, Utc};
 use pentrace_domain::rules::SeqHole;
 use pentrace_domain::{FlagKind, Severity};
 use serde_json::Value;
-use uuid::Uuid;
 
+use crate::dialect::Dialect;
+use crate::shared::columns::{StoredId, StoredTime, opt_time};
 use crate::{
     Device, DeviceStatus, FlagRecord, FlagState, QuarantineRecord, SessionRecord, StoreError,
     StoreResult,
 };
-
-/// The column types that differ between the dialects.
-pub(crate) trait Columns {
-    /// `uuid`, or canonical text (`Hyphenated`).
-    type Id: Into<Uuid> + ToString + Debug;
-    /// `timestamptz`, or integer microseconds since the epoch.
-    type Time: Debug;
-    fn time(t: Self::Time, what: &str) -> StoreResult<DateTime<Utc>>;
-}
-
-fn opt_time<C: Columns>(t: Option<C::Time>, what: &str) -> StoreResult<Option<DateTime<Utc>>> {
-    t.map(|t| C::time(t, what)).transpose()
-}
 
 /// A stored integer as the domain's unsigned type.
 fn unsigned<T: TryFrom<i64>>(value: impl Into<i64>, what: &str) -> StoreResult<T> {
@@ -45,7 +33,7 @@ pub(crate) const FLAG_COLUMNS: &str = "id, kind, severity, state, clinic_id, dev
 
 /// A `flags` row.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct FlagRow<C: Columns> {
+pub(crate) struct FlagRow<C: Dialect> {
     id: C::Id,
     kind: String,
     severity: String,
@@ -60,7 +48,7 @@ pub(crate) struct FlagRow<C: Columns> {
     evidence: Value,
 }
 
-impl<C: Columns> TryFrom<FlagRow<C>> for FlagRecord {
+impl<C: Dialect> TryFrom<FlagRow<C>> for FlagRecord {
     type Error = StoreError;
 
     fn try_from(row: FlagRow<C>) -> StoreResult<FlagRecord> {
@@ -72,7 +60,7 @@ impl<C: Columns> TryFrom<FlagRow<C>> for FlagRecord {
             s => return Err(corrupt(format!("flag severity {s:?}"))),
         };
         Ok(FlagRecord {
-            id: row.id.into(),
+            id: row.id.into_uuid(),
             kind: FlagKind::parse(&row.kind)
                 .ok_or_else(|| corrupt(format!("flag kind {:?}", row.kind)))?,
             severity,
@@ -80,10 +68,10 @@ impl<C: Columns> TryFrom<FlagRow<C>> for FlagRecord {
                 .ok_or_else(|| corrupt(format!("flag state {:?}", row.state)))?,
             clinic_id: row.clinic_id,
             device_id: row.device_id,
-            session_id: row.session_id.map(|s| s.to_string()),
+            session_id: row.session_id.map(StoredId::into_id),
             cartridge_id: row.cartridge_id,
             seq: unsigned(row.seq, "flag seq")?,
-            raised_at: C::time(row.raised_at, "flag raised_at")?,
+            raised_at: StoredTime::into_time(row.raised_at, "flag raised_at")?,
             detail: row.detail,
             evidence: row.evidence,
         })
@@ -91,7 +79,7 @@ impl<C: Columns> TryFrom<FlagRow<C>> for FlagRecord {
 }
 
 /// Converts fetched flag rows.
-pub(crate) fn flag_records<C: Columns>(rows: Vec<FlagRow<C>>) -> StoreResult<Vec<FlagRecord>> {
+pub(crate) fn flag_records<C: Dialect>(rows: Vec<FlagRow<C>>) -> StoreResult<Vec<FlagRecord>> {
     rows.into_iter().map(FlagRecord::try_from).collect()
 }
 
@@ -102,7 +90,7 @@ pub(crate) const SESSION_COLUMNS: &str = "session_id, device_id, clinic_id, cart
 
 /// A `sessions` row as the query services see it.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct SessionRow<C: Columns> {
+pub(crate) struct SessionRow<C: Dialect> {
     session_id: C::Id,
     device_id: String,
     clinic_id: String,
@@ -123,12 +111,12 @@ pub(crate) struct SessionRow<C: Columns> {
     device_ended_at: Option<C::Time>,
 }
 
-impl<C: Columns> TryFrom<SessionRow<C>> for SessionRecord {
+impl<C: Dialect> TryFrom<SessionRow<C>> for SessionRecord {
     type Error = StoreError;
 
     fn try_from(row: SessionRow<C>) -> StoreResult<SessionRecord> {
         Ok(SessionRecord {
-            session_id: row.session_id.to_string(),
+            session_id: row.session_id.into_id(),
             device_id: row.device_id,
             clinic_id: row.clinic_id,
             cartridge_id: row.cartridge_id,
@@ -139,10 +127,10 @@ impl<C: Columns> TryFrom<SessionRow<C>> for SessionRecord {
             area: row.area,
             operator_ref: row.operator_ref,
             patient_ref: row.patient_ref,
-            started_at: C::time(row.started_at, "session started_at")?,
-            ended_at: opt_time::<C>(row.ended_at, "session ended_at")?,
-            device_started_at: opt_time::<C>(row.device_started_at, "session device_started_at")?,
-            device_ended_at: opt_time::<C>(row.device_ended_at, "session device_ended_at")?,
+            started_at: StoredTime::into_time(row.started_at, "session started_at")?,
+            ended_at: opt_time(row.ended_at, "session ended_at")?,
+            device_started_at: opt_time(row.device_started_at, "session device_started_at")?,
+            device_ended_at: opt_time(row.device_ended_at, "session device_ended_at")?,
             strokes: unsigned(row.strokes, "session strokes")?,
             max_depth_um: unsigned(row.max_depth_um, "session max depth")?,
             samples: unsigned(row.samples, "session samples")?,
@@ -151,7 +139,7 @@ impl<C: Columns> TryFrom<SessionRow<C>> for SessionRecord {
 }
 
 /// Converts fetched session rows.
-pub(crate) fn session_records<C: Columns>(
+pub(crate) fn session_records<C: Dialect>(
     rows: Vec<SessionRow<C>>,
 ) -> StoreResult<Vec<SessionRecord>> {
     rows.into_iter().map(SessionRecord::try_from).collect()
@@ -159,7 +147,7 @@ pub(crate) fn session_records<C: Columns>(
 
 /// A device with its status aggregates; `online` is left to the engine.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct DeviceStatusRow<C: Columns> {
+pub(crate) struct DeviceStatusRow<C: Dialect> {
     id: String,
     clinic_id: String,
     model: String,
@@ -172,13 +160,13 @@ pub(crate) struct DeviceStatusRow<C: Columns> {
     open_flags: i64,
 }
 
-impl<C: Columns> TryFrom<DeviceStatusRow<C>> for DeviceStatus {
+impl<C: Dialect> TryFrom<DeviceStatusRow<C>> for DeviceStatus {
     type Error = StoreError;
 
     fn try_from(row: DeviceStatusRow<C>) -> StoreResult<DeviceStatus> {
         Ok(DeviceStatus {
             online: false,
-            last_seen: opt_time::<C>(row.last_seen, "device last seen")?,
+            last_seen: opt_time(row.last_seen, "device last seen")?,
             battery_pct: row
                 .battery_pct
                 .map(|b| unsigned(b, "battery"))
@@ -203,7 +191,7 @@ pub(crate) const QUARANTINE_COLUMNS: &str =
 
 /// A `quarantine` row.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct QuarantinedRow<C: Columns> {
+pub(crate) struct QuarantinedRow<C: Dialect> {
     id: C::Id,
     device_id: String,
     seq: i64,
@@ -214,17 +202,17 @@ pub(crate) struct QuarantinedRow<C: Columns> {
     payload: Vec<u8>,
 }
 
-impl<C: Columns> TryFrom<QuarantinedRow<C>> for QuarantineRecord {
+impl<C: Dialect> TryFrom<QuarantinedRow<C>> for QuarantineRecord {
     type Error = StoreError;
 
     fn try_from(r: QuarantinedRow<C>) -> StoreResult<QuarantineRecord> {
         Ok(QuarantineRecord {
-            id: r.id.into(),
+            id: r.id.into_uuid(),
             device_id: r.device_id,
             seq: unsigned(r.seq, "seq")?,
             transport: r.transport,
-            received_at: C::time(r.received_at, "received_at")?,
-            quarantined_at: C::time(r.quarantined_at, "quarantined_at")?,
+            received_at: StoredTime::into_time(r.received_at, "received_at")?,
+            quarantined_at: StoredTime::into_time(r.quarantined_at, "quarantined_at")?,
             error: r.error,
             payload: r.payload,
         })
@@ -233,28 +221,28 @@ impl<C: Columns> TryFrom<QuarantinedRow<C>> for QuarantineRecord {
 
 /// An open hole (`device_id, first_seq, last_seq, detected_at`) with its
 /// device's clinic.
-pub(crate) type HoleRow<C> = (String, i64, i64, <C as Columns>::Time, String);
+pub(crate) type HoleRow<C> = (String, i64, i64, <C as Dialect>::Time, String);
 
-pub(crate) fn hole<C: Columns>(row: HoleRow<C>) -> StoreResult<(SeqHole, String)> {
+pub(crate) fn hole<C: Dialect>(row: HoleRow<C>) -> StoreResult<(SeqHole, String)> {
     let (device_id, first, last, detected_at, clinic_id) = row;
     let hole = SeqHole {
         device_id,
         first: unsigned(first, "hole first seq")?,
         last: unsigned(last, "hole last seq")?,
-        detected_at: C::time(detected_at, "hole detected_at")?,
+        detected_at: StoredTime::into_time(detected_at, "hole detected_at")?,
     };
     Ok((hole, clinic_id))
 }
 
 /// A cartridge's binding: `(session_id, device_id, bound_at)`.
-pub(crate) type BindingRow<C> = (<C as Columns>::Id, String, <C as Columns>::Time);
+pub(crate) type BindingRow<C> = (<C as Dialect>::Id, String, <C as Dialect>::Time);
 
-pub(crate) fn binding<C: Columns>(
+pub(crate) fn binding<C: Dialect>(
     (session, device, at): BindingRow<C>,
 ) -> StoreResult<(String, String, DateTime<Utc>)> {
     Ok((
-        session.to_string(),
+        session.into_id(),
         device,
-        C::time(at, "cartridge bound_at")?,
+        StoredTime::into_time(at, "cartridge bound_at")?,
     ))
 }

@@ -7,13 +7,13 @@
 //! corrupt row on the way out). Times are microseconds since the Unix epoch;
 //! UUIDs are canonical lowercase text.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use pentrace_domain::rules::CartridgeRelation;
 use uuid::Uuid;
 
 use super::SqliteStore;
+use crate::shared::rows;
 pub(super) use crate::shared::rows::FLAG_COLUMNS;
-use crate::shared::rows::{self, Columns};
 use crate::{StoreError, StoreResult};
 
 /// A time as stored: microseconds since 1970-01-01 UTC (finer digits are
@@ -68,11 +68,6 @@ pub(super) fn stored_uuid(value: &str, what: &str) -> StoreResult<Uuid> {
     Uuid::parse_str(value).map_err(|e| corrupt(format!("{what} {value:?}: {e}")))
 }
 
-/// A date as stored.
-pub(super) fn date_text(value: Option<NaiveDate>) -> Option<String> {
-    value.map(|d| d.format("%Y-%m-%d").to_string())
-}
-
 /// A value read from the database that the domain cannot hold.
 pub(super) fn corrupt(message: String) -> StoreError {
     StoreError::Other(sqlx::Error::Decode(message.into()))
@@ -89,16 +84,6 @@ pub(super) fn relation_columns(
         CartridgeRelation::Resumed { owner_session_id } => ("resumed", owner(owner_session_id)?),
         CartridgeRelation::Reused { owner_session_id } => ("reused", owner(owner_session_id)?),
     })
-}
-
-/// Ids are canonical text, times microseconds.
-impl Columns for SqliteStore {
-    type Id = uuid::fmt::Hyphenated;
-    type Time = i64;
-
-    fn time(t: i64, what: &str) -> StoreResult<DateTime<Utc>> {
-        time(t, what)
-    }
 }
 
 /// A `flags` row.
@@ -165,16 +150,5 @@ mod tests {
                 .ok();
             assert_eq!(back, Some(relation));
         }
-    }
-
-    #[test]
-    fn dates_are_iso_text() {
-        let d = NaiveDate::from_ymd_opt(2030, 1, 31);
-        let text = date_text(d);
-        assert_eq!(text.as_deref(), Some("2030-01-31"));
-        assert_eq!(
-            crate::shared::columns::opt_date(text, "expiry").ok(),
-            Some(d)
-        );
     }
 }

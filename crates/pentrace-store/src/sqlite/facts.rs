@@ -33,7 +33,7 @@ impl FactsSql for SqliteStore {
         .await?)
     }
 
-    async fn devices(c: &mut SqliteConnection, ids: &[&str]) -> StoreResult<Vec<DeviceRow<Self>>> {
+    async fn devices(c: &mut SqliteConnection, ids: &[&str]) -> StoreResult<Vec<DeviceRow>> {
         Ok(sqlx::query_as(
             "SELECT id, clinic_id, max_depth_um, max_seq, stored_through FROM devices \
              WHERE id IN (SELECT value FROM json_each(?1))",
@@ -43,10 +43,7 @@ impl FactsSql for SqliteStore {
         .await?)
     }
 
-    async fn products(
-        c: &mut SqliteConnection,
-        gtins: &[&str],
-    ) -> StoreResult<Vec<ProductRow<Self>>> {
+    async fn products(c: &mut SqliteConnection, gtins: &[&str]) -> StoreResult<Vec<ProductRow>> {
         Ok(sqlx::query_as(
             "SELECT gtin, max_depth_um, rated_strokes, max_active_s, shelf_life_days \
              FROM products WHERE gtin IN (SELECT value FROM json_each(?1))",

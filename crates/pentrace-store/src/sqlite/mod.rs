@@ -41,23 +41,12 @@ mod status;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::dialect::Dialect as _;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use pentrace_domain::audit::{Actor, AuditEvent, ChainHash};
-use pentrace_domain::checkpoint::Checkpoint;
-use pentrace_domain::rules::SeqHole;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use crate::{
-    AuditDraft, AuditQuery, CartridgeHistory, ChainHead, Clinic, CommitOutcome, Device,
-    DeviceCredential, DeviceStatus, ExposureVerdict, FactsQuery, FlagAction, FlagActionRecord,
-    FlagQuery, FlagRecord, Lot, NewDeviceCredential, NewFlag, Product, QuarantineRecord,
-    QuarantineRow, Role, SessionQuery, SessionRecord, Store, StoreError, StoreResult,
-    StoredAuditEvent, StoredFacts, User, Watermarks, WriteBatch,
-};
+use crate::{StoreError, StoreResult};
 
 /// The migrations of `migrations/sqlite`, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -165,9 +154,7 @@ async fn begin(pool: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
 impl crate::dialect::Dialect for SqliteStore {
     type Db = sqlx::Sqlite;
     type Time = i64;
-    type Id = String;
-    type Date = String;
-    type Int4 = i64;
+    type Id = uuid::fmt::Hyphenated;
     const KIND: &'static str = "sqlite";
 
     async fn write(&self) -> StoreResult<crate::dialect::WriteTx<Self>> {
@@ -184,263 +171,13 @@ impl crate::dialect::Dialect for SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
-    }
-
-    async fn status(&self) -> StoreResult<crate::StoreStatus> {
-        crate::engine::status::status(self).await
-    }
-
-    async fn load_facts(&self, query: &FactsQuery) -> StoreResult<StoredFacts> {
-        crate::engine::facts::load(self, query).await
-    }
-
-    async fn commit(&self, batch: &WriteBatch) -> StoreResult<CommitOutcome> {
-        crate::engine::commit::commit(self, batch).await
-    }
-
-    async fn auto_register_device(&self, device_id: &str, clinic_id: &str) -> StoreResult<()> {
-        crate::engine::registry::auto_register_device(self, device_id, clinic_id).await
-    }
-
-    async fn quarantine(&self, rows: &[QuarantineRow]) -> StoreResult<Watermarks> {
-        crate::engine::quarantine::quarantine(self, rows).await
-    }
-
-    async fn list_quarantine(&self, limit: u32) -> StoreResult<Vec<QuarantineRecord>> {
-        crate::engine::quarantine::list_quarantine(self, limit).await
-    }
-
-    async fn quarantined(&self, id: uuid::Uuid) -> StoreResult<Option<QuarantineRecord>> {
-        crate::engine::quarantine::quarantined(self, id).await
-    }
-
-    async fn upsert_clinic(&self, clinic: &Clinic, actor: &Actor) -> StoreResult<Clinic> {
-        crate::engine::registry::upsert_clinic(self, clinic, actor).await
-    }
-
-    async fn upsert_device(&self, device: &Device, actor: &Actor) -> StoreResult<Device> {
-        crate::engine::registry::upsert_device(self, device, actor).await
-    }
-
-    async fn upsert_product(&self, product: &Product, actor: &Actor) -> StoreResult<Product> {
-        crate::engine::registry::upsert_product(self, product, actor).await
-    }
-
-    async fn upsert_lot(&self, lot: &Lot, actor: &Actor) -> StoreResult<Lot> {
-        crate::engine::registry::upsert_lot(self, lot, actor).await
-    }
-
-    async fn append_audit(&self, drafts: &[AuditDraft]) -> StoreResult<()> {
-        crate::engine::audit::append_audit(self, drafts).await
-    }
-
-    async fn audit_heads(&self) -> StoreResult<Vec<ChainHead>> {
-        <Self as crate::engine::audit::AuditSql>::heads(&mut *self.read().await?).await
-    }
-
-    async fn audit_page(
-        &self,
-        clinic_id: &str,
-        after: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredAuditEvent>> {
-        <Self as crate::engine::audit::AuditSql>::page(
-            &mut *self.read().await?,
-            clinic_id,
-            after,
-            limit,
-        )
-        .await
-    }
-
-    async fn audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditEvent>> {
-        crate::engine::audit::audit_events(self, query).await
-    }
-
-    async fn audit_hash_at(
-        &self,
-        clinic_id: &str,
-        position: u64,
-    ) -> StoreResult<Option<ChainHash>> {
-        <Self as crate::engine::audit::AuditSql>::hash_at(
-            &mut *self.read().await?,
-            clinic_id,
-            position,
-        )
-        .await
-    }
-
-    async fn save_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
-        crate::engine::audit::save_checkpoint(self, checkpoint).await
-    }
-
-    async fn checkpoints(&self) -> StoreResult<Vec<Checkpoint>> {
-        <Self as crate::engine::audit::AuditSql>::checkpoints(&mut *self.read().await?).await
-    }
-
-    async fn create_user(
-        &self,
-        name: &str,
-        role: Role,
-        clinics: &[String],
-        actor: &Actor,
-    ) -> StoreResult<User> {
-        crate::engine::people::create_user(self, name, role, clinics, actor).await
-    }
-
-    async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>> {
-        crate::engine::people::user_by_name(self, name).await
-    }
-
-    async fn issue_token(
-        &self,
-        user_id: uuid::Uuid,
-        token_hash: &[u8; 32],
-        actor: &Actor,
-    ) -> StoreResult<uuid::Uuid> {
-        crate::engine::people::issue_token(self, user_id, token_hash, actor).await
-    }
-
-    async fn revoke_token(&self, token_id: uuid::Uuid, actor: &Actor) -> StoreResult<()> {
-        crate::engine::people::revoke_token(self, token_id, actor).await
-    }
-
-    async fn user_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<User>> {
-        crate::engine::people::user_by_token(self, token_hash).await
-    }
-
-    async fn issue_device_credential(
-        &self,
-        new: &NewDeviceCredential,
-        actor: &Actor,
-    ) -> StoreResult<(DeviceCredential, Vec<DeviceCredential>)> {
-        crate::engine::credentials::issue(self, new, actor).await
-    }
-
-    async fn revoke_device_credential(
-        &self,
-        id: uuid::Uuid,
-        reason: &str,
-        actor: &Actor,
-    ) -> StoreResult<DeviceCredential> {
-        crate::engine::credentials::revoke(self, id, reason, actor).await
-    }
-
-    async fn device_credential(
-        &self,
-        fingerprint: &[u8; 32],
-    ) -> StoreResult<Option<DeviceCredential>> {
-        crate::engine::credentials::by_fingerprint(self, fingerprint).await
-    }
-
-    async fn list_device_credentials(
-        &self,
-        clinics: Option<&[String]>,
-    ) -> StoreResult<Vec<DeviceCredential>> {
-        crate::engine::credentials::list(self, clinics).await
-    }
-
-    async fn device_clinic(&self, device_id: &str) -> StoreResult<Option<String>> {
-        crate::engine::credentials::device_clinic(self, device_id).await
-    }
-
-    async fn sign_flag(&self, action: &FlagAction) -> StoreResult<FlagRecord> {
-        crate::engine::people::sign_flag(self, action).await
-    }
-
-    async fn flag_actions(&self, flag_ids: &[uuid::Uuid]) -> StoreResult<Vec<FlagActionRecord>> {
-        crate::engine::people::flag_actions(self, flag_ids).await
-    }
-
-    async fn recall_lot(
-        &self,
-        gtin: &str,
-        lot: &str,
-        reason: &str,
-        at: DateTime<Utc>,
-        exposure: ExposureVerdict,
-        actor: &Actor,
-    ) -> StoreResult<(Lot, Vec<FlagRecord>)> {
-        crate::engine::registry::recall_lot(self, gtin, lot, reason, at, exposure, actor).await
-    }
-
-    async fn list_clinics(&self) -> StoreResult<Vec<Clinic>> {
-        crate::engine::registry::list_clinics(self).await
-    }
-
-    async fn list_products(&self) -> StoreResult<Vec<Product>> {
-        crate::engine::registry::list_products(self).await
-    }
-
-    async fn list_lots(&self, gtin: Option<&str>) -> StoreResult<Vec<Lot>> {
-        crate::engine::registry::list_lots(self, gtin).await
-    }
-
-    async fn list_devices(
-        &self,
-        clinic_id: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Vec<DeviceStatus>> {
-        crate::engine::queries::list_devices(self, clinic_id, now).await
-    }
-
-    async fn list_sessions(&self, query: &SessionQuery) -> StoreResult<Vec<SessionRecord>> {
-        crate::engine::queries::list_sessions(self, query).await
-    }
-
-    async fn list_flags(&self, query: &FlagQuery) -> StoreResult<Vec<FlagRecord>> {
-        crate::engine::queries::list_flags(self, query).await
-    }
-
-    async fn cartridge_history(&self, cartridge_id: &str) -> StoreResult<CartridgeHistory> {
-        crate::engine::queries::cartridge_history(self, cartridge_id).await
-    }
-
-    async fn lot_lookback(&self, gtin: &str, lot: &str) -> StoreResult<Vec<SessionRecord>> {
-        crate::engine::queries::lot_lookback(self, gtin, lot).await
-    }
-
-    async fn sessions_in_period(
-        &self,
-        clinic_id: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> StoreResult<Vec<SessionRecord>> {
-        crate::engine::queries::sessions_in_period(self, clinic_id, from, to).await
-    }
-
-    async fn flags_in_period(
-        &self,
-        clinic_id: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> StoreResult<Vec<FlagRecord>> {
-        crate::engine::queries::flags_in_period(self, clinic_id, from, to).await
-    }
-
-    async fn due_holes(&self, before: DateTime<Utc>) -> StoreResult<Vec<(SeqHole, String)>> {
-        crate::engine::queries::due_holes(self, before).await
-    }
-
-    async fn flag_holes(&self, holes: &[(SeqHole, NewFlag)]) -> StoreResult<Vec<FlagRecord>> {
-        crate::engine::queries::flag_holes(self, holes).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use pentrace_domain::audit::Actor;
     use sqlx::Connection as _;
 
     use super::*;
+    use crate::{AuditDraft, Clinic, Store};
 
     /// A fresh directory under the system's temporary one.
     fn temp_dir() -> std::path::PathBuf {

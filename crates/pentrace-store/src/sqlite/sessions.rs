@@ -4,7 +4,7 @@
 use pentrace_domain::rules::CartridgeRelation;
 use sqlx::SqliteConnection;
 
-use super::convert::{date_text, micros, relation_columns, to_int4, to_int8, uuid_text};
+use super::convert::{micros, relation_columns, to_int4, to_int8, uuid_text};
 use crate::{SessionWrite, StoreResult};
 
 /// Creates the sessions (or adds to them, not to another device's); the
@@ -107,7 +107,7 @@ async fn upsert(
     .bind(&w.udi)
     .bind(w.gtin.as_deref())
     .bind(w.lot.as_deref())
-    .bind(date_text(w.expiry))
+    .bind(w.expiry)
     .bind(&w.area)
     .bind(micros(w.started_at))
     .bind(d.device_ended_at)
