@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use pentrace_domain::audit::{Actor, AuditEvent, ChainHash, GENESIS, chain_hash};
 use pentrace_domain::checkpoint::{CHECKPOINT_VERSION, Checkpoint};
 
-use crate::dialect::{Conn, Dialect};
+use crate::dialect::{Conn, Dialect, for_both_stores};
+use crate::shared::columns::int8;
 use crate::shared::drafts::{now_micros, to_event};
 use crate::shared::{StoredTime, corrupt, hash32, stored_u64};
 use crate::{AuditDraft, AuditQuery, ChainHead, StoreResult, StoredAuditEvent};
@@ -20,7 +21,7 @@ pub(crate) struct ChainedEvent {
     pub hash: ChainHash,
 }
 
-/// The audit trail's statements.
+/// The audit trail's statements whose SQL differs between the dialects.
 #[async_trait]
 pub(crate) trait AuditSql: Dialect {
     /// The heads of the given chains (sorted), held against other appenders
@@ -32,24 +33,8 @@ pub(crate) trait AuditSql: Dialect {
     async fn insert_events(c: &mut Conn<Self>, events: &[ChainedEvent]) -> StoreResult<()>;
     /// Creates or moves the chains' heads.
     async fn set_heads(c: &mut Conn<Self>, heads: &[ChainHead]) -> StoreResult<()>;
-    async fn heads(c: &mut Conn<Self>) -> StoreResult<Vec<ChainHead>>;
-    /// Up to `limit` events of a chain after `after`, in position order.
-    async fn page(
-        c: &mut Conn<Self>,
-        clinic_id: &str,
-        after: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredAuditEvent>>;
     /// Events of the query's actions (and chains) since its time, by time.
     async fn events(c: &mut Conn<Self>, q: &AuditQuery) -> StoreResult<Vec<StoredAuditEvent>>;
-    async fn hash_at(
-        c: &mut Conn<Self>,
-        clinic_id: &str,
-        position: u64,
-    ) -> StoreResult<Option<ChainHash>>;
-    async fn save_checkpoint(c: &mut Conn<Self>, cp: &Checkpoint) -> StoreResult<()>;
-    /// By clinic, position and time.
-    async fn checkpoints(c: &mut Conn<Self>) -> StoreResult<Vec<Checkpoint>>;
 
     /// Appends the drafts to their chains and returns each draft's hash, in
     /// the order given; every event of one call shares one time. Heads are
@@ -91,6 +76,105 @@ pub(crate) trait AuditSql: Dialect {
     }
 }
 
+/// The audit trail's statements both dialects spell alike.
+#[async_trait]
+pub(crate) trait AuditCommonSql: Dialect {
+    async fn heads(c: &mut Conn<Self>) -> StoreResult<Vec<ChainHead>>;
+    /// Up to `limit` events of a chain after `after`, in position order
+    /// (keyset paging: memory stays bounded by the page, whatever the
+    /// chain's length).
+    async fn page(
+        c: &mut Conn<Self>,
+        clinic_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredAuditEvent>>;
+    async fn hash_at(
+        c: &mut Conn<Self>,
+        clinic_id: &str,
+        position: u64,
+    ) -> StoreResult<Option<ChainHash>>;
+    async fn save_checkpoint(c: &mut Conn<Self>, cp: &Checkpoint) -> StoreResult<()>;
+    /// By clinic, position and time.
+    async fn checkpoints(c: &mut Conn<Self>) -> StoreResult<Vec<Checkpoint>>;
+}
+
+for_both_stores! {
+    impl AuditCommonSql {
+        async fn heads(c: &mut Conn<Self>) -> StoreResult<Vec<ChainHead>> {
+            let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT clinic_id, position, hash FROM audit_heads ORDER BY clinic_id",
+            )
+            .fetch_all(c)
+            .await?;
+            rows.into_iter()
+                .map(|(clinic, position, hash)| chain_head(clinic, position, &hash))
+                .collect()
+        }
+
+        async fn page(
+            c: &mut Conn<Self>,
+            clinic_id: &str,
+            after: u64,
+            limit: u32,
+        ) -> StoreResult<Vec<StoredAuditEvent>> {
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM audit_events \
+                 WHERE clinic_id = $1 AND position > $2 ORDER BY position LIMIT $3"
+            );
+            let rows: Vec<EventRow<<Self as Dialect>::Time>> = sqlx::query_as(&sql)
+                .bind(clinic_id)
+                .bind(int8(after, "position")?)
+                .bind(i64::from(limit))
+                .fetch_all(c)
+                .await?;
+            rows.into_iter().map(EventRow::into_stored).collect()
+        }
+
+        async fn hash_at(
+            c: &mut Conn<Self>,
+            clinic_id: &str,
+            position: u64,
+        ) -> StoreResult<Option<ChainHash>> {
+            let row: Option<(Vec<u8>,)> = sqlx::query_as(
+                "SELECT hash FROM audit_events WHERE clinic_id = $1 AND position = $2",
+            )
+            .bind(clinic_id)
+            .bind(int8(position, "position")?)
+            .fetch_optional(c)
+            .await?;
+            row.map(|(h,)| hash32(&h)).transpose()
+        }
+
+        async fn save_checkpoint(c: &mut Conn<Self>, cp: &Checkpoint) -> StoreResult<()> {
+            let sql = format!(
+                "INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            );
+            sqlx::query(&sql)
+                .bind(&cp.clinic_id)
+                .bind(int8(cp.position, "position")?)
+                .bind(cp.hash.as_slice())
+                .bind(Self::time(cp.at))
+                .bind(cp.public_key.as_slice())
+                .bind(cp.signature.as_slice())
+                .execute(c)
+                .await?;
+            Ok(())
+        }
+
+        async fn checkpoints(c: &mut Conn<Self>) -> StoreResult<Vec<Checkpoint>> {
+            let sql = format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints \
+                 ORDER BY clinic_id, position, at"
+            );
+            let rows: Vec<CheckpointRow<<Self as Dialect>::Time>> =
+                sqlx::query_as(&sql).fetch_all(c).await?;
+            rows.into_iter().map(checkpoint_from).collect()
+        }
+    }
+}
+
 /// Appends events that record no other write.
 pub(crate) async fn append_audit<D: AuditSql>(d: &D, drafts: &[AuditDraft]) -> StoreResult<()> {
     let mut tx = d.write().await?;
@@ -99,7 +183,7 @@ pub(crate) async fn append_audit<D: AuditSql>(d: &D, drafts: &[AuditDraft]) -> S
     Ok(())
 }
 
-pub(crate) async fn save_checkpoint<D: AuditSql>(d: &D, cp: &Checkpoint) -> StoreResult<()> {
+pub(crate) async fn save_checkpoint<D: AuditCommonSql>(d: &D, cp: &Checkpoint) -> StoreResult<()> {
     let mut tx = d.write().await?;
     D::save_checkpoint(&mut tx, cp).await?;
     tx.commit().await?;

@@ -34,6 +34,7 @@ use crate::{
 /// leaf traits.
 pub(crate) trait Sql:
     audit::AuditSql
+    + audit::AuditCommonSql
     + commit::CommitSql
     + credentials::CredentialSql
     + facts::FactsSql
@@ -48,6 +49,7 @@ pub(crate) trait Sql:
 
 impl<D> Sql for D where
     D: audit::AuditSql
+        + audit::AuditCommonSql
         + commit::CommitSql
         + credentials::CredentialSql
         + facts::FactsSql

@@ -6,15 +6,11 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pentrace_domain::audit::{ChainHash, GENESIS};
-use pentrace_domain::checkpoint::Checkpoint;
 use sqlx::PgConnection;
 
 use super::PgStore;
 use super::convert::to_i64;
-use crate::engine::audit::{
-    AuditSql, CHECKPOINT_COLUMNS, ChainedEvent, CheckpointRow, EVENT_COLUMNS, EventRow, chain_head,
-    checkpoint_from,
-};
+use crate::engine::audit::{AuditSql, ChainedEvent, EVENT_COLUMNS, EventRow, chain_head};
 use crate::{AuditQuery, ChainHead, StoreResult, StoredAuditEvent};
 
 #[async_trait]
@@ -100,35 +96,6 @@ impl AuditSql for PgStore {
         Ok(())
     }
 
-    async fn heads(c: &mut PgConnection) -> StoreResult<Vec<ChainHead>> {
-        let rows: Vec<(String, i64, Vec<u8>)> =
-            sqlx::query_as("SELECT clinic_id, position, hash FROM audit_heads ORDER BY clinic_id")
-                .fetch_all(c)
-                .await?;
-        rows.into_iter()
-            .map(|(clinic, position, hash)| chain_head(clinic, position, &hash))
-            .collect()
-    }
-
-    async fn page(
-        c: &mut PgConnection,
-        clinic_id: &str,
-        after: u64,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredAuditEvent>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM audit_events WHERE clinic_id = $1 AND position > $2 \
-             ORDER BY position LIMIT $3"
-        );
-        let rows: Vec<EventRow<DateTime<Utc>>> = sqlx::query_as(&sql)
-            .bind(clinic_id)
-            .bind(to_i64(after, "position")?)
-            .bind(i64::from(limit))
-            .fetch_all(c)
-            .await?;
-        rows.into_iter().map(EventRow::into_stored).collect()
-    }
-
     async fn events(c: &mut PgConnection, q: &AuditQuery) -> StoreResult<Vec<StoredAuditEvent>> {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM audit_events \
@@ -143,44 +110,6 @@ impl AuditSql for PgStore {
             .fetch_all(c)
             .await?;
         rows.into_iter().map(EventRow::into_stored).collect()
-    }
-
-    async fn hash_at(
-        c: &mut PgConnection,
-        clinic_id: &str,
-        position: u64,
-    ) -> StoreResult<Option<ChainHash>> {
-        let row: Option<(Vec<u8>,)> =
-            sqlx::query_as("SELECT hash FROM audit_events WHERE clinic_id = $1 AND position = $2")
-                .bind(clinic_id)
-                .bind(to_i64(position, "position")?)
-                .fetch_optional(c)
-                .await?;
-        row.map(|(h,)| crate::shared::hash32(&h)).transpose()
-    }
-
-    async fn save_checkpoint(c: &mut PgConnection, cp: &Checkpoint) -> StoreResult<()> {
-        let sql = format!(
-            "INSERT INTO audit_checkpoints ({CHECKPOINT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
-        );
-        sqlx::query(&sql)
-            .bind(&cp.clinic_id)
-            .bind(to_i64(cp.position, "position")?)
-            .bind(cp.hash.as_slice())
-            .bind(cp.at)
-            .bind(cp.public_key.as_slice())
-            .bind(cp.signature.as_slice())
-            .execute(c)
-            .await?;
-        Ok(())
-    }
-
-    async fn checkpoints(c: &mut PgConnection) -> StoreResult<Vec<Checkpoint>> {
-        let sql = format!(
-            "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints ORDER BY clinic_id, position, at"
-        );
-        let rows: Vec<CheckpointRow<DateTime<Utc>>> = sqlx::query_as(&sql).fetch_all(c).await?;
-        rows.into_iter().map(checkpoint_from).collect()
     }
 }
 
