@@ -9,8 +9,8 @@ use pentrace_domain::audit::{ChainHash, GENESIS};
 use sqlx::PgConnection;
 
 use super::PgStore;
-use super::convert::to_i64;
 use crate::engine::audit::{AuditSql, ChainedEvent, EVENT_COLUMNS, EventRow, chain_head};
+use crate::shared::columns::int8;
 use crate::{AuditQuery, ChainHead, StoreResult, StoredAuditEvent};
 
 #[async_trait]
@@ -76,7 +76,7 @@ impl AuditSql for PgStore {
     async fn set_heads(c: &mut PgConnection, heads: &[ChainHead]) -> StoreResult<()> {
         let positions = heads
             .iter()
-            .map(|h| to_i64(h.position, "position"))
+            .map(|h| int8(h.position, "position"))
             .collect::<StoreResult<Vec<_>>>()?;
         sqlx::query(
             "UPDATE audit_heads h SET position = u.p, hash = u.h \
@@ -136,7 +136,7 @@ impl Columns {
         let e = &chained.event;
         let (kind, id) = e.actor.parts();
         self.clinic.push(e.clinic_id.clone());
-        self.position.push(to_i64(e.position, "position")?);
+        self.position.push(int8(e.position, "position")?);
         self.at.push(e.at);
         self.actor_kind.push(kind);
         self.actor_id.push(id.to_owned());

@@ -7,11 +7,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pentrace_domain::rules::SeqHole;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::PgStore;
-use super::convert::{from_i64, parse_uuid, to_i32, to_i64};
 use super::{copy, sessions};
 use crate::engine::commit::CommitSql;
+use crate::shared::columns::{StoredId, int4, int8};
+use crate::shared::stored_u64;
 use crate::{
     ActivityRow, ClaimRow, DeviceWrite, MessageRow, SampleBlock, SessionWrite, StoreError,
     StoreResult, Watermarks,
@@ -46,7 +48,7 @@ impl CommitSql for PgStore {
     ) -> StoreResult<Vec<String>> {
         let sessions = rows
             .iter()
-            .map(|r| parse_uuid(&r.session_id, "session id"))
+            .map(|r| Uuid::from_id(&r.session_id, "session id"))
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(sqlx::query_scalar(
             "INSERT INTO cartridges (cartridge_id, session_id, device_id, patient_ref, bound_at, \
@@ -157,8 +159,8 @@ impl CommitSql for PgStore {
         let mut max_seq = Vec::with_capacity(merged.len());
         let mut battery = Vec::with_capacity(merged.len());
         for w in merged.values() {
-            max_seq.push(to_i64(w.max_seq, "device max seq")?);
-            battery.push(w.battery_pct.map(|b| to_i32(b, "battery")).transpose()?);
+            max_seq.push(int8(w.max_seq, "device max seq")?);
+            battery.push(w.battery_pct.map(|b| int4(b, "battery")).transpose()?);
         }
         sqlx::query(
             "UPDATE devices d SET last_seen = GREATEST(d.last_seen, u.last_seen), \
@@ -211,11 +213,11 @@ async fn insert_message_keys(conn: &mut PgConnection, rows: &[&MessageRow]) -> S
     let mut seqs = Vec::with_capacity(rows.len());
     let mut sessions = Vec::with_capacity(rows.len());
     for row in rows {
-        seqs.push(to_i64(row.seq, "seq")?);
+        seqs.push(int8(row.seq, "seq")?);
         sessions.push(
             row.session_id
                 .as_deref()
-                .map(|s| parse_uuid(s, "session id"))
+                .map(|s| Uuid::from_id(s, "session id"))
                 .transpose()?,
         );
     }
@@ -266,7 +268,7 @@ pub(super) async fn advance_watermarks(
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|(id, w)| Ok((id, from_i64(w, "device stored watermark")?)))
+        .map(|(id, w)| Ok((id, stored_u64(w, "device stored watermark")?)))
         .collect()
 }
 
@@ -329,8 +331,8 @@ struct HoleColumns<'a> {
 impl<'a> HoleColumns<'a> {
     fn push(&mut self, device_id: &'a str, hole: &SeqHole) -> StoreResult<()> {
         self.device_id.push(device_id);
-        self.first.push(to_i64(hole.first, "hole first seq")?);
-        self.last.push(to_i64(hole.last, "hole last seq")?);
+        self.first.push(int8(hole.first, "hole first seq")?);
+        self.last.push(int8(hole.last, "hole last seq")?);
         self.detected_at.push(hole.detected_at);
         Ok(())
     }

@@ -8,8 +8,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::postgres::PgCopyIn;
+use uuid::Uuid;
 
-use super::convert::{parse_uuid, to_i32, to_i64};
+use crate::shared::columns::{StoredId, int4, int8};
 use crate::{SampleBlock, SampleRow, StoreError, StoreResult};
 
 const COPY_SAMPLES: &str = "COPY stroke_samples \
@@ -91,7 +92,7 @@ impl<'a> BlockFields<'a> {
     fn new(block: &'a SampleBlock) -> StoreResult<Self> {
         Ok(BlockFields {
             device_id: block.device_id.as_bytes(),
-            session_id: *parse_uuid(&block.session_id, "sample session id")?.as_bytes(),
+            session_id: *Uuid::from_id(&block.session_id, "sample session id")?.as_bytes(),
         })
     }
 }
@@ -101,10 +102,10 @@ fn encode_row(buf: &mut Vec<u8>, fixed: &BlockFields<'_>, row: &SampleRow) -> St
     field(buf, &pg_micros(row.time)?.to_be_bytes())?;
     field(buf, fixed.device_id)?;
     field(buf, &fixed.session_id)?;
-    field(buf, &to_i64(row.seq, "sample seq")?.to_be_bytes())?;
-    field(buf, &to_i32(row.strokes, "sample strokes")?.to_be_bytes())?;
-    field(buf, &to_i32(row.depth_um, "sample depth")?.to_be_bytes())?;
-    field(buf, &to_i32(row.speed_hz, "sample speed")?.to_be_bytes())?;
+    field(buf, &int8(row.seq, "sample seq")?.to_be_bytes())?;
+    field(buf, &int4(row.strokes, "sample strokes")?.to_be_bytes())?;
+    field(buf, &int4(row.depth_um, "sample depth")?.to_be_bytes())?;
+    field(buf, &int4(row.speed_hz, "sample speed")?.to_be_bytes())?;
     Ok(())
 }
 

@@ -6,8 +6,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
-use super::convert::corrupt;
 use crate::engine::credentials::{CredentialSql, Credentials};
+use crate::shared::corrupt;
 use crate::{CredentialKind, DeviceCredential, NewDeviceCredential, StoreResult};
 
 const COLUMNS: &str =

@@ -13,11 +13,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
-use super::convert::{parse_uuid, to_i64};
 use crate::StoreResult;
 use crate::engine::facts::{
     BindingRow, DeviceRow, FactsSql, HoleRow, LotRow, ProductRow, SessionStateRow,
 };
+use crate::shared::columns::{StoredId, int8};
 
 #[async_trait]
 impl FactsSql for PgStore {
@@ -25,7 +25,7 @@ impl FactsSql for PgStore {
         let devices: Vec<&str> = keys.iter().map(|(d, _)| d.as_str()).collect();
         let seqs = keys
             .iter()
-            .map(|(_, s)| to_i64(*s, "seq"))
+            .map(|(_, s)| int8(*s, "seq"))
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(sqlx::query_as(
             "SELECT m.device_id, m.seq FROM device_messages m \
@@ -96,7 +96,7 @@ impl FactsSql for PgStore {
     ) -> StoreResult<Vec<SessionStateRow<Self>>> {
         let ids = ids
             .iter()
-            .map(|id| parse_uuid(id, "session id"))
+            .map(|id| Uuid::from_id(id, "session id"))
             .collect::<StoreResult<Vec<Uuid>>>()?;
         Ok(sqlx::query_as(
             "SELECT session_id, device_id, relation, owner_session_id, cartridge_id, strokes, \

@@ -5,8 +5,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
-use super::convert::{FLAG_COLUMNS, FlagRow, parse_opt_uuid, to_i64};
 use crate::engine::flags::FlagSql;
+use crate::shared::columns::{int8, opt_id};
+use crate::shared::rows::{FLAG_COLUMNS, FlagRow};
 use crate::{FlagRecord, NewFlag, StoreResult};
 
 #[async_trait]
@@ -29,13 +30,13 @@ impl FlagSql for PgStore {
 struct Raised {
     dedupe_key: String,
     #[sqlx(flatten)]
-    flag: FlagRow,
+    flag: FlagRow<PgStore>,
 }
 
 async fn insert_rows(
     conn: &mut PgConnection,
     flags: &[&NewFlag],
-) -> StoreResult<Vec<(String, FlagRow)>> {
+) -> StoreResult<Vec<(String, FlagRow<PgStore>)>> {
     let mut c = Columns::default();
     for flag in flags {
         c.push(flag)?;
@@ -90,12 +91,12 @@ impl<'a> Columns<'a> {
         self.severity.push(flag.severity.as_str());
         self.clinic_id.push(&flag.clinic_id);
         self.device_id.push(&flag.device_id);
-        self.session_id.push(parse_opt_uuid(
+        self.session_id.push(opt_id::<Uuid>(
             flag.session_id.as_deref(),
             "flag session id",
         )?);
         self.cartridge_id.push(flag.cartridge_id.as_deref());
-        self.seq.push(to_i64(flag.seq, "flag seq")?);
+        self.seq.push(int8(flag.seq, "flag seq")?);
         self.detail.push(&flag.detail);
         self.evidence.push(&flag.evidence);
         Ok(())

@@ -9,7 +9,6 @@
 // Rust, shared with the SQLite store so both record the same events.
 pub(crate) mod audit;
 pub(crate) mod commit;
-mod convert;
 mod copy;
 mod credentials;
 mod facts;

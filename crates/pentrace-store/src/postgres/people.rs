@@ -7,8 +7,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
-use super::convert::{FLAG_COLUMNS, FlagRow, corrupt};
 use crate::engine::people::{PeopleSql, UserKey};
+use crate::shared::corrupt;
+use crate::shared::rows::{FLAG_COLUMNS, FlagRow};
 use crate::{FlagAction, FlagActionRecord, FlagRecord, Role, StoreResult, User};
 
 /// flag, action, signer, meaning, reason, at, bound hash.
@@ -143,7 +144,7 @@ impl PeopleSql for PgStore {
         .execute(&mut *c)
         .await?;
         let sql = format!("UPDATE flags SET state = $2 WHERE id = $1 RETURNING {FLAG_COLUMNS}");
-        let row: FlagRow = sqlx::query_as(&sql)
+        let row: FlagRow<PgStore> = sqlx::query_as(&sql)
             .bind(a.flag_id)
             .bind(state)
             .fetch_one(c)

@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::PgStore;
-use super::convert::to_i64;
 use super::queries::select;
 use crate::engine::quarantine::QuarantineSql;
 use crate::engine::queries::Sql;
+use crate::shared::columns::int8;
 use crate::shared::rows::{QUARANTINE_COLUMNS, QuarantinedRow};
 use crate::{QuarantineRecord, QuarantineRow, StoreResult, Watermarks};
 
@@ -18,7 +18,7 @@ impl QuarantineSql for PgStore {
         row: &QuarantineRow,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let seq = to_i64(row.message.seq, "seq")?;
+        let seq = int8(row.message.seq, "seq")?;
         sqlx::query(
             "INSERT INTO device_messages (device_id, seq, kind, session_id, sent_at, received_at) \
              VALUES ($1, $2, $3, NULL, $4, $5) ON CONFLICT DO NOTHING",

@@ -6,8 +6,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection};
 
 use super::PgStore;
-use super::convert::to_i64;
 use crate::engine::queries::{Arg, QuerySql, Sql};
+use crate::shared::columns::int8;
 use crate::shared::rows::{
     self, BindingRow, DeviceStatusRow, FLAG_COLUMNS, HoleRow, SESSION_COLUMNS, flag_records,
     session_records,
@@ -114,7 +114,7 @@ impl QuerySql for PgStore {
         let devices: Vec<&str> = keys.iter().map(|(d, _)| *d).collect();
         let firsts = keys
             .iter()
-            .map(|(_, first)| to_i64(*first, "hole first seq"))
+            .map(|(_, first)| int8(*first, "hole first seq"))
             .collect::<StoreResult<Vec<_>>>()?;
         sqlx::query(
             "DELETE FROM seq_holes h \

@@ -5,7 +5,7 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::convert::{parse_uuid, relation_columns, to_i32, to_i64};
+use crate::shared::columns::{StoredId, int4, int8, relation_columns};
 use crate::{SessionWrite, StoreResult};
 
 /// Creates the sessions, or adds to them when another process created them
@@ -148,7 +148,7 @@ impl<'a> Columns<'a> {
             None => (None, None),
         };
         self.session_id
-            .push(parse_uuid(&w.session_id, "session id")?);
+            .push(Uuid::from_id(&w.session_id, "session id")?);
         self.device_id.push(&w.device_id);
         self.clinic_id.push(&w.clinic_id);
         self.relation.push(relation);
@@ -166,12 +166,12 @@ impl<'a> Columns<'a> {
         self.ended_at.push(w.ended_at);
         self.device_started_at.push(w.device_started_at);
         self.device_ended_at.push(w.device_ended_at);
-        self.strokes.push(to_i64(w.add_strokes, "session strokes")?);
+        self.strokes.push(int8(w.add_strokes, "session strokes")?);
         self.active_ms
-            .push(to_i64(w.add_active_ms, "session active ms")?);
-        self.samples.push(to_i64(w.add_samples, "session samples")?);
+            .push(int8(w.add_active_ms, "session active ms")?);
+        self.samples.push(int8(w.add_samples, "session samples")?);
         self.max_depth_um
-            .push(to_i32(w.max_depth_um, "session max depth")?);
+            .push(int4(w.max_depth_um, "session max depth")?);
         Ok(())
     }
 }

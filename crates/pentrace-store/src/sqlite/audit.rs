@@ -11,8 +11,8 @@ use serde_json::json;
 use sqlx::SqliteConnection;
 
 use super::SqliteStore;
-use super::convert::{micros, to_int8};
 use crate::engine::audit::{AuditSql, ChainedEvent, EVENT_COLUMNS, EventRow, chain_head};
+use crate::shared::columns::{int8, micros};
 use crate::{AuditQuery, ChainHead, StoreResult, StoredAuditEvent};
 
 #[async_trait]
@@ -51,7 +51,7 @@ impl AuditSql for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .bind(&e.clinic_id)
-            .bind(to_int8(e.position, "position")?)
+            .bind(int8(e.position, "position")?)
             .bind(micros(e.at))
             .bind(actor_kind)
             .bind(actor_id)
@@ -78,7 +78,7 @@ impl AuditSql for SqliteStore {
                                                        hash = excluded.hash",
             )
             .bind(&head.clinic_id)
-            .bind(to_int8(head.position, "position")?)
+            .bind(int8(head.position, "position")?)
             .bind(head.hash.as_slice())
             .execute(&mut *c)
             .await?;

@@ -11,9 +11,12 @@ use async_trait::async_trait;
 use pentrace_domain::rules::SeqHole;
 use serde_json::json;
 use sqlx::SqliteConnection;
+use uuid::fmt::Hyphenated;
+
+use crate::shared::columns::{id_text, int4, int8, micros, opt_id};
+use crate::shared::stored_u64;
 
 use super::SqliteStore;
-use super::convert::{micros, opt_uuid_text, to_int4, to_int8, to_u64, uuid_text};
 use super::{samples, sessions};
 use crate::engine::commit::CommitSql;
 use crate::{
@@ -144,8 +147,8 @@ impl CommitSql for SqliteStore {
             )
             .bind(id)
             .bind(micros(w.last_seen))
-            .bind(to_int8(w.max_seq, "device max seq")?)
-            .bind(w.battery_pct.map(|b| to_int4(b, "battery")).transpose()?)
+            .bind(int8(w.max_seq, "device max seq")?)
+            .bind(w.battery_pct.map(|b| int4(b, "battery")).transpose()?)
             .bind(w.firmware.as_deref())
             .execute(&mut *c)
             .await?;
@@ -177,7 +180,10 @@ impl CommitSql for SqliteStore {
             .bind(through)
             .execute(&mut *c)
             .await?;
-            watermarks.insert(id.to_owned(), to_u64(through, "device stored watermark")?);
+            watermarks.insert(
+                id.to_owned(),
+                stored_u64(through, "device stored watermark")?,
+            );
         }
         Ok(watermarks)
     }
@@ -198,8 +204,8 @@ impl CommitSql for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4)",
             )
             .bind(&hole.device_id)
-            .bind(to_int8(hole.first, "hole first seq")?)
-            .bind(to_int8(hole.last, "hole last seq")?)
+            .bind(int8(hole.first, "hole first seq")?)
+            .bind(int8(hole.last, "hole last seq")?)
             .bind(micros(hole.detected_at))
             .execute(&mut *c)
             .await?;
@@ -215,9 +221,9 @@ fn messages_json(rows: &[&MessageRow]) -> StoreResult<String> {
         .map(|row| {
             Ok(json!([
                 row.device_id,
-                to_int8(row.seq, "seq")?,
+                int8(row.seq, "seq")?,
                 row.kind,
-                opt_uuid_text(row.session_id.as_deref(), "session id")?,
+                opt_id::<Hyphenated>(row.session_id.as_deref(), "session id")?,
                 micros(row.sent_at),
                 micros(row.received_at),
             ]))
@@ -233,7 +239,7 @@ fn claims_json(rows: &[&ClaimRow]) -> StoreResult<String> {
         .map(|row| {
             Ok(json!([
                 row.cartridge_id,
-                uuid_text(&row.session_id, "session id")?,
+                id_text(&row.session_id, "session id")?,
                 row.device_id,
                 row.patient_ref,
                 micros(row.bound_at),

@@ -8,8 +8,9 @@ use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use super::convert::{corrupt, micros, opt_time, stored_uuid, time};
 use crate::engine::credentials::{CredentialSql, Credentials};
+use crate::shared::columns::{StoredTime, micros, opt_time, stored_uuid};
+use crate::shared::corrupt;
 use crate::{CredentialKind, DeviceCredential, NewDeviceCredential, StoreResult};
 
 const COLUMNS: &str =
@@ -41,7 +42,7 @@ fn credential(row: Row) -> StoreResult<DeviceCredential> {
             .try_into()
             .map_err(|_| corrupt(format!("fingerprint of credential {id}")))?,
         not_after: opt_time(not_after, "not_after")?,
-        created_at: time(created_at, "created_at")?,
+        created_at: StoredTime::into_time(created_at, "created_at")?,
         revoked_at: opt_time(revoked_at, "revoked_at")?,
     })
 }

@@ -6,11 +6,11 @@ use serde_json::json;
 use sqlx::SqliteConnection;
 
 use super::SqliteStore;
-use super::convert::to_int8;
 use crate::StoreResult;
 use crate::engine::facts::{
     BindingRow, DeviceRow, FactsSql, HoleRow, LotRow, ProductRow, SessionStateRow,
 };
+use crate::shared::columns::int8;
 
 #[async_trait]
 impl FactsSql for SqliteStore {
@@ -20,7 +20,7 @@ impl FactsSql for SqliteStore {
     ) -> StoreResult<Vec<(String, i64)>> {
         let pairs = keys
             .iter()
-            .map(|(d, s)| Ok(json!([d, to_int8(*s, "seq")?])))
+            .map(|(d, s)| Ok(json!([d, int8(*s, "seq")?])))
             .collect::<StoreResult<Vec<_>>>()?;
         // CROSS JOIN keeps the keys as the outer loop: one primary-key
         // search per key.

@@ -3,9 +3,12 @@
 use async_trait::async_trait;
 use sqlx::SqliteConnection;
 use uuid::Uuid;
+use uuid::fmt::Hyphenated;
+
+use crate::shared::columns::{int8, micros, opt_id};
+use crate::shared::rows::{FLAG_COLUMNS, FlagRow};
 
 use super::SqliteStore;
-use super::convert::{FLAG_COLUMNS, FlagRow, micros, opt_uuid_text, to_int8};
 use crate::engine::flags::FlagSql;
 use crate::shared::drafts::now_micros;
 use crate::{FlagRecord, NewFlag, StoreResult};
@@ -26,19 +29,19 @@ impl FlagSql for SqliteStore {
         );
         let mut raised = Vec::new();
         for flag in flags {
-            let row: Option<FlagRow> = sqlx::query_as(&sql)
+            let row: Option<FlagRow<SqliteStore>> = sqlx::query_as(&sql)
                 .bind(Uuid::new_v4().to_string())
                 .bind(&flag.dedupe_key)
                 .bind(flag.kind.as_str())
                 .bind(flag.severity.as_str())
                 .bind(&flag.clinic_id)
                 .bind(&flag.device_id)
-                .bind(opt_uuid_text(
+                .bind(opt_id::<Hyphenated>(
                     flag.session_id.as_deref(),
                     "flag session id",
                 )?)
                 .bind(flag.cartridge_id.as_deref())
-                .bind(to_int8(flag.seq, "flag seq")?)
+                .bind(int8(flag.seq, "flag seq")?)
                 .bind(raised_at)
                 .bind(&flag.detail)
                 .bind(flag.evidence.to_string())

@@ -27,7 +27,6 @@
 
 mod audit;
 mod commit;
-mod convert;
 mod credentials;
 mod facts;
 mod flags;

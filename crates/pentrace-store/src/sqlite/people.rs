@@ -9,8 +9,10 @@ use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use super::convert::{FLAG_COLUMNS, FlagRow, corrupt, micros, stored_uuid, time};
 use crate::engine::people::{PeopleSql, UserKey};
+use crate::shared::columns::{StoredTime, micros, stored_uuid};
+use crate::shared::corrupt;
+use crate::shared::rows::{FLAG_COLUMNS, FlagRow};
 use crate::{FlagAction, FlagActionRecord, FlagRecord, Role, StoreResult, User};
 
 /// flag, action, signer, meaning, reason, at, bound hash.
@@ -153,7 +155,7 @@ impl PeopleSql for SqliteStore {
         .execute(&mut *c)
         .await?;
         let sql = format!("UPDATE flags SET state = ?2 WHERE id = ?1 RETURNING {FLAG_COLUMNS}");
-        let row: FlagRow = sqlx::query_as(&sql)
+        let row: FlagRow<SqliteStore> = sqlx::query_as(&sql)
             .bind(a.flag_id.to_string())
             .bind(state)
             .fetch_one(c)
@@ -180,7 +182,7 @@ impl PeopleSql for SqliteStore {
                     signer_name,
                     meaning,
                     reason,
-                    at: time(at, "flag action time")?,
+                    at: StoredTime::into_time(at, "flag action time")?,
                     bound_hash: hex::encode(bound),
                 })
             })

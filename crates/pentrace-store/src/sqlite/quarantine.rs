@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
 use super::SqliteStore;
-use super::convert::{micros, to_int8};
 use super::queries::select;
 use crate::engine::quarantine::QuarantineSql;
 use crate::engine::queries::Sql;
+use crate::shared::columns::{int8, micros};
 use crate::shared::rows::{QUARANTINE_COLUMNS, QuarantinedRow};
 use crate::{QuarantineRecord, QuarantineRow, StoreResult, Watermarks};
 
@@ -18,7 +18,7 @@ impl QuarantineSql for SqliteStore {
         row: &QuarantineRow,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let seq = to_int8(row.message.seq, "seq")?;
+        let seq = int8(row.message.seq, "seq")?;
         sqlx::query(
             "INSERT INTO device_messages (device_id, seq, kind, session_id, sent_at, received_at) \
              VALUES (?1, ?2, ?3, NULL, ?4, ?5) ON CONFLICT DO NOTHING",

@@ -6,8 +6,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, SqliteConnection};
 
 use super::SqliteStore;
-use super::convert::{micros, to_int8};
 use crate::engine::queries::{Arg, QuerySql, Sql};
+use crate::shared::columns::{int8, micros};
 use crate::shared::rows::{
     self, BindingRow, DeviceStatusRow, FLAG_COLUMNS, HoleRow, SESSION_COLUMNS, flag_records,
     session_records,
@@ -113,7 +113,7 @@ impl QuerySql for SqliteStore {
         for (device_id, first) in keys {
             sqlx::query("DELETE FROM seq_holes WHERE device_id = ?1 AND first_seq = ?2")
                 .bind(device_id)
-                .bind(to_int8(*first, "hole first seq")?)
+                .bind(int8(*first, "hole first seq")?)
                 .execute(&mut *c)
                 .await?;
         }

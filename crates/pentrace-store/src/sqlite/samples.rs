@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 
 use sqlx::SqliteConnection;
 
-use super::convert::{micros, to_int4, to_int8, uuid_text};
+use crate::shared::columns::{id_text, int4, int8, micros};
 use crate::{SampleBlock, StoreError, StoreResult};
 
 /// Columns per row, as in [`insert_sql`].
@@ -55,7 +55,7 @@ struct Values<'a> {
 pub(super) async fn insert(conn: &mut SqliteConnection, blocks: &[SampleBlock]) -> StoreResult<()> {
     let sessions = blocks
         .iter()
-        .map(|b| uuid_text(&b.session_id, "sample session id"))
+        .map(|b| id_text(&b.session_id, "sample session id"))
         .collect::<StoreResult<Vec<_>>>()?;
     let full = CHUNK_SIZES[0];
     let mut pending: Vec<Values<'_>> = Vec::with_capacity(full);
@@ -65,10 +65,10 @@ pub(super) async fn insert(conn: &mut SqliteConnection, blocks: &[SampleBlock]) 
                 time: micros(row.time),
                 device_id: &block.device_id,
                 session_id,
-                seq: to_int8(row.seq, "sample seq")?,
-                strokes: to_int4(row.strokes, "sample strokes")?,
-                depth_um: to_int4(row.depth_um, "sample depth")?,
-                speed_hz: to_int4(row.speed_hz, "sample speed")?,
+                seq: int8(row.seq, "sample seq")?,
+                strokes: i64::from(int4(row.strokes, "sample strokes")?),
+                depth_um: i64::from(int4(row.depth_um, "sample depth")?),
+                speed_hz: i64::from(int4(row.speed_hz, "sample speed")?),
             });
             if pending.len() == full {
                 insert_chunk(conn, &STATEMENTS[0], &pending).await?;

@@ -3,8 +3,9 @@
 
 use pentrace_domain::rules::CartridgeRelation;
 use sqlx::SqliteConnection;
+use uuid::fmt::Hyphenated;
 
-use super::convert::{micros, relation_columns, to_int4, to_int8, uuid_text};
+use crate::shared::columns::{id_text, int4, int8, micros, relation_columns};
 use crate::{SessionWrite, StoreResult};
 
 /// Creates the sessions (or adds to them, not to another device's); the
@@ -18,7 +19,7 @@ pub(super) async fn create(
         if let Some(relation) = &w.relation
             && upsert(conn, w, relation).await?
         {
-            written.push(uuid_text(&w.session_id, "session id")?);
+            written.push(id_text(&w.session_id, "session id")?);
         }
     }
     Ok(written)
@@ -32,7 +33,7 @@ pub(super) async fn add(
     let mut written = Vec::new();
     for w in writes {
         if add_one(conn, w).await? {
-            written.push(uuid_text(&w.session_id, "session id")?);
+            written.push(id_text(&w.session_id, "session id")?);
         }
     }
     Ok(written)
@@ -53,10 +54,10 @@ impl Deltas {
         Ok(Deltas {
             ended_at: w.ended_at.map(micros),
             device_ended_at: w.device_ended_at.map(micros),
-            strokes: to_int8(w.add_strokes, "session strokes")?,
-            active_ms: to_int8(w.add_active_ms, "session active ms")?,
-            samples: to_int8(w.add_samples, "session samples")?,
-            max_depth_um: to_int4(w.max_depth_um, "session max depth")?,
+            strokes: int8(w.add_strokes, "session strokes")?,
+            active_ms: int8(w.add_active_ms, "session active ms")?,
+            samples: int8(w.add_samples, "session samples")?,
+            max_depth_um: i64::from(int4(w.max_depth_um, "session max depth")?),
         })
     }
 }
@@ -69,7 +70,7 @@ async fn upsert(
     w: &SessionWrite,
     relation: &CartridgeRelation,
 ) -> StoreResult<bool> {
-    let (relation, owner) = relation_columns(relation)?;
+    let (relation, owner) = relation_columns::<Hyphenated>(relation)?;
     let d = Deltas::of(w)?;
     let result = sqlx::query(
         "INSERT INTO sessions (session_id, ended_at, strokes, active_ms, samples, max_depth_um, \
@@ -90,7 +91,7 @@ async fn upsert(
              firmware = COALESCE(NULLIF(firmware, ''), excluded.firmware) \
          WHERE device_id = excluded.device_id",
     )
-    .bind(uuid_text(&w.session_id, "session id")?)
+    .bind(id_text(&w.session_id, "session id")?)
     .bind(d.ended_at)
     .bind(d.strokes)
     .bind(d.active_ms)
@@ -135,7 +136,7 @@ async fn add_one(conn: &mut SqliteConnection, w: &SessionWrite) -> StoreResult<b
              device_ended_at = COALESCE(?10, device_ended_at) \
          WHERE session_id = ?1 AND device_id = ?11",
     )
-    .bind(uuid_text(&w.session_id, "session id")?)
+    .bind(id_text(&w.session_id, "session id")?)
     .bind(d.ended_at)
     .bind(d.strokes)
     .bind(d.active_ms)
