@@ -47,6 +47,10 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// Cheap liveness check.
     async fn select_one(&self) -> StoreResult<()>;
 
+    /// An id as this database stores it.
+    fn uuid(id: uuid::Uuid) -> Self::Id {
+        Self::Id::from_uuid(id)
+    }
     /// A time as this database stores it.
     fn time(at: DateTime<Utc>) -> Self::Time {
         Self::Time::from_time(at)

@@ -40,6 +40,7 @@ pub(crate) trait Sql:
     + facts::FactsSql
     + flags::FlagSql
     + people::PeopleSql
+    + people::PeopleCommonSql
     + quarantine::QuarantineSql
     + queries::QuerySql
     + registry::RegistrySql
@@ -55,6 +56,7 @@ impl<D> Sql for D where
         + facts::FactsSql
         + flags::FlagSql
         + people::PeopleSql
+        + people::PeopleCommonSql
         + quarantine::QuarantineSql
         + queries::QuerySql
         + registry::RegistrySql

@@ -9,9 +9,11 @@ use uuid::Uuid;
 
 use super::audit::AuditSql;
 use crate::classify::{duplicate, missing_parent};
-use crate::dialect::{Conn, Dialect};
+use crate::dialect::{Conn, Dialect, for_both_stores};
+use crate::shared::columns::StoredId;
 use crate::shared::drafts::{now_micros, user_draft};
 use crate::shared::next_state;
+use crate::shared::rows::{FLAG_COLUMNS, FlagRow};
 use crate::{
     AuditDraft, FlagAction, FlagActionRecord, FlagRecord, Role, StoreError, StoreResult, User,
 };
@@ -25,15 +27,27 @@ pub(crate) enum UserKey<'a> {
     Token(&'a [u8; 32]),
 }
 
-/// The statements of people, tokens and signatures.
+/// The statements of people and signatures whose SQL differs between the
+/// dialects.
 #[async_trait]
 pub(crate) trait PeopleSql: Dialect {
-    /// The `users` row; a taken name is a unique violation.
-    async fn insert_user(c: &mut Conn<Self>, user: &User) -> StoreResult<()>;
     /// A missing clinic is a foreign-key violation.
     async fn add_clinics(c: &mut Conn<Self>, user: Uuid, clinics: &[String]) -> StoreResult<()>;
     /// The user with their clinics in clinic order.
     async fn user(c: &mut Conn<Self>, key: UserKey<'_>) -> StoreResult<Option<User>>;
+    /// The flag's state and clinic, locked against other signers until the
+    /// transaction ends (on SQLite the write transaction holds the lock).
+    async fn lock_flag(c: &mut Conn<Self>, id: Uuid) -> StoreResult<Option<(String, String)>>;
+    /// The flags' signed actions by time, then flag.
+    async fn flag_actions(c: &mut Conn<Self>, ids: &[Uuid]) -> StoreResult<Vec<FlagActionRecord>>;
+}
+
+/// The statements of people, tokens and signatures both dialects spell
+/// alike.
+#[async_trait]
+pub(crate) trait PeopleCommonSql: Dialect {
+    /// The `users` row; a taken name is a unique violation.
+    async fn insert_user(c: &mut Conn<Self>, user: &User) -> StoreResult<()>;
     /// A hash in use is a unique violation.
     async fn insert_token(
         c: &mut Conn<Self>,
@@ -48,9 +62,6 @@ pub(crate) trait PeopleSql: Dialect {
         id: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<Option<Uuid>>;
-    /// The flag's state and clinic, locked against other signers until the
-    /// transaction ends (on SQLite the write transaction holds the lock).
-    async fn lock_flag(c: &mut Conn<Self>, id: Uuid) -> StoreResult<Option<(String, String)>>;
     /// The hash of the flag's latest audit event.
     async fn flag_head(c: &mut Conn<Self>, id: Uuid) -> StoreResult<Option<Vec<u8>>>;
     /// Stores the signed action and moves the flag to `state`; the flag.
@@ -62,12 +73,98 @@ pub(crate) trait PeopleSql: Dialect {
         bound: &[u8],
         event: &ChainHash,
     ) -> StoreResult<FlagRecord>;
-    /// The flags' signed actions by time, then flag.
-    async fn flag_actions(c: &mut Conn<Self>, ids: &[Uuid]) -> StoreResult<Vec<FlagActionRecord>>;
+}
+
+for_both_stores! {
+    impl PeopleCommonSql {
+        async fn insert_user(c: &mut Conn<Self>, user: &User) -> StoreResult<()> {
+            sqlx::query("INSERT INTO users (id, name, role) VALUES ($1, $2, $3)")
+                .bind(Self::uuid(user.id))
+                .bind(&user.name)
+                .bind(user.role.as_str())
+                .execute(c)
+                .await?;
+            Ok(())
+        }
+
+        async fn insert_token(
+            c: &mut Conn<Self>,
+            id: Uuid,
+            user: Uuid,
+            hash: &[u8; 32],
+        ) -> StoreResult<()> {
+            sqlx::query("INSERT INTO api_tokens (id, user_id, token_hash) VALUES ($1, $2, $3)")
+                .bind(Self::uuid(id))
+                .bind(Self::uuid(user))
+                .bind(hash.as_slice())
+                .execute(c)
+                .await?;
+            Ok(())
+        }
+
+        async fn revoke_token(
+            c: &mut Conn<Self>,
+            id: Uuid,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Option<Uuid>> {
+            let user: Option<<Self as Dialect>::Id> = sqlx::query_scalar(
+                "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 \
+                 RETURNING user_id",
+            )
+            .bind(Self::uuid(id))
+            .bind(Self::time(at))
+            .fetch_optional(c)
+            .await?;
+            Ok(user.map(StoredId::into_uuid))
+        }
+
+        async fn flag_head(c: &mut Conn<Self>, id: Uuid) -> StoreResult<Option<Vec<u8>>> {
+            Ok(sqlx::query_scalar(
+                "SELECT hash FROM audit_events WHERE subject_type = 'flag' AND subject_id = $1 \
+                 ORDER BY at DESC, position DESC LIMIT 1",
+            )
+            .bind(id.to_string())
+            .fetch_optional(c)
+            .await?)
+        }
+
+        async fn record_signature(
+            c: &mut Conn<Self>,
+            a: &FlagAction,
+            state: &str,
+            at: DateTime<Utc>,
+            bound: &[u8],
+            event: &ChainHash,
+        ) -> StoreResult<FlagRecord> {
+            sqlx::query(
+                "INSERT INTO flag_actions (flag_id, action, user_id, signer_name, meaning, \
+                                           reason, at, bound_hash, event_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(Self::uuid(a.flag_id))
+            .bind(a.step.as_str())
+            .bind(Self::uuid(a.signer.id))
+            .bind(&a.signer.name)
+            .bind(a.meaning.as_str())
+            .bind(&a.reason)
+            .bind(Self::time(at))
+            .bind(bound)
+            .bind(event.as_slice())
+            .execute(&mut *c)
+            .await?;
+            let sql = format!("UPDATE flags SET state = $2 WHERE id = $1 RETURNING {FLAG_COLUMNS}");
+            let row: FlagRow<Self> = sqlx::query_as(&sql)
+                .bind(Self::uuid(a.flag_id))
+                .bind(state)
+                .fetch_one(c)
+                .await?;
+            FlagRecord::try_from(row)
+        }
+    }
 }
 
 /// `NotFound` when a clinic does not exist, `Invalid` when the name is taken.
-pub(crate) async fn create_user<D: PeopleSql + AuditSql>(
+pub(crate) async fn create_user<D: PeopleSql + PeopleCommonSql + AuditSql>(
     d: &D,
     name: &str,
     role: Role,
@@ -111,7 +208,7 @@ async fn user_by_id<D: PeopleSql>(c: &mut Conn<D>, id: Uuid) -> StoreResult<User
 }
 
 /// The token's id; `NotFound` when there is no such user.
-pub(crate) async fn issue_token<D: PeopleSql + AuditSql>(
+pub(crate) async fn issue_token<D: PeopleSql + PeopleCommonSql + AuditSql>(
     d: &D,
     user_id: Uuid,
     hash: &[u8; 32],
@@ -128,7 +225,7 @@ pub(crate) async fn issue_token<D: PeopleSql + AuditSql>(
 }
 
 /// Revoking twice keeps the first time and is audited again.
-pub(crate) async fn revoke_token<D: PeopleSql + AuditSql>(
+pub(crate) async fn revoke_token<D: PeopleSql + PeopleCommonSql + AuditSql>(
     d: &D,
     id: Uuid,
     actor: &Actor,
@@ -147,7 +244,7 @@ pub(crate) async fn revoke_token<D: PeopleSql + AuditSql>(
 /// Moves the flag on by one signed step, bound to the flag's latest audit
 /// event. A flag of a clinic the signer does not act for does not exist
 /// for them.
-pub(crate) async fn sign_flag<D: PeopleSql + AuditSql>(
+pub(crate) async fn sign_flag<D: PeopleSql + PeopleCommonSql + AuditSql>(
     d: &D,
     a: &FlagAction,
 ) -> StoreResult<FlagRecord> {

@@ -2,31 +2,19 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pentrace_domain::audit::ChainHash;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
 use crate::engine::people::{PeopleSql, UserKey};
 use crate::shared::corrupt;
-use crate::shared::rows::{FLAG_COLUMNS, FlagRow};
-use crate::{FlagAction, FlagActionRecord, FlagRecord, Role, StoreResult, User};
+use crate::{FlagActionRecord, Role, StoreResult, User};
 
 /// flag, action, signer, meaning, reason, at, bound hash.
 type ActionRow = (Uuid, String, String, String, String, DateTime<Utc>, Vec<u8>);
 
 #[async_trait]
 impl PeopleSql for PgStore {
-    async fn insert_user(c: &mut PgConnection, user: &User) -> StoreResult<()> {
-        sqlx::query("INSERT INTO users (id, name, role) VALUES ($1, $2, $3)")
-            .bind(user.id)
-            .bind(&user.name)
-            .bind(user.role.as_str())
-            .execute(c)
-            .await?;
-        Ok(())
-    }
-
     async fn add_clinics(c: &mut PgConnection, user: Uuid, clinics: &[String]) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO user_clinics (user_id, clinic_id) SELECT $1, c FROM UNNEST($2::text[]) c",
@@ -70,36 +58,6 @@ impl PeopleSql for PgStore {
         .transpose()
     }
 
-    async fn insert_token(
-        c: &mut PgConnection,
-        id: Uuid,
-        user: Uuid,
-        hash: &[u8; 32],
-    ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO api_tokens (id, user_id, token_hash) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(user)
-            .bind(hash.as_slice())
-            .execute(c)
-            .await?;
-        Ok(())
-    }
-
-    async fn revoke_token(
-        c: &mut PgConnection,
-        id: Uuid,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<Uuid>> {
-        Ok(sqlx::query_scalar(
-            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 \
-             RETURNING user_id",
-        )
-        .bind(id)
-        .bind(at)
-        .fetch_optional(c)
-        .await?)
-    }
-
     async fn lock_flag(c: &mut PgConnection, id: Uuid) -> StoreResult<Option<(String, String)>> {
         Ok(
             sqlx::query_as("SELECT state, clinic_id FROM flags WHERE id = $1 FOR UPDATE")
@@ -107,49 +65,6 @@ impl PeopleSql for PgStore {
                 .fetch_optional(c)
                 .await?,
         )
-    }
-
-    async fn flag_head(c: &mut PgConnection, id: Uuid) -> StoreResult<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar(
-            "SELECT hash FROM audit_events WHERE subject_type = 'flag' AND subject_id = $1 \
-             ORDER BY at DESC, position DESC LIMIT 1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(c)
-        .await?)
-    }
-
-    async fn record_signature(
-        c: &mut PgConnection,
-        a: &FlagAction,
-        state: &str,
-        at: DateTime<Utc>,
-        bound: &[u8],
-        event: &ChainHash,
-    ) -> StoreResult<FlagRecord> {
-        sqlx::query(
-            "INSERT INTO flag_actions (flag_id, action, user_id, signer_name, meaning, reason, at, \
-                                       bound_hash, event_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(a.flag_id)
-        .bind(a.step.as_str())
-        .bind(a.signer.id)
-        .bind(&a.signer.name)
-        .bind(a.meaning.as_str())
-        .bind(&a.reason)
-        .bind(at)
-        .bind(bound)
-        .bind(event.as_slice())
-        .execute(&mut *c)
-        .await?;
-        let sql = format!("UPDATE flags SET state = $2 WHERE id = $1 RETURNING {FLAG_COLUMNS}");
-        let row: FlagRow<PgStore> = sqlx::query_as(&sql)
-            .bind(a.flag_id)
-            .bind(state)
-            .fetch_one(c)
-            .await?;
-        FlagRecord::try_from(row)
     }
 
     async fn flag_actions(

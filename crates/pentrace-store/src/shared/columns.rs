@@ -53,6 +53,7 @@ pub(crate) fn opt_time<T: StoredTime>(
 pub(crate) trait StoredId: Send + Sized + std::fmt::Debug {
     /// An id as a caller sends it; `Invalid` when it is not a UUID.
     fn from_id(id: &str, what: &str) -> StoreResult<Self>;
+    fn from_uuid(id: Uuid) -> Self;
     fn into_uuid(self) -> Uuid;
     /// The canonical text the domain uses.
     fn into_id(self) -> String {
@@ -61,6 +62,10 @@ pub(crate) trait StoredId: Send + Sized + std::fmt::Debug {
 }
 
 impl StoredId for Uuid {
+    fn from_uuid(id: Uuid) -> Self {
+        id
+    }
+
     fn from_id(id: &str, what: &str) -> StoreResult<Self> {
         Uuid::parse_str(id).map_err(|e| StoreError::Invalid(format!("{what} {id:?}: {e}")))
     }
@@ -74,6 +79,10 @@ impl StoredId for Uuid {
 /// PostgreSQL's `uuid` does; a stored id that is not a UUID is a corrupt
 /// row.
 impl StoredId for Hyphenated {
+    fn from_uuid(id: Uuid) -> Self {
+        id.hyphenated()
+    }
+
     fn from_id(id: &str, what: &str) -> StoreResult<Self> {
         Uuid::from_id(id, what).map(Uuid::hyphenated)
     }

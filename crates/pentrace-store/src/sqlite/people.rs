@@ -2,34 +2,21 @@
 //! times as microseconds, a user's clinics as a JSON array.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use pentrace_domain::audit::ChainHash;
 use serde_json::json;
 use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::engine::people::{PeopleSql, UserKey};
-use crate::shared::columns::{StoredTime, micros, stored_uuid};
+use crate::shared::columns::{StoredTime, stored_uuid};
 use crate::shared::corrupt;
-use crate::shared::rows::{FLAG_COLUMNS, FlagRow};
-use crate::{FlagAction, FlagActionRecord, FlagRecord, Role, StoreResult, User};
+use crate::{FlagActionRecord, Role, StoreResult, User};
 
 /// flag, action, signer, meaning, reason, at, bound hash.
 type ActionRow = (String, String, String, String, String, i64, Vec<u8>);
 
 #[async_trait]
 impl PeopleSql for SqliteStore {
-    async fn insert_user(c: &mut SqliteConnection, user: &User) -> StoreResult<()> {
-        sqlx::query("INSERT INTO users (id, name, role) VALUES (?1, ?2, ?3)")
-            .bind(user.id.to_string())
-            .bind(&user.name)
-            .bind(user.role.as_str())
-            .execute(c)
-            .await?;
-        Ok(())
-    }
-
     async fn add_clinics(
         c: &mut SqliteConnection,
         user: Uuid,
@@ -77,37 +64,6 @@ impl PeopleSql for SqliteStore {
         .transpose()
     }
 
-    async fn insert_token(
-        c: &mut SqliteConnection,
-        id: Uuid,
-        user: Uuid,
-        hash: &[u8; 32],
-    ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO api_tokens (id, user_id, token_hash) VALUES (?1, ?2, ?3)")
-            .bind(id.to_string())
-            .bind(user.to_string())
-            .bind(hash.as_slice())
-            .execute(c)
-            .await?;
-        Ok(())
-    }
-
-    async fn revoke_token(
-        c: &mut SqliteConnection,
-        id: Uuid,
-        at: DateTime<Utc>,
-    ) -> StoreResult<Option<Uuid>> {
-        let user: Option<String> = sqlx::query_scalar(
-            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1 \
-             RETURNING user_id",
-        )
-        .bind(id.to_string())
-        .bind(micros(at))
-        .fetch_optional(c)
-        .await?;
-        user.map(|u| stored_uuid(&u, "user id")).transpose()
-    }
-
     async fn lock_flag(
         c: &mut SqliteConnection,
         id: Uuid,
@@ -118,49 +74,6 @@ impl PeopleSql for SqliteStore {
                 .fetch_optional(c)
                 .await?,
         )
-    }
-
-    async fn flag_head(c: &mut SqliteConnection, id: Uuid) -> StoreResult<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar(
-            "SELECT hash FROM audit_events WHERE subject_type = 'flag' AND subject_id = ?1 \
-             ORDER BY at DESC, position DESC LIMIT 1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(c)
-        .await?)
-    }
-
-    async fn record_signature(
-        c: &mut SqliteConnection,
-        a: &FlagAction,
-        state: &str,
-        at: DateTime<Utc>,
-        bound: &[u8],
-        event: &ChainHash,
-    ) -> StoreResult<FlagRecord> {
-        sqlx::query(
-            "INSERT INTO flag_actions (flag_id, action, user_id, signer_name, meaning, reason, at, \
-                                       bound_hash, event_hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .bind(a.flag_id.to_string())
-        .bind(a.step.as_str())
-        .bind(a.signer.id.to_string())
-        .bind(&a.signer.name)
-        .bind(a.meaning.as_str())
-        .bind(&a.reason)
-        .bind(micros(at))
-        .bind(bound)
-        .bind(event.as_slice())
-        .execute(&mut *c)
-        .await?;
-        let sql = format!("UPDATE flags SET state = ?2 WHERE id = ?1 RETURNING {FLAG_COLUMNS}");
-        let row: FlagRow<SqliteStore> = sqlx::query_as(&sql)
-            .bind(a.flag_id.to_string())
-            .bind(state)
-            .fetch_one(c)
-            .await?;
-        FlagRecord::try_from(row)
     }
 
     async fn flag_actions(
