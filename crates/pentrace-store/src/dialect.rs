@@ -47,6 +47,12 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// Cheap liveness check.
     async fn select_one(&self) -> StoreResult<()>;
 
+    /// What a list of strings binds as: an array, or a JSON array.
+    type List: Send;
+    fn list(items: &[String]) -> Self::List;
+    /// `column` is one of the list bound as `$n`.
+    fn in_list(column: &str, n: usize) -> String;
+
     /// An id as this database stores it.
     fn uuid(id: uuid::Uuid) -> Self::Id {
         Self::Id::from_uuid(id)

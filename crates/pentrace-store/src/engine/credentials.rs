@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use super::audit::AuditSql;
 use super::registry::RegistrySql;
-use crate::dialect::{Conn, Dialect};
+use crate::dialect::{Conn, Dialect, for_both_stores};
+use crate::shared::columns::{StoredId, StoredTime, opt_time};
+use crate::shared::corrupt;
 use crate::shared::drafts::now_micros;
 use crate::{
     CredentialKind, DeviceCredential, NewDeviceCredential, RegistryFacts, StoreError, StoreResult,
@@ -46,6 +48,123 @@ pub(crate) trait CredentialSql: Dialect {
         which: Credentials<'_>,
         at: DateTime<Utc>,
     ) -> StoreResult<Vec<DeviceCredential>>;
+}
+
+const COLUMNS: &str =
+    "id, kind, principal, clinic_id, fingerprint, not_after, created_at, revoked_at";
+
+/// A `device_credentials` row, in [`COLUMNS`] order.
+type Row<D> = (
+    <D as Dialect>::Id,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Option<<D as Dialect>::Time>,
+    <D as Dialect>::Time,
+    Option<<D as Dialect>::Time>,
+);
+
+fn credential<D: Dialect>(row: Row<D>) -> StoreResult<DeviceCredential> {
+    let (id, kind, principal, clinic_id, fingerprint, not_after, created_at, revoked_at) = row;
+    let id = id.into_uuid();
+    Ok(DeviceCredential {
+        id,
+        kind: CredentialKind::parse(&kind)
+            .ok_or_else(|| corrupt(format!("credential kind {kind:?}")))?,
+        principal,
+        clinic_id,
+        fingerprint: fingerprint
+            .try_into()
+            .map_err(|_| corrupt(format!("fingerprint of credential {id}")))?,
+        not_after: opt_time(not_after, "not_after")?,
+        created_at: created_at.into_time("created_at")?,
+        revoked_at: opt_time(revoked_at, "revoked_at")?,
+    })
+}
+
+/// The condition that selects `which`, and how many parameters it takes.
+fn filter<D: Dialect>(which: Credentials<'_>) -> (String, usize) {
+    match which {
+        Credentials::Id(_) => ("id = $1".into(), 1),
+        Credentials::Fingerprint(_) => ("fingerprint = $1".into(), 1),
+        Credentials::Of(..) => ("principal = $1 AND ($2 IS NULL OR kind = $2)".into(), 2),
+        Credentials::Clinics(_) => (format!("$1 IS NULL OR {}", D::in_list("clinic_id", 1)), 1),
+    }
+}
+
+for_both_stores! {
+    impl CredentialSql {
+        async fn insert_credential(
+            c: &mut Conn<Self>,
+            id: Uuid,
+            new: &NewDeviceCredential,
+            clinic_id: &str,
+        ) -> StoreResult<DeviceCredential> {
+            let sql = format!(
+                "INSERT INTO device_credentials \
+                     (id, kind, principal, device_id, clinic_id, fingerprint, not_after) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+            );
+            let row = sqlx::query_as(&sql)
+                .bind(Self::uuid(id))
+                .bind(new.kind.as_str())
+                .bind(&new.principal)
+                .bind(new.kind.is_pen().then_some(&new.principal))
+                .bind(clinic_id)
+                .bind(new.fingerprint.as_slice())
+                .bind(new.not_after.map(Self::time))
+                .fetch_one(c)
+                .await?;
+            credential::<Self>(row)
+        }
+
+        async fn credentials(
+            c: &mut Conn<Self>,
+            which: Credentials<'_>,
+        ) -> StoreResult<Vec<DeviceCredential>> {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM device_credentials WHERE {} ORDER BY created_at DESC, id",
+                filter::<Self>(which).0
+            );
+            let query = sqlx::query_as(&sql);
+            let rows: Vec<Row<Self>> = match which {
+                Credentials::Id(id) => query.bind(Self::uuid(id)),
+                Credentials::Fingerprint(f) => query.bind(f.as_slice()),
+                Credentials::Of(p, kind) => query.bind(p).bind(kind.map(CredentialKind::as_str)),
+                Credentials::Clinics(clinics) => query.bind(clinics.map(Self::list)),
+            }
+            .fetch_all(c)
+            .await?;
+            rows.into_iter().map(credential::<Self>).collect()
+        }
+
+        /// `at` comes after the filter's parameters, so one filter serves
+        /// both the read and the revoke.
+        async fn revoke_credentials(
+            c: &mut Conn<Self>,
+            which: Credentials<'_>,
+            at: DateTime<Utc>,
+        ) -> StoreResult<Vec<DeviceCredential>> {
+            let (filter, n) = filter::<Self>(which);
+            let sql = format!(
+                "UPDATE device_credentials SET revoked_at = ${} \
+                 WHERE revoked_at IS NULL AND ({filter}) RETURNING {COLUMNS}",
+                n + 1
+            );
+            let query = sqlx::query_as(&sql);
+            let rows: Vec<Row<Self>> = match which {
+                Credentials::Id(id) => query.bind(Self::uuid(id)),
+                Credentials::Fingerprint(f) => query.bind(f.as_slice()),
+                Credentials::Of(p, kind) => query.bind(p).bind(kind.map(CredentialKind::as_str)),
+                Credentials::Clinics(clinics) => query.bind(clinics.map(Self::list)),
+            }
+            .bind(Self::time(at))
+            .fetch_all(c)
+            .await?;
+            rows.into_iter().map(credential::<Self>).collect()
+        }
+    }
 }
 
 /// The clinic the new credential belongs to, as [`RegistryFacts::clinic_of`]

@@ -10,7 +10,6 @@
 pub(crate) mod audit;
 pub(crate) mod commit;
 mod copy;
-mod credentials;
 mod facts;
 mod flags;
 pub(crate) mod people;
@@ -183,5 +182,15 @@ impl crate::dialect::Dialect for PgStore {
     async fn select_one(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    type List = Vec<String>;
+
+    fn list(items: &[String]) -> Vec<String> {
+        items.to_vec()
+    }
+
+    fn in_list(column: &str, n: usize) -> String {
+        format!("{column} = ANY(${n})")
     }
 }

@@ -27,7 +27,6 @@
 
 mod audit;
 mod commit;
-mod credentials;
 mod facts;
 mod flags;
 mod people;
@@ -167,6 +166,16 @@ impl crate::dialect::Dialect for SqliteStore {
     async fn select_one(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
+    }
+
+    type List = String;
+
+    fn list(items: &[String]) -> String {
+        serde_json::json!(items).to_string()
+    }
+
+    fn in_list(column: &str, n: usize) -> String {
+        format!("{column} IN (SELECT value FROM json_each(${n}))")
     }
 }
 
