@@ -49,7 +49,7 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
 
     /// What a list of strings binds as: an array, or a JSON array.
     type List: Send;
-    fn list(items: &[String]) -> Self::List;
+    fn list<S: AsRef<str>>(items: &[S]) -> Self::List;
     /// `column` is one of the list bound as `$n`.
     fn in_list(column: &str, n: usize) -> String;
 

@@ -63,7 +63,7 @@ pub(crate) trait FactsSql: Dialect {
     async fn bindings(c: &mut Conn<Self>, ids: &[&str]) -> StoreResult<Vec<BindingRow<Self>>>;
     /// Sessions by canonical id: id, device, relation, owner, cartridge,
     /// strokes, active ms, device start.
-    async fn sessions(
+    async fn session_states(
         c: &mut Conn<Self>,
         ids: &[String],
     ) -> StoreResult<Vec<SessionStateRow<Self>>>;
@@ -161,7 +161,7 @@ async fn sessions<D: FactsSql>(
         .collect::<StoreResult<Vec<_>>>()?;
     let canonical: Vec<String> = asked.iter().map(|(id, _)| id.clone()).collect();
     let mut stored = HashMap::with_capacity(asked.len());
-    for row in D::sessions(c, &canonical).await? {
+    for row in D::session_states(c, &canonical).await? {
         let (id, device_id, relation, owner, cartridge_id, strokes, active_ms, started) = row;
         let state = SessionState {
             device_id,

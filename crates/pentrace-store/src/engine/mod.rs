@@ -32,7 +32,7 @@ use crate::{
 
 /// Everything a database must say to be a store: the sum of the areas'
 /// leaf traits.
-pub(crate) trait Sql:
+pub(crate) trait StoreSql:
     audit::AuditSql
     + audit::AuditCommonSql
     + commit::CommitSql
@@ -43,12 +43,13 @@ pub(crate) trait Sql:
     + people::PeopleCommonSql
     + quarantine::QuarantineSql
     + queries::QuerySql
+    + queries::QueryCommonSql
     + registry::RegistrySql
     + status::StatusSql
 {
 }
 
-impl<D> Sql for D where
+impl<D> StoreSql for D where
     D: audit::AuditSql
         + audit::AuditCommonSql
         + commit::CommitSql
@@ -59,6 +60,7 @@ impl<D> Sql for D where
         + people::PeopleCommonSql
         + quarantine::QuarantineSql
         + queries::QuerySql
+        + queries::QueryCommonSql
         + registry::RegistrySql
         + status::StatusSql
 {
@@ -67,7 +69,7 @@ impl<D> Sql for D where
 /// The one implementation of [`Store`], for every dialect.
 
 #[async_trait]
-impl<D: Sql> Store for D {
+impl<D: StoreSql> Store for D {
     fn kind(&self) -> &'static str {
         D::KIND
     }

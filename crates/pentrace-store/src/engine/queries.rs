@@ -4,7 +4,7 @@
 //! The filters of the session and flag listings are written once, here:
 //! SQLite reads PostgreSQL's `$n` placeholders too (sqlx binds `$n` to the
 //! n-th value on both), so what differs is how each dialect binds a value
-//! ([`Arg`]) and matches a list ([`QuerySql::any`]).
+//! ([`Arg`]) and matches a list ([`Dialect::in_list`]).
 //!
 //! A report covers at most months of one clinic, which fits in memory, so
 //! its rows are fetched whole rather than paged.
@@ -14,10 +14,12 @@ use chrono::{DateTime, Duration, NaiveTime, Utc};
 use pentrace_domain::rules::SeqHole;
 use uuid::Uuid;
 
-use super::audit::AuditSql;
-use super::flags::FlagSql;
-use crate::dialect::{Conn, Dialect};
+use super::StoreSql;
+use crate::dialect::{Conn, Dialect, for_both_stores};
 use crate::shared::drafts::flag_raised;
+use crate::shared::rows::{
+    self, BindingRow, FLAG_COLUMNS, HoleRow, SESSION_COLUMNS, flag_records, session_records,
+};
 use crate::{
     CartridgeHistory, DeviceStatus, FlagQuery, FlagRecord, NewFlag, SessionQuery, SessionRecord,
     StoreError, StoreResult,
@@ -35,7 +37,7 @@ const DEFAULT_FLAG_LIMIT: u32 = 1000;
 #[derive(Debug)]
 pub(crate) enum Arg<'a> {
     Text(&'a str),
-    /// A list of texts, matched with [`QuerySql::any`].
+    /// A list of texts, matched with [`Dialect::in_list`].
     List(Vec<&'a str>),
     Id(Uuid),
     Time(DateTime<Utc>),
@@ -66,24 +68,16 @@ impl<'a> Sql<'a> {
     }
 
     /// ` AND <column>` is one of `list`.
-    fn any<D: QuerySql>(&mut self, column: &str, list: Vec<&'a str>) -> &mut Self {
+    fn any<D: Dialect>(&mut self, column: &str, list: Vec<&'a str>) -> &mut Self {
         self.args.push(Arg::List(list));
-        let any = D::any(&format!("${}", self.args.len()));
-        self.text += &format!(" AND {column} {any}");
+        self.text += &format!(" AND {}", D::in_list(column, self.args.len()));
         self
     }
 }
 
-/// The read side's statements.
+/// The read side's statements whose SQL differs between the dialects.
 #[async_trait]
 pub(crate) trait QuerySql: Dialect {
-    /// The condition that the column before it is one of the list bound at
-    /// `placeholder`; an empty list matches nothing.
-    fn any(placeholder: &str) -> String;
-    /// `SELECT` of session records `FROM sessions <sql>`.
-    async fn sessions(c: &mut Conn<Self>, sql: &Sql<'_>) -> StoreResult<Vec<SessionRecord>>;
-    /// `SELECT` of flag records `FROM flags <sql>`.
-    async fn flags(c: &mut Conn<Self>, sql: &Sql<'_>) -> StoreResult<Vec<FlagRecord>>;
     /// The clinic's devices (every clinic's when None), by clinic and id,
     /// with their sessions and strokes started in `[day_start, day_end)`
     /// and their open flags; `online` is left false.
@@ -93,6 +87,27 @@ pub(crate) trait QuerySql: Dialect {
         day_start: DateTime<Utc>,
         day_end: DateTime<Utc>,
     ) -> StoreResult<Vec<DeviceStatus>>;
+    /// Deletes the holes of these `(device_id, first_seq)` keys.
+    async fn delete_holes(c: &mut Conn<Self>, keys: &[(&str, u64)]) -> StoreResult<()>;
+}
+
+/// The read side's statements both dialects spell alike.
+#[async_trait]
+pub(crate) trait QueryCommonSql: Dialect {
+    /// `SELECT <columns> FROM <from> <sql>`, the values bound in this
+    /// dialect's column types.
+    async fn select<O>(
+        c: &mut Conn<Self>,
+        columns: &str,
+        from: &str,
+        sql: &Sql<'_>,
+    ) -> StoreResult<Vec<O>>
+    where
+        O: for<'r> sqlx::FromRow<'r, <Self::Db as sqlx::Database>::Row> + Send + Unpin;
+    /// `SELECT` of session records `FROM sessions <sql>`.
+    async fn sessions(c: &mut Conn<Self>, sql: &Sql<'_>) -> StoreResult<Vec<SessionRecord>>;
+    /// `SELECT` of flag records `FROM flags <sql>`.
+    async fn flags(c: &mut Conn<Self>, sql: &Sql<'_>) -> StoreResult<Vec<FlagRecord>>;
     /// `(session_id, device_id, bound_at)` of the cartridge's owner.
     async fn binding(
         c: &mut Conn<Self>,
@@ -104,8 +119,66 @@ pub(crate) trait QuerySql: Dialect {
         c: &mut Conn<Self>,
         before: DateTime<Utc>,
     ) -> StoreResult<Vec<(SeqHole, String)>>;
-    /// Deletes the holes of these `(device_id, first_seq)` keys.
-    async fn delete_holes(c: &mut Conn<Self>, keys: &[(&str, u64)]) -> StoreResult<()>;
+}
+
+for_both_stores! {
+    impl QueryCommonSql {
+        async fn select<O>(
+            c: &mut Conn<Self>,
+            columns: &str,
+            from: &str,
+            sql: &Sql<'_>,
+        ) -> StoreResult<Vec<O>>
+        where
+            O: for<'r> sqlx::FromRow<'r, <Self::Db as sqlx::Database>::Row> + Send + Unpin,
+        {
+            let text = format!("SELECT {columns} FROM {from} {}", sql.text);
+            let query = sql.args.iter().fold(sqlx::query_as(&text), |q, arg| match arg {
+                Arg::Text(s) => q.bind(*s),
+                Arg::List(list) => q.bind(Self::list(list)),
+                Arg::Id(id) => q.bind(Self::uuid(*id)),
+                Arg::Time(t) => q.bind(Self::time(*t)),
+                Arg::Int(i) => q.bind(*i),
+            });
+            Ok(query.fetch_all(c).await?)
+        }
+
+        async fn sessions(c: &mut Conn<Self>, sql: &Sql<'_>) -> StoreResult<Vec<SessionRecord>> {
+            session_records::<Self>(Self::select(c, SESSION_COLUMNS, "sessions", sql).await?)
+        }
+
+        async fn flags(c: &mut Conn<Self>, sql: &Sql<'_>) -> StoreResult<Vec<FlagRecord>> {
+            flag_records::<Self>(Self::select(c, FLAG_COLUMNS, "flags", sql).await?)
+        }
+
+        async fn binding(
+            c: &mut Conn<Self>,
+            cartridge_id: &str,
+        ) -> StoreResult<Option<(String, String, DateTime<Utc>)>> {
+            let row: Option<BindingRow<Self>> = sqlx::query_as(
+                "SELECT session_id, device_id, bound_at FROM cartridges WHERE cartridge_id = $1",
+            )
+            .bind(cartridge_id)
+            .fetch_optional(c)
+            .await?;
+            row.map(rows::binding::<Self>).transpose()
+        }
+
+        async fn holes_before(
+            c: &mut Conn<Self>,
+            before: DateTime<Utc>,
+        ) -> StoreResult<Vec<(SeqHole, String)>> {
+            let holes: Vec<HoleRow<Self>> = sqlx::query_as(
+                "SELECT h.device_id, h.first_seq, h.last_seq, h.detected_at, d.clinic_id \
+                 FROM seq_holes h JOIN devices d ON d.id = h.device_id \
+                 WHERE h.detected_at < $1 ORDER BY h.detected_at, h.device_id, h.first_seq",
+            )
+            .bind(Self::time(before))
+            .fetch_all(c)
+            .await?;
+            holes.into_iter().map(rows::hole::<Self>).collect()
+        }
+    }
 }
 
 fn limit(limit: u32, default: u32) -> Arg<'static> {
@@ -113,7 +186,7 @@ fn limit(limit: u32, default: u32) -> Arg<'static> {
 }
 
 /// Devices with their status; "today" is `now`'s UTC day.
-pub(crate) async fn list_devices<D: QuerySql>(
+pub(crate) async fn list_devices<D: StoreSql>(
     d: &D,
     clinic_id: Option<&str>,
     now: DateTime<Utc>,
@@ -128,7 +201,7 @@ pub(crate) async fn list_devices<D: QuerySql>(
 }
 
 /// A device's sessions started in `[from, to)`, newest first.
-pub(crate) async fn list_sessions<D: QuerySql>(
+pub(crate) async fn list_sessions<D: StoreSql>(
     d: &D,
     q: &SessionQuery,
 ) -> StoreResult<Vec<SessionRecord>> {
@@ -147,7 +220,7 @@ pub(crate) async fn list_sessions<D: QuerySql>(
 /// Flags matching every filter given, oldest first by `(raised_at, id)`;
 /// `after` continues a previous page. `from`/`to` bound `raised_at` as
 /// `[from, to)`.
-pub(crate) async fn list_flags<D: QuerySql>(d: &D, q: &FlagQuery) -> StoreResult<Vec<FlagRecord>> {
+pub(crate) async fn list_flags<D: StoreSql>(d: &D, q: &FlagQuery) -> StoreResult<Vec<FlagRecord>> {
     // Only the filters that are set become SQL, so each combination gets a
     // plan that can use its index (an `$n IS NULL OR ...` chain would not).
     let mut sql = Sql::new("WHERE true", Vec::new());
@@ -187,7 +260,7 @@ pub(crate) async fn list_flags<D: QuerySql>(d: &D, q: &FlagQuery) -> StoreResult
 }
 
 /// The binding, sessions (oldest first) and flags of one cartridge.
-pub(crate) async fn cartridge_history<D: QuerySql>(
+pub(crate) async fn cartridge_history<D: StoreSql>(
     d: &D,
     cartridge_id: &str,
 ) -> StoreResult<CartridgeHistory> {
@@ -207,7 +280,7 @@ pub(crate) async fn cartridge_history<D: QuerySql>(
 }
 
 /// Every session that used the lot, oldest first.
-pub(crate) async fn lot_lookback<D: QuerySql>(
+pub(crate) async fn lot_lookback<D: StoreSql>(
     d: &D,
     gtin: &str,
     lot: &str,
@@ -220,7 +293,7 @@ pub(crate) async fn lot_lookback<D: QuerySql>(
 }
 
 /// The clinic's sessions started in `[from, to)`, oldest first.
-pub(crate) async fn sessions_in_period<D: QuerySql>(
+pub(crate) async fn sessions_in_period<D: StoreSql>(
     d: &D,
     clinic_id: &str,
     from: DateTime<Utc>,
@@ -239,7 +312,7 @@ pub(crate) async fn sessions_in_period<D: QuerySql>(
 
 /// The clinic's flags that were raised in `[from, to)` or belong to one of
 /// its sessions started in `[from, to)`, oldest first.
-pub(crate) async fn flags_in_period<D: QuerySql>(
+pub(crate) async fn flags_in_period<D: StoreSql>(
     d: &D,
     clinic_id: &str,
     from: DateTime<Utc>,
@@ -261,7 +334,7 @@ pub(crate) async fn flags_in_period<D: QuerySql>(
 }
 
 /// Open holes detected before `before`, with the device's clinic.
-pub(crate) async fn due_holes<D: QuerySql>(
+pub(crate) async fn due_holes<D: StoreSql>(
     d: &D,
     before: DateTime<Utc>,
 ) -> StoreResult<Vec<(SeqHole, String)>> {
@@ -270,7 +343,7 @@ pub(crate) async fn due_holes<D: QuerySql>(
 
 /// Raises the gap flags (audited) and closes their holes in one
 /// transaction.
-pub(crate) async fn flag_holes<D: QuerySql + FlagSql + AuditSql>(
+pub(crate) async fn flag_holes<D: StoreSql>(
     d: &D,
     holes: &[(SeqHole, NewFlag)],
 ) -> StoreResult<Vec<FlagRecord>> {

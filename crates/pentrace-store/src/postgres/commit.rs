@@ -249,10 +249,7 @@ async fn insert_message_keys(conn: &mut PgConnection, rows: &[&MessageRow]) -> S
 /// transaction holding them), and in READ COMMITTED this statement's
 /// snapshot is taken after that wait, so it sees every message committed
 /// for these devices before. A transaction that commits later sees ours.
-pub(super) async fn advance_watermarks(
-    conn: &mut PgConnection,
-    devices: &[&str],
-) -> StoreResult<Watermarks> {
+async fn advance_watermarks(conn: &mut PgConnection, devices: &[&str]) -> StoreResult<Watermarks> {
     lock_devices(conn, devices).await?;
     let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
         "WITH cur AS (SELECT id, stored_through AS w FROM devices WHERE id = ANY($1)), \

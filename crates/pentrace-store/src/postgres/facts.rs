@@ -90,7 +90,7 @@ impl FactsSql for PgStore {
         .await?)
     }
 
-    async fn sessions(
+    async fn session_states(
         c: &mut PgConnection,
         ids: &[String],
     ) -> StoreResult<Vec<SessionStateRow<Self>>> {

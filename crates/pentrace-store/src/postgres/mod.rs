@@ -13,7 +13,6 @@ mod copy;
 mod facts;
 mod flags;
 pub(crate) mod people;
-mod quarantine;
 mod queries;
 pub(crate) mod sessions;
 mod status;
@@ -186,8 +185,8 @@ impl crate::dialect::Dialect for PgStore {
 
     type List = Vec<String>;
 
-    fn list(items: &[String]) -> Vec<String> {
-        items.to_vec()
+    fn list<S: AsRef<str>>(items: &[S]) -> Vec<String> {
+        items.iter().map(|s| s.as_ref().to_owned()).collect()
     }
 
     fn in_list(column: &str, n: usize) -> String {

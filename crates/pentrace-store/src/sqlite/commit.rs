@@ -248,11 +248,3 @@ fn claims_json(rows: &[&ClaimRow]) -> StoreResult<String> {
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(json!(rows).to_string())
 }
-
-/// The engine's watermarks, for the modules not yet on the engine.
-pub(super) async fn advance_watermarks(
-    c: &mut SqliteConnection,
-    devices: &[&str],
-) -> StoreResult<Watermarks> {
-    <SqliteStore as CommitSql>::advance_watermarks(c, devices).await
-}

@@ -81,7 +81,7 @@ impl FactsSql for SqliteStore {
         .await?)
     }
 
-    async fn sessions(
+    async fn session_states(
         c: &mut SqliteConnection,
         ids: &[String],
     ) -> StoreResult<Vec<SessionStateRow<Self>>> {

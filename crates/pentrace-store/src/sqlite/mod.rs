@@ -30,7 +30,6 @@ mod commit;
 mod facts;
 mod flags;
 mod people;
-mod quarantine;
 mod queries;
 mod samples;
 mod sessions;
@@ -170,7 +169,8 @@ impl crate::dialect::Dialect for SqliteStore {
 
     type List = String;
 
-    fn list(items: &[String]) -> String {
+    fn list<S: AsRef<str>>(items: &[S]) -> String {
+        let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
         serde_json::json!(items).to_string()
     }
 
