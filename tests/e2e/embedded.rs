@@ -19,10 +19,25 @@ use rumqttc::{
 use tokio::sync::mpsc;
 
 use crate::helpers::{
-    Server, TestApp, TestDb, eventually, pentrace_run, register, register_on, spawn_app, ts,
+    Backend, Server, TestApp, TestStore, eventually, pentrace_run, register, register_on,
+    spawn_app, ts,
 };
 use crate::ingest::http_get;
 use crate::mqtt::{covers, heartbeat, rejection_codes, session_start};
+
+crate::both_stores!(
+    serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker,
+    anonymous_unknown_and_borrowed_identities_are_refused_at_connect,
+    a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and_nothing_is_stored,
+    a_pen_may_subscribe_only_to_its_own_down_topic,
+    a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refused,
+    a_second_connection_with_the_same_client_id_takes_over_and_is_reported,
+    a_gateway_speaks_for_its_clinics_pens_only,
+    a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_turns_it_off,
+    the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_broker,
+    a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order,
+    silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_half_keep_alives,
+);
 
 /// The port of `embedded:127.0.0.1:PORT` on the start-up line.
 fn embedded_port(mqtt: &str) -> u16 {
@@ -246,10 +261,7 @@ impl Device {
 }
 
 async fn stored(app: &TestApp, device: &str) -> i64 {
-    app.count(&format!(
-        "SELECT count(*) FROM device_messages WHERE device_id = '{device}'"
-    ))
-    .await
+    app.stored(device).await
 }
 
 async fn metrics(app: &TestApp) -> String {
@@ -272,10 +284,9 @@ fn context(session: &str, udi: &str) -> pb::SessionContext {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() {
+async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker(backend: Backend) {
     // No MQTT flag but the free port the helper adds.
-    let mut app = spawn_app(&[]).await;
+    let mut app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     assert_ne!(port, 0);
     let gtin = "09506000134352";
@@ -338,10 +349,23 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
     })
     .await;
     a.wait_ack("pen-a", 6).await;
-    let ended = format!(
-        "SELECT count(*) FROM sessions WHERE session_id = '{session}' AND ended_at IS NOT NULL"
+    let sessions = app
+        .fleet()
+        .await
+        .list_sessions(pb::ListSessionsRequest {
+            device_id: "pen-a".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sessions")
+        .into_inner()
+        .sessions;
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s.session_id == session && s.ended_at.is_some()),
+        "the session ended: {sessions:?}"
     );
-    assert_eq!(app.count(&ended).await, 1);
     assert_eq!(
         app.count("SELECT count(*) FROM stroke_samples WHERE device_id = 'pen-a'")
             .await,
@@ -433,9 +457,8 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("port released");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect() {
-    let app = spawn_app(&[]).await;
+async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
     let secret_a = app.pen_secret("pen-a").await;
@@ -504,10 +527,10 @@ async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and_nothing_is_stored()
-{
-    let app = spawn_app(&[]).await;
+async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and_nothing_is_stored(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
     let secret_a = app.pen_secret("pen-a").await;
@@ -547,9 +570,8 @@ async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pen_may_subscribe_only_to_its_own_down_topic() {
-    let app = spawn_app(&[]).await;
+async fn a_pen_may_subscribe_only_to_its_own_down_topic(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
     let secret_a = app.pen_secret("pen-a").await;
@@ -594,9 +616,10 @@ async fn a_pen_may_subscribe_only_to_its_own_down_topic() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refused() {
-    let app = spawn_app(&[]).await;
+async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refused(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     // Registered and issued while the server runs.
     register(&app, "clinic-a", &[("pen-new", 0)], &[], &[]).await;
@@ -634,9 +657,8 @@ async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refuse
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_connection_with_the_same_client_id_takes_over_and_is_reported() {
-    let app = spawn_app(&[]).await;
+async fn a_second_connection_with_the_same_client_id_takes_over_and_is_reported(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let secret = app.pen_secret("pen-a").await;
@@ -656,9 +678,8 @@ async fn a_second_connection_with_the_same_client_id_takes_over_and_is_reported(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_speaks_for_its_clinics_pens_only() {
-    let app = spawn_app(&[]).await;
+async fn a_gateway_speaks_for_its_clinics_pens_only(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a1", 0), ("pen-a2", 0)], &[], &[]).await;
     register(&app, "clinic-b", &[("pen-b1", 0)], &[], &[]).await;
@@ -714,13 +735,14 @@ async fn a_gateway_speaks_for_its_clinics_pens_only() {
     assert_eq!(stored(&app, "pen-b1").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_turns_it_off() {
-    let db = TestDb::create().await;
+async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_turns_it_off(
+    backend: Backend,
+) {
+    let store = TestStore::create(backend).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port().to_string();
     let (code, output) = pentrace_run(
-        &db,
+        &store,
         &[
             "serve",
             "--plaintext",
@@ -742,13 +764,14 @@ async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_tur
         assert!(output.contains(&needle), "{needle} missing in:\n{output}");
     }
 
-    let server = Server::start(&db, &["--no-mqtt"], &[]).await;
+    let server = Server::start(&store, &["--no-mqtt"], &[]).await;
     assert_eq!(server.mqtt, "off");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_broker() {
-    let app = spawn_app(&[]).await;
+async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_broker(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     let truth = crate::sim::truth_file();
     let url = format!("mqtt://127.0.0.1:{port}");
@@ -786,21 +809,17 @@ async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_brok
     assert!(out.status.success(), "sim --verify failed:\n{report}");
     crate::sim::assert_verified(&report);
     crate::sim::assert_every_fault_injected(&truth);
-    let doubled = app
-        .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")
-        .await;
-    assert_eq!(doubled, 0);
+    assert_eq!(app.rows().await.doubled().await, 0);
     let text = metrics(&app).await;
     assert!(!text.contains("pentrace_mqtt_denials_total{"), "{text}");
     let _ = std::fs::remove_file(&truth);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order() {
+async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order(backend: Backend) {
     use bytes::BytesMut;
     use rumqttc::mqttbytes::v4::{Packet, Publish};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut app = spawn_app(&[]).await;
+    let mut app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let secret = app.pen_secret("pen-a").await;
@@ -837,12 +856,14 @@ async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order() {
             acked.push(i64::from(ack.pkid));
         }
     }
-    let stored_seqs: Vec<i64> = sqlx::query_scalar(
-        "SELECT seq FROM device_messages WHERE device_id = 'pen-a' ORDER BY seq",
-    )
-    .fetch_all(&app.db.pool)
-    .await
-    .expect("seqs");
+    let stored_seqs: Vec<i64> = app
+        .rows()
+        .await
+        .fetch::<(i64,)>("SELECT seq FROM device_messages WHERE device_id = 'pen-a' ORDER BY seq")
+        .await
+        .into_iter()
+        .map(|(seq,)| seq)
+        .collect();
     // Everything taken before the stop was settled: each stored one
     // acknowledged, in arrival order, and nothing else.
     assert!(!acked.is_empty(), "nothing acknowledged");
@@ -895,9 +916,10 @@ async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> O
     .ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_half_keep_alives() {
-    let app = spawn_app(&[]).await;
+async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_half_keep_alives(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let secret = app.pen_secret("pen-a").await;
@@ -932,6 +954,8 @@ async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_h
     );
 }
 
+// PostgreSQL only: it stops a private PostgreSQL cluster (an embedded
+// SQLite file cannot go away while its server runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_away_a_connection_is_not_read_past_its_cap_and_nothing_is_lost() {
     use std::sync::Arc;
