@@ -7,7 +7,7 @@ use tonic::Code;
 use crate::audit::stream_sessions;
 use crate::helpers::{Backend, TestApp, pentrace_run, register, spawn_app, user_token};
 
-crate::both_stores!(roles_and_clinics_bound_what_each_caller_sees_and_signs,);
+crate::both_stores!(roles_and_clinics_bound_what_each_caller_sees_and_signs);
 
 const GTIN: &str = "09506000134352";
 

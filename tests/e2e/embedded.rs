@@ -260,10 +260,6 @@ impl Device {
     }
 }
 
-async fn stored(app: &TestApp, device: &str) -> i64 {
-    app.stored(device).await
-}
-
 async fn metrics(app: &TestApp) -> String {
     http_get(&format!("{}/metrics", app.http))
         .await
@@ -311,7 +307,7 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker(ba
         a.send(&heartbeat("pen-a", seq)).await;
     }
     a.wait_ack("pen-a", 3).await;
-    assert_eq!(stored(&app, "pen-a").await, 3);
+    assert_eq!(app.stored("pen-a").await, 3);
 
     // A whole session: start, ten samples, end.
     let session = uuid::Uuid::new_v4().to_string();
@@ -405,9 +401,9 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker(ba
         !huge.seen.iter().any(|i| matches!(i, Incoming::PubAck(_))),
         "the oversized packet was acknowledged"
     );
-    assert_eq!(stored(&app, "pen-a").await, 7);
-    assert_eq!(stored(&app, "pen-b").await, 0);
-    assert_eq!(stored(&app, "pen-huge").await, 0);
+    assert_eq!(app.stored("pen-a").await, 7);
+    assert_eq!(app.stored("pen-b").await, 0);
+    assert_eq!(app.stored("pen-huge").await, 0);
     let text = metrics(&app).await;
     for reason in ["device_mismatch", "oversized"] {
         assert!(
@@ -501,7 +497,7 @@ async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect(backen
     let mut a = pen(port, "pen-a", &secret_a).await;
     a.send(&heartbeat("pen-a", 1)).await;
     a.wait_ack("pen-a", 1).await;
-    assert_eq!(stored(&app, "pen-b").await, 0);
+    assert_eq!(app.stored("pen-b").await, 0);
 
     let text = metrics(&app).await;
     for reason in ["missing", "unknown", "denied"] {
@@ -561,8 +557,8 @@ async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and
     b.send(&heartbeat("pen-b", 2)).await;
     let seen = b.wait_ack("pen-b", 2).await;
     assert!(seen.is_empty(), "pen-b heard something else: {seen:?}");
-    assert_eq!(stored(&app, "pen-b").await, 1);
-    assert_eq!(stored(&app, "pen-a").await, 0);
+    assert_eq!(app.stored("pen-b").await, 1);
+    assert_eq!(app.stored("pen-a").await, 0);
     let text = metrics(&app).await;
     assert!(
         text.contains("pentrace_mqtt_denials_total{name=\"publish\"} 5"),
@@ -608,7 +604,7 @@ async fn a_pen_may_subscribe_only_to_its_own_down_topic(backend: Backend) {
         topics.iter().all(|t| *t == down("pen-a")),
         "pen-a received {topics:?}"
     );
-    assert_eq!(stored(&app, "pen-b").await, 3);
+    assert_eq!(app.stored("pen-b").await, 3);
     let text = metrics(&app).await;
     assert!(
         text.contains("pentrace_mqtt_denials_total{name=\"subscribe\"} 7"),
@@ -633,7 +629,7 @@ async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refuse
     let mut p = pen(port, "pen-new", &secret).await;
     p.send(&heartbeat("pen-new", 1)).await;
     p.wait_ack("pen-new", 1).await;
-    assert_eq!(stored(&app, "pen-new").await, 1);
+    assert_eq!(app.stored("pen-new").await, 1);
 
     revoke(&app, &credential).await;
     assert!(
@@ -709,8 +705,8 @@ async fn a_gateway_speaks_for_its_clinics_pens_only(backend: Backend) {
     gw.send(&heartbeat("pen-a2", 1)).await;
     gw.wait_ack("pen-a1", 1).await;
     gw.wait_ack("pen-a2", 1).await;
-    assert_eq!(stored(&app, "pen-a1").await, 1);
-    assert_eq!(stored(&app, "pen-a2").await, 1);
+    assert_eq!(app.stored("pen-a1").await, 1);
+    assert_eq!(app.stored("pen-a2").await, 1);
 
     // A device registered nowhere: the pipeline's answer (UNKNOWN_DEVICE),
     // heard through `+/down`; the connection goes on.
@@ -724,7 +720,7 @@ async fn a_gateway_speaks_for_its_clinics_pens_only(backend: Backend) {
             seen.push(pb::DeviceDownlink::decode(p.payload.as_ref()).expect("downlink"));
         }
     }
-    assert_eq!(stored(&app, "pen-nowhere").await, 0);
+    assert_eq!(app.stored("pen-nowhere").await, 0);
 
     // Another clinic's pen: nothing stored, the gateway disconnected.
     gw.send(&heartbeat("pen-b1", 1)).await;
@@ -732,7 +728,7 @@ async fn a_gateway_speaks_for_its_clinics_pens_only(backend: Backend) {
         gw.wait_closed(Duration::from_secs(10)).await,
         "the gateway stayed connected"
     );
-    assert_eq!(stored(&app, "pen-b1").await, 0);
+    assert_eq!(app.stored("pen-b1").await, 0);
 }
 
 async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_turns_it_off(
@@ -840,7 +836,7 @@ async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order(back
     stream.write_all(&out).await.expect("publish");
     // Stop while they are in flight.
     eventually(Duration::from_secs(10), "some stored", || async {
-        stored(&app, "pen-a").await > 0
+        app.stored("pen-a").await > 0
     })
     .await;
     assert!(app.stop().success());

@@ -14,9 +14,9 @@ use pentrace_proto::v1::device_message::Body;
 use prost_types::Timestamp;
 
 use crate::helpers::{Backend, Server, exchange, pentrace_cli, register, spawn_app};
+use crate::ingest::http_get;
 
 crate::both_stores!(fuzzed_messages_are_answered_never_panic_and_acks_cover_only_stored);
-use crate::ingest::http_get;
 
 /// Messages per store (the issue asks for at least 10,000 in CI).
 const MESSAGES: usize = 10_000;

@@ -23,10 +23,6 @@ crate::both_stores!(
     a_reuse_across_clinics_shows_no_other_clinics_ids,
 );
 
-async fn stored(app: &TestApp, device: &str) -> i64 {
-    app.stored(device).await
-}
-
 async fn two_clinics(backend: Backend) -> TestApp {
     let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
@@ -71,7 +67,7 @@ async fn ingest_without_a_valid_credential_is_refused_and_nothing_is_stored(back
             "{secret}: {status:?}"
         );
     }
-    assert_eq!(stored(&app, "pen-a").await, 0);
+    assert_eq!(app.stored("pen-a").await, 0);
     let metrics = reqwest_get(&format!("{}/metrics", app.http)).await;
     assert!(
         metrics.contains("pentrace_device_auth_refused_total{name=\"revoked\"} 1"),
@@ -110,7 +106,7 @@ async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics(backend
         assert!(!r.retry);
     }
     assert_eq!(down.watermark("pen-a"), 1);
-    assert_eq!(stored(&app, "pen-b").await, 0);
+    assert_eq!(app.stored("pen-b").await, 0);
     // The real pen B's own seqs 4 and 5 are then stored, not "duplicates".
     let b = app.pen_secret("pen-b").await;
     let mut client = app.telemetry_with(&b).await;
@@ -120,7 +116,7 @@ async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics(backend
     )
     .await;
     assert_eq!(down.watermark("pen-b"), 5);
-    assert_eq!(stored(&app, "pen-b").await, 5);
+    assert_eq!(app.stored("pen-b").await, 5);
     // A gateway of clinic A: A's pens yes, B's no.
     let mut gateway = app.telemetry_for("clinic-a").await;
     let down = exchange(
@@ -131,7 +127,7 @@ async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics(backend
     assert_eq!(down.watermark("pen-a"), 2);
     let r = down.rejection("pen-b", 6).expect("rejected");
     assert_eq!(r.code, pb::RejectCode::PermissionDenied as i32);
-    assert_eq!(stored(&app, "pen-b").await, 5);
+    assert_eq!(app.stored("pen-b").await, 5);
 }
 
 async fn revoking_a_credential_ends_its_open_stream(backend: Backend) {
@@ -146,7 +142,7 @@ async fn revoking_a_credential_ends_its_open_stream(backend: Backend) {
         .expect("ingest")
         .into_inner();
     eventually(Duration::from_secs(10), "pen-a's first message", || async {
-        stored(&app, "pen-a").await == 1
+        app.stored("pen-a").await == 1
     })
     .await;
     app.registry()
@@ -320,8 +316,8 @@ async fn over_tls_a_pen_authenticates_by_its_certificate(backend: Backend) {
         }
     }
     assert!(acked && denied, "acked {acked}, denied {denied}");
-    assert_eq!(stored(&app, "pen-c").await, 1);
-    assert_eq!(stored(&app, "pen-d").await, 0);
+    assert_eq!(app.stored("pen-c").await, 1);
+    assert_eq!(app.stored("pen-d").await, 0);
 }
 
 /// A store outage while a gateway's stream needs to check a pen it has

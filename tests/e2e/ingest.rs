@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 
 use crate::helpers::{Backend, Downlinks, TestApp, eventually, exchange, register, spawn_app, ts};
 
-crate::both_stores!(every_fault_is_flagged_exactly_once_and_every_sample_stored_once,);
+crate::both_stores!(every_fault_is_flagged_exactly_once_and_every_sample_stored_once);
 
 const GTIN: &str = "09506000134352";
 /// A valid GTIN-14 that is not in the catalogue.
