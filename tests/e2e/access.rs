@@ -5,7 +5,9 @@ use pentrace_proto::v1 as pb;
 use tonic::Code;
 
 use crate::audit::stream_sessions;
-use crate::helpers::{TestApp, pentrace_run, register, spawn_app, user_token};
+use crate::helpers::{Backend, TestApp, pentrace_run, register, spawn_app, user_token};
+
+crate::both_stores!(roles_and_clinics_bound_what_each_caller_sees_and_signs);
 
 const GTIN: &str = "09506000134352";
 
@@ -26,9 +28,8 @@ fn action(flag: &pb::Flag, meaning: pb::SignatureMeaning, reason: &str) -> pb::F
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_and_clinics_bound_what_each_caller_sees_and_signs() {
-    let app = spawn_app(&[]).await;
+async fn roles_and_clinics_bound_what_each_caller_sees_and_signs(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let product = pb::Product {
         gtin: GTIN.into(),
         name: "n".into(),
@@ -44,15 +45,15 @@ async fn roles_and_clinics_bound_what_each_caller_sees_and_signs() {
     .await;
     register(&app, "clinic-b", &[("pen-b", 0)], &[], &[]).await;
     stream_sessions(&app).await;
-    let owner_a = user_token(&app.db, "Olga Owner", "clinic_owner", &["clinic-a"]);
+    let owner_a = user_token(&app.store, "Olga Owner", "clinic_owner", &["clinic-a"]);
     let officer_a = user_token(
-        &app.db,
+        &app.store,
         "Carl Compliance",
         "compliance_officer",
         &["clinic-a"],
     );
     let officer_b = user_token(
-        &app.db,
+        &app.store,
         "Bea Compliance",
         "compliance_officer",
         &["clinic-b"],
@@ -211,25 +212,23 @@ async fn roles_and_clinics_bound_what_each_caller_sees_and_signs() {
 
     // Each signature is bound to the flag's audit hash just before it, and
     // the trail still verifies.
-    let bound: Vec<(String, String)> = sqlx::query_as(
-        "SELECT encode(a.bound_hash, 'hex'), a.signer_name FROM flag_actions a ORDER BY a.at",
-    )
-    .fetch_all(&app.db.pool)
-    .await
-    .expect("actions");
+    let rows = app.rows().await;
+    let bound: Vec<(Vec<u8>, String)> = rows
+        .fetch("SELECT bound_hash, signer_name FROM flag_actions ORDER BY at")
+        .await;
     assert_eq!(bound.len(), 2);
     assert_eq!(bound[0].1, "Olga Owner");
     assert_eq!(bound[1].1, "Carl Compliance");
-    let events: Vec<String> = sqlx::query_scalar(
-        "SELECT encode(hash, 'hex') FROM audit_events WHERE subject_type = 'flag' AND subject_id = $1 ORDER BY position",
-    )
-    .bind(&flag.flag_id)
-    .fetch_all(&app.db.pool)
-    .await
-    .expect("flag events");
+    let events: Vec<(Vec<u8>,)> = rows
+        .fetch(&format!(
+            "SELECT hash FROM audit_events WHERE subject_type = 'flag' AND subject_id = '{}' \
+             ORDER BY position",
+            flag.flag_id
+        ))
+        .await;
     assert_eq!(events.len(), 3, "raised, acknowledged, resolved");
-    assert_eq!(bound[0].0, events[0]);
-    assert_eq!(bound[1].0, events[1]);
-    let (code, text) = pentrace_run(&app.db, &["audit", "verify"]);
+    assert_eq!(bound[0].0, events[0].0);
+    assert_eq!(bound[1].0, events[1].0);
+    let (code, text) = pentrace_run(&app.store, &["audit", "verify"]);
     assert_eq!(code, 0, "{text}");
 }

@@ -10,10 +10,20 @@ use pentrace_proto::v1::telemetry_client::TelemetryClient;
 use sqlx::Connection;
 use tonic::Code;
 
-use crate::helpers::{Server, TestApp, eventually, exchange, register, spawn_app, user_token};
+use crate::helpers::{
+    Backend, Server, TestApp, TestStore, eventually, exchange, register, spawn_app, user_token,
+};
 use crate::ingest::{Pen, Session, stream, udi};
 use crate::mqtt::heartbeat;
 use crate::rules::{flags_of, lot};
+
+crate::both_stores!(
+    two_pens_sending_the_same_session_id_are_two_sessions_and_the_reuse_is_flagged,
+    a_policy_period_beyond_chronos_range_is_refused_not_a_panic,
+    product_name_and_device_model_are_bounded_like_every_name,
+    a_moved_pens_findings_belong_to_its_new_clinic,
+    a_clinic_name_of_100_characters_is_accepted_whatever_its_script,
+);
 
 const GTIN: &str = "09506000134352";
 
@@ -31,9 +41,10 @@ fn count_of(flags: &[pb::Flag], kind: pb::FlagKind) -> usize {
 /// pen-b's session in clinic B is never judged for its cartridge (bound to
 /// pen-a's session of clinic A three hours earlier), and its strokes are
 /// added to clinic A's session.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_pens_sending_the_same_session_id_are_two_sessions_and_the_reuse_is_flagged() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn two_pens_sending_the_same_session_id_are_two_sessions_and_the_reuse_is_flagged(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(
         &app,
         "clinic-a",
@@ -60,15 +71,24 @@ async fn two_pens_sending_the_same_session_id_are_two_sessions_and_the_reuse_is_
     let down = exchange(&mut b, pen_b.sent.clone()).await;
     assert!(down.end.is_ok() && down.rejections.is_empty(), "{down:?}");
 
-    let stored_a = app
-        .count(&format!(
-            "SELECT strokes FROM sessions WHERE session_id = '{nil}'"
-        ))
-        .await;
+    let sessions_of = async |device: &str| {
+        app.fleet()
+            .await
+            .list_sessions(pb::ListSessionsRequest {
+                device_id: device.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("sessions")
+            .into_inner()
+            .sessions
+    };
+    let of_a = sessions_of("pen-a").await;
+    assert_eq!(of_a.len(), 1, "{of_a:?}");
+    assert_eq!(of_a[0].session_id, nil);
+    let stored_a = of_a[0].strokes;
     let flags = flags_of(&app, "pen-b").await;
-    let sessions_of_b = app
-        .count("SELECT count(*) FROM sessions WHERE device_id = 'pen-b'")
-        .await;
+    let sessions_of_b = sessions_of("pen-b").await.len();
     // (reuse flags of pen-b, strokes of clinic A's session, sessions of pen-b)
     assert_eq!(
         (
@@ -89,9 +109,10 @@ async fn two_pens_sending_the_same_session_id_are_two_sessions_and_the_reuse_is_
 /// both) each judge one batch against the same stale sum: 100 + 100 + 100
 /// strokes on a cartridge rated 250, never flagged. The test holds the
 /// cartridge row so that both batches are judged before either commits.
+// PostgreSQL only: two servers on one database, held at a row lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overuse_is_flagged_when_two_servers_commit_one_pens_batches_at_once() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+    let app = spawn_app(Backend::Postgres, &["--no-mqtt"]).await;
     register(
         &app,
         "clinic-a",
@@ -100,7 +121,7 @@ async fn overuse_is_flagged_when_two_servers_commit_one_pens_batches_at_once() {
         &[lot("L1")],
     )
     .await;
-    let replica = Server::start(&app.db, &["--no-mqtt"], &[]).await;
+    let replica = Server::start(&app.store, &["--no-mqtt"], &[]).await;
     let s = Session::new(
         &udi(GTIN, "301231", "L1", "RACE-1"),
         Utc::now() - Span::minutes(5),
@@ -120,7 +141,7 @@ async fn overuse_is_flagged_when_two_servers_commit_one_pens_batches_at_once() {
     );
 
     // Hold the cartridge row: both commits wait for it after judging.
-    let mut holder = sqlx::PgConnection::connect(&app.db.url)
+    let mut holder = sqlx::PgConnection::connect(&app.store.pg().url)
         .await
         .expect("connect");
     sqlx::query("BEGIN")
@@ -147,7 +168,7 @@ async fn overuse_is_flagged_when_two_servers_commit_one_pens_batches_at_once() {
     let second = tokio::spawn(async move { exchange(&mut on_b, vec![b3]).await });
     let waiting = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
-        app.db.name
+        app.store.pg().name
     );
     eventually(
         Duration::from_secs(20),
@@ -185,20 +206,23 @@ async fn overuse_is_flagged_when_two_servers_commit_one_pens_batches_at_once() {
 /// panics above i64::MAX / 1000 s, and nothing validates the policy. A
 /// TOML `resume_window_s = 9223372036854775807` (or the env form) makes
 /// `pentrace serve` panic at start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_period_beyond_chronos_range_is_refused_not_a_panic() {
-    let db = crate::helpers::TestDb::create().await;
+async fn a_policy_period_beyond_chronos_range_is_refused_not_a_panic(backend: Backend) {
+    let store = TestStore::create(backend).await;
+    let mut command = store.command(&[
+        "serve",
+        "--plaintext",
+        "--no-mqtt",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    command
+        .env("PENTRACE_POLICY__RESUME_WINDOW_S", "9223372036854775807")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     let out = tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pentrace"))
-            .env_remove("DATABASE_URL")
-            .args(["serve", "--plaintext", "--no-mqtt"])
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(["--database-url", &db.url])
-            .env("PENTRACE_POLICY__RESUME_WINDOW_S", "9223372036854775807")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start pentrace");
+        let mut child = command.spawn().expect("start pentrace");
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(_)) = child.try_wait() {
@@ -215,12 +239,11 @@ async fn a_policy_period_beyond_chronos_range_is_refused_not_a_panic() {
         (
             out.status,
             String::from_utf8_lossy(&out.stderr).into_owned(),
-            db,
         )
     })
     .await
     .expect("join");
-    let (status, stderr, _db) = out;
+    let (status, stderr) = out;
     assert!(
         !stderr.contains("panicked"),
         "exit {status:?}, a panic instead of a configuration error:\n{stderr}"
@@ -232,9 +255,8 @@ async fn a_policy_period_beyond_chronos_range_is_refused_not_a_panic() {
 /// other name (clinic name, lot, ids) is held to 1-256 printable
 /// characters naming the field; `product.name` and `device.model` are
 /// stored as sent, 100,000 characters or a control character included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn product_name_and_device_model_are_bounded_like_every_name() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn product_name_and_device_model_are_bounded_like_every_name(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(&app, "clinic-a", &[], &[], &[]).await;
     let mut r = app.registry().await;
     let long = "n".repeat(100_000);
@@ -299,9 +321,8 @@ async fn check(app: &TestApp, token: &str, clinic: &str) -> Vec<pb::FleetFinding
 /// allows), a revoked secret of the pen still trying is reported to clinic
 /// A's owner — a device of clinic B, by name — and not to clinic B's; and
 /// the pen, silent, is in service for nobody.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_moved_pens_findings_belong_to_its_new_clinic() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn a_moved_pens_findings_belong_to_its_new_clinic(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(&app, "clinic-a", &[("pen-m", 0)], &[], &[]).await;
     register(&app, "clinic-b", &[], &[], &[]).await;
     let old = app.issue(pb::CredentialKind::PenSecret, "pen-m", "").await;
@@ -343,8 +364,8 @@ async fn a_moved_pens_findings_belong_to_its_new_clinic() {
     // pen-m has sent nothing for more than the 1 s of the request.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let owner_a = user_token(&app.db, "Olga Owner", "clinic_owner", &["clinic-a"]);
-    let owner_b = user_token(&app.db, "Bea Owner", "clinic_owner", &["clinic-b"]);
+    let owner_a = user_token(&app.store, "Olga Owner", "clinic_owner", &["clinic-a"]);
+    let owner_b = user_token(&app.store, "Bea Owner", "clinic_owner", &["clinic-b"]);
     let seen_by_a = check(&app, &owner_a, "").await;
     let seen_by_b = check(&app, &owner_b, "").await;
     let kinds = |seen: &[pb::FleetFinding]| -> Vec<pb::FleetFindingKind> {
@@ -374,9 +395,8 @@ async fn a_moved_pens_findings_belong_to_its_new_clinic() {
 /// grpc/registry.rs says "1-256 printable characters" but counts bytes, so
 /// a clinic name of 100 Japanese characters (300 bytes of UTF-8) is
 /// refused, while `reason` (same file) counts characters.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clinic_name_of_100_characters_is_accepted_whatever_its_script() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn a_clinic_name_of_100_characters_is_accepted_whatever_its_script(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     let name = "診".repeat(100);
     let stored = app
         .registry()

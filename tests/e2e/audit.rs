@@ -6,12 +6,20 @@ use chrono::{Duration as Span, Utc};
 use pentrace_domain::audit::{GENESIS, chain_hash};
 use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
-use pentrace_store::Store;
-use pentrace_store::postgres::PgStore;
 use sqlx::Executor;
 use tokio_stream::StreamExt;
 
-use crate::helpers::{TestApp, pentrace_run, register, spawn_app, ts};
+use crate::helpers::{Backend, TestApp, pentrace_run, register, spawn_app, ts};
+
+crate::both_stores!(
+    a_changed_field_is_caught,
+    a_deleted_event_is_caught,
+    swapped_events_are_caught,
+    a_cut_tail_is_caught_by_the_exported_checkpoint,
+    a_recomputed_chain_is_caught_by_the_exported_checkpoint,
+    audit_tables_refuse_update_and_delete,
+    serve_as_the_app_role_ingests_and_takes_scheduled_checkpoints,
+);
 
 const GTIN: &str = "09506000134352";
 
@@ -70,8 +78,8 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
-        let app = spawn_app(&[]).await;
+    async fn new(backend: Backend) -> Fixture {
+        let app = spawn_app(backend, &[]).await;
         let product = pb::Product {
             gtin: GTIN.into(),
             name: "n".into(),
@@ -98,7 +106,7 @@ impl Fixture {
         assert!(out.status.success());
         let export = dir.join("export");
         let (code, text) = pentrace_run(
-            &app.db,
+            &app.store,
             &[
                 "audit",
                 "checkpoint",
@@ -135,32 +143,74 @@ impl Fixture {
                 args.extend(["--checkpoint", f.as_str()]);
             }
         }
-        pentrace_run(&self.app.db, &args)
+        pentrace_run(&self.app.store, &args)
     }
 
-    /// Tampering as a database superuser would: triggers off first.
+    /// Tampering as someone who owns the database would: the append-only
+    /// triggers off first, on again after. PostgreSQL disables them; SQLite
+    /// cannot, so they are dropped and created again, in one transaction.
     async fn tamper(&self, sql: &str) {
-        let pool = &self.app.db.pool;
-        let mut conn = pool.acquire().await.expect("conn");
-        conn.execute("ALTER TABLE audit_events DISABLE TRIGGER USER")
-            .await
-            .expect("disable");
-        conn.execute("ALTER TABLE audit_checkpoints DISABLE TRIGGER USER")
-            .await
-            .expect("disable");
-        conn.execute(sql).await.expect(sql);
-        conn.execute("ALTER TABLE audit_events ENABLE TRIGGER USER")
-            .await
-            .expect("enable");
-        conn.execute("ALTER TABLE audit_checkpoints ENABLE TRIGGER USER")
-            .await
-            .expect("enable");
+        let store = &self.app.store;
+        match store.backend() {
+            Backend::Postgres => {
+                let mut conn = store.pg().pool.acquire().await.expect("conn");
+                for table in ["audit_events", "audit_checkpoints"] {
+                    conn.execute(format!("ALTER TABLE {table} DISABLE TRIGGER USER").as_str())
+                        .await
+                        .expect("disable");
+                }
+                conn.execute(sql).await.expect(sql);
+                for table in ["audit_events", "audit_checkpoints"] {
+                    conn.execute(format!("ALTER TABLE {table} ENABLE TRIGGER USER").as_str())
+                        .await
+                        .expect("enable");
+                }
+            }
+            Backend::Sqlite => {
+                let triggers: Vec<(String, String)> = self
+                    .app
+                    .rows()
+                    .await
+                    .fetch(
+                        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' \
+                         AND tbl_name IN ('audit_events', 'audit_checkpoints')",
+                    )
+                    .await;
+                assert_eq!(triggers.len(), 4, "{triggers:?}");
+                let mut script = String::from("BEGIN IMMEDIATE;");
+                for (name, _) in &triggers {
+                    script.push_str(&format!("DROP TRIGGER {name};"));
+                }
+                script.push_str(sql);
+                script.push(';');
+                for (_, create) in &triggers {
+                    script.push_str(create);
+                    script.push(';');
+                }
+                script.push_str("COMMIT;");
+                store.execute_as_owner(&script).await.expect(sql);
+            }
+        }
     }
 
-    async fn head(&self) -> i64 {
-        self.app
-            .count("SELECT position FROM audit_heads WHERE clinic_id = 'clinic-a'")
-            .await
+    /// A SQL literal of the bytes.
+    fn blob(&self, bytes: &[u8]) -> String {
+        match self.app.store.backend() {
+            Backend::Postgres => format!("'\\x{}'", hex(bytes)),
+            Backend::Sqlite => format!("X'{}'", hex(bytes)),
+        }
+    }
+
+    /// The position of clinic-a's head, from `pentrace audit verify`
+    /// ("chain clinic-a: OK, N events, ...": positions run 1..=N).
+    fn head(&self) -> i64 {
+        let (code, text) = self.verify(false);
+        assert_eq!(code, 0, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("chain clinic-a: OK, "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no event count of clinic-a in:\n{text}"))
     }
 }
 
@@ -179,24 +229,21 @@ fn assert_broken_at(result: (i32, String), position: i64) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_field_is_caught() {
-    let f = Fixture::new().await;
+async fn a_changed_field_is_caught(backend: Backend) {
+    let f = Fixture::new(backend).await;
     f.tamper("UPDATE audit_events SET subject_id = 'forged' WHERE clinic_id = 'clinic-a' AND position = 3").await;
     assert_broken_at(f.verify(false), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_event_is_caught() {
-    let f = Fixture::new().await;
+async fn a_deleted_event_is_caught(backend: Backend) {
+    let f = Fixture::new(backend).await;
     f.tamper("DELETE FROM audit_events WHERE clinic_id = 'clinic-a' AND position = 3")
         .await;
     assert_broken_at(f.verify(false), 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swapped_events_are_caught() {
-    let f = Fixture::new().await;
+async fn swapped_events_are_caught(backend: Backend) {
+    let f = Fixture::new(backend).await;
     f.tamper(
         "UPDATE audit_events SET position = 1000000 WHERE clinic_id = 'clinic-a' AND position = 2; \
          UPDATE audit_events SET position = 2 WHERE clinic_id = 'clinic-a' AND position = 3; \
@@ -206,10 +253,9 @@ async fn swapped_events_are_caught() {
     assert_broken_at(f.verify(false), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_tail_is_caught_by_the_exported_checkpoint() {
-    let f = Fixture::new().await;
-    let head = f.head().await;
+async fn a_cut_tail_is_caught_by_the_exported_checkpoint(backend: Backend) {
+    let f = Fixture::new(backend).await;
+    let head = f.head();
     let keep = head - 2;
     // Cut the last two events, make the head agree, remove the stored
     // checkpoints: only the exported file remembers.
@@ -233,13 +279,13 @@ async fn a_cut_tail_is_caught_by_the_exported_checkpoint() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recomputed_chain_is_caught_by_the_exported_checkpoint() {
-    let f = Fixture::new().await;
+async fn a_recomputed_chain_is_caught_by_the_exported_checkpoint(backend: Backend) {
+    let f = Fixture::new(backend).await;
     // Rewrite event 2 and recompute every hash after it, as someone with
     // the database and the hashing code (but not the signing key) could.
-    let store = PgStore::from_pool(f.app.db.pool.clone());
+    let store = f.app.store.open_store().await;
     let mut events = store.audit_page("clinic-a", 0, 1000).await.expect("events");
+    drop(store);
     events[1].event.subject_id = "forged".into();
     let mut prev = GENESIS;
     let mut sql = String::from("DELETE FROM audit_checkpoints;");
@@ -248,17 +294,17 @@ async fn a_recomputed_chain_is_caught_by_the_exported_checkpoint() {
         e.hash = chain_hash(&prev, &e.event);
         prev = e.hash;
         sql.push_str(&format!(
-            "UPDATE audit_events SET subject_id = '{}', prev_hash = '\\x{}', hash = '\\x{}' \
+            "UPDATE audit_events SET subject_id = '{}', prev_hash = {}, hash = {} \
              WHERE clinic_id = 'clinic-a' AND position = {};",
             e.event.subject_id,
-            hex(&e.prev_hash),
-            hex(&e.hash),
+            f.blob(&e.prev_hash),
+            f.blob(&e.hash),
             e.event.position
         ));
     }
     sql.push_str(&format!(
-        "UPDATE audit_heads SET hash = '\\x{}' WHERE clinic_id = 'clinic-a';",
-        hex(&prev)
+        "UPDATE audit_heads SET hash = {} WHERE clinic_id = 'clinic-a'",
+        f.blob(&prev)
     ));
     f.tamper(&sql).await;
     let (code, text) = f.verify(false);
@@ -275,48 +321,53 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_tables_refuse_update_and_delete() {
-    let app = spawn_app(&[]).await;
+async fn audit_tables_refuse_update_and_delete(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
-    let mut conn = app.db.pool.acquire().await.expect("conn");
-    // The application role: no privilege at all.
-    conn.execute("SET ROLE pentrace_app").await.expect("role");
-    for sql in [
-        "UPDATE audit_events SET reason = 'x'",
-        "DELETE FROM audit_events",
-        "TRUNCATE audit_events",
-    ] {
-        let err = conn.execute(sql).await.expect_err(sql);
-        let code = err
-            .as_database_error()
-            .and_then(|d| d.code())
-            .map(|c| c.into_owned());
-        assert_eq!(code.as_deref(), Some("42501"), "{sql}: {err}");
-        assert!(
-            err.to_string().contains("permission denied"),
-            "{sql}: {err}"
-        );
+    // The application role: no privilege at all. PostgreSQL only: SQLite
+    // has no roles (whoever can write the file can drop the triggers; the
+    // hash chain and the signed checkpoints are for that).
+    if backend == Backend::Postgres {
+        let mut conn = app.store.pg().pool.acquire().await.expect("conn");
+        conn.execute("SET ROLE pentrace_app").await.expect("role");
+        for sql in [
+            "UPDATE audit_events SET reason = 'x'",
+            "DELETE FROM audit_events",
+            "TRUNCATE audit_events",
+        ] {
+            let err = conn.execute(sql).await.expect_err(sql);
+            let code = err
+                .as_database_error()
+                .and_then(|d| d.code())
+                .map(|c| c.into_owned());
+            assert_eq!(code.as_deref(), Some("42501"), "{sql}: {err}");
+            assert!(
+                err.to_string().contains("permission denied"),
+                "{sql}: {err}"
+            );
+        }
+        // The role may still append (ingest runs as it).
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("select");
+        assert!(n > 0);
+        conn.execute("RESET ROLE").await.expect("reset");
     }
-    // The role may still append (ingest runs as it).
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("select");
-    assert!(n > 0);
-    conn.execute("RESET ROLE").await.expect("reset");
     // Even the owner is refused by the trigger.
+    let before = app.count("SELECT count(*) FROM audit_events").await;
+    assert!(before > 0);
     for sql in [
         "UPDATE audit_events SET reason = 'x'",
         "DELETE FROM audit_events",
     ] {
-        let err = conn.execute(sql).await.expect_err(sql);
+        let err = app.store.execute_as_owner(sql).await.expect_err(sql);
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
+    assert_eq!(app.count("SELECT count(*) FROM audit_events").await, before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_as_the_app_role_ingests_and_takes_scheduled_checkpoints() {
+async fn serve_as_the_app_role_ingests_and_takes_scheduled_checkpoints(backend: Backend) {
     let dir = std::env::temp_dir().join(format!("pentrace-key-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
     let key = dir.join("audit.key");
@@ -326,12 +377,15 @@ async fn serve_as_the_app_role_ingests_and_takes_scheduled_checkpoints() {
         .output()
         .expect("keygen");
     assert!(out.status.success());
-    let envs = [
-        ("PENTRACE_DATABASE_ROLE", "pentrace_app"),
+    let mut envs = vec![
         ("PENTRACE_AUDIT__CHECKPOINT_KEY", key),
         ("PENTRACE_AUDIT__CHECKPOINT_INTERVAL_S", "1"),
     ];
-    let app = crate::helpers::spawn_app_with(&[], &envs).await;
+    // As production runs it on PostgreSQL; SQLite has no roles.
+    if backend == Backend::Postgres {
+        envs.push(("PENTRACE_DATABASE_ROLE", "pentrace_app"));
+    }
+    let app = crate::helpers::spawn_app_with(backend, &[], &envs).await;
     let product = pb::Product {
         gtin: GTIN.into(),
         name: "n".into(),
@@ -361,7 +415,7 @@ async fn serve_as_the_app_role_ingests_and_takes_scheduled_checkpoints() {
     .await;
     let public = dir.join("audit.pub");
     let (code, text) = pentrace_run(
-        &app.db,
+        &app.store,
         &[
             "audit",
             "verify",

@@ -7,13 +7,18 @@ use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use prost::Message;
 
-use crate::helpers::{exchange, pentrace_cli, register, spawn_app};
+use crate::helpers::{Backend, exchange, pentrace_cli, register, spawn_app};
 use crate::ingest::http_get;
 use crate::mqtt::{heartbeat, session_start};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ack_covers_exactly_what_is_stored_whichever_stream_carried_it() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+crate::both_stores!(
+    an_ack_covers_exactly_what_is_stored_whichever_stream_carried_it,
+    a_message_the_store_refuses_is_quarantined_acknowledged_and_listed,
+    a_grpc_pen_is_told_to_stop_using_a_reused_cartridge,
+);
+
+async fn an_ack_covers_exactly_what_is_stored_whichever_stream_carried_it(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
     let mut client = app.telemetry_for("clinic-a").await;
     // Seq 3 is lost on the way: 4 and 5 are acknowledged on their own, the
@@ -36,35 +41,33 @@ async fn an_ack_covers_exactly_what_is_stored_whichever_stream_carried_it() {
     // A copy of a stored seq is acknowledged again and stored once.
     let down = exchange(&mut client, vec![heartbeat("pen-1", 4)]).await;
     assert!(down.covers("pen-1", 4));
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-1'")
-            .await,
-        5
-    );
+    assert_eq!(app.stored("pen-1").await, 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_the_store_refuses_is_quarantined_acknowledged_and_listed() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn a_message_the_store_refuses_is_quarantined_acknowledged_and_listed(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
     // A refusal the code cannot foresee: the database itself rejects one
-    // session's row.
-    sqlx::query(
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF NEW.operator_ref = 'poison' THEN \
-           RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'check_violation'; \
-         END IF; RETURN NEW; END $$",
-    )
-    .execute(&app.db.pool)
-    .await
-    .expect("function");
-    sqlx::query(
-        "CREATE TRIGGER refuse_poison BEFORE INSERT ON sessions \
-         FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
-    )
-    .execute(&app.db.pool)
-    .await
-    .expect("trigger");
+    // session's row (a trigger each dialect writes its own way).
+    let trigger = match backend {
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.operator_ref = 'poison' THEN \
+               RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'check_violation'; \
+             END IF; RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON sessions \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+        }
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON sessions \
+             WHEN NEW.operator_ref = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+        }
+    };
+    app.store
+        .execute_as_owner(trigger)
+        .await
+        .expect("the test trigger");
     let session = uuid::Uuid::new_v4().to_string();
     let mut poison = session_start("pen-1", 3, &session, "(01)09506000134352(21)S1");
     if let Some(Body::SessionStart(s)) = &mut poison.body {
@@ -87,29 +90,38 @@ async fn a_message_the_store_refuses_is_quarantined_acknowledged_and_listed() {
         5,
         "the quarantined seq is acknowledged"
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-1'")
-            .await,
-        5
-    );
-    assert_eq!(app.count("SELECT count(*) FROM sessions").await, 0);
-    let (payload, error): (Vec<u8>, String) = sqlx::query_as(
-        "SELECT payload, error FROM quarantine WHERE device_id = 'pen-1' AND seq = 3",
-    )
-    .fetch_one(&app.db.pool)
-    .await
-    .expect("quarantined");
-    assert_eq!(payload, raw, "the raw bytes are kept");
+    assert_eq!(app.stored("pen-1").await, 5);
+    let sessions = app
+        .fleet()
+        .await
+        .list_sessions(pb::ListSessionsRequest {
+            device_id: "pen-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sessions")
+        .into_inner()
+        .sessions;
+    assert!(sessions.is_empty(), "{sessions:?}");
+    let quarantined: Vec<(Vec<u8>, String)> = app
+        .rows()
+        .await
+        .fetch("SELECT payload, error FROM quarantine WHERE device_id = 'pen-1' AND seq = 3")
+        .await;
+    let [(payload, error)] = quarantined.as_slice() else {
+        panic!("seq 3 quarantined once: {quarantined:?}");
+    };
+    assert_eq!(payload, &raw, "the raw bytes are kept");
     assert!(error.contains("refused by a test trigger"), "{error}");
     assert_eq!(
         app.count("SELECT count(*) FROM audit_events WHERE action = 'message.quarantined'")
             .await,
         1
     );
-    let listed = pentrace_cli(&app.db, &["quarantine", "list"]);
+    let listed = pentrace_cli(&app.store, &["quarantine", "list"]);
     assert!(listed.contains("pen-1/3"), "{listed}");
     let id = listed.split_whitespace().next().expect("an id");
-    let shown = pentrace_cli(&app.db, &["quarantine", "show", id]);
+    let shown = pentrace_cli(&app.store, &["quarantine", "show", id]);
     assert!(shown.contains("refused by a test trigger"), "{shown}");
     assert!(shown.contains(&session), "the payload is decoded:\n{shown}");
     let metrics = http_get(&format!("{}/metrics", app.http))
@@ -122,9 +134,8 @@ async fn a_message_the_store_refuses_is_quarantined_acknowledged_and_listed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grpc_pen_is_told_to_stop_using_a_reused_cartridge() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn a_grpc_pen_is_told_to_stop_using_a_reused_cartridge(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     let gtin = "09506000134352";
     let product = pb::Product {
         gtin: gtin.into(),

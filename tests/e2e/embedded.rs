@@ -19,10 +19,25 @@ use rumqttc::{
 use tokio::sync::mpsc;
 
 use crate::helpers::{
-    Server, TestApp, TestDb, eventually, pentrace_run, register, register_on, spawn_app, ts,
+    Backend, Server, TestApp, TestStore, eventually, pentrace_run, register, register_on,
+    spawn_app, ts,
 };
 use crate::ingest::http_get;
 use crate::mqtt::{covers, heartbeat, rejection_codes, session_start};
+
+crate::both_stores!(
+    serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker,
+    anonymous_unknown_and_borrowed_identities_are_refused_at_connect,
+    a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and_nothing_is_stored,
+    a_pen_may_subscribe_only_to_its_own_down_topic,
+    a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refused,
+    a_second_connection_with_the_same_client_id_takes_over_and_is_reported,
+    a_gateway_speaks_for_its_clinics_pens_only,
+    a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_turns_it_off,
+    the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_broker,
+    a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order,
+    silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_half_keep_alives,
+);
 
 /// The port of `embedded:127.0.0.1:PORT` on the start-up line.
 fn embedded_port(mqtt: &str) -> u16 {
@@ -245,13 +260,6 @@ impl Device {
     }
 }
 
-async fn stored(app: &TestApp, device: &str) -> i64 {
-    app.count(&format!(
-        "SELECT count(*) FROM device_messages WHERE device_id = '{device}'"
-    ))
-    .await
-}
-
 async fn metrics(app: &TestApp) -> String {
     http_get(&format!("{}/metrics", app.http))
         .await
@@ -272,10 +280,9 @@ fn context(session: &str, udi: &str) -> pb::SessionContext {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() {
+async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker(backend: Backend) {
     // No MQTT flag but the free port the helper adds.
-    let mut app = spawn_app(&[]).await;
+    let mut app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     assert_ne!(port, 0);
     let gtin = "09506000134352";
@@ -300,7 +307,7 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
         a.send(&heartbeat("pen-a", seq)).await;
     }
     a.wait_ack("pen-a", 3).await;
-    assert_eq!(stored(&app, "pen-a").await, 3);
+    assert_eq!(app.stored("pen-a").await, 3);
 
     // A whole session: start, ten samples, end.
     let session = uuid::Uuid::new_v4().to_string();
@@ -338,10 +345,23 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
     })
     .await;
     a.wait_ack("pen-a", 6).await;
-    let ended = format!(
-        "SELECT count(*) FROM sessions WHERE session_id = '{session}' AND ended_at IS NOT NULL"
+    let sessions = app
+        .fleet()
+        .await
+        .list_sessions(pb::ListSessionsRequest {
+            device_id: "pen-a".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sessions")
+        .into_inner()
+        .sessions;
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s.session_id == session && s.ended_at.is_some()),
+        "the session ended: {sessions:?}"
     );
-    assert_eq!(app.count(&ended).await, 1);
     assert_eq!(
         app.count("SELECT count(*) FROM stroke_samples WHERE device_id = 'pen-a'")
             .await,
@@ -381,9 +401,9 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
         !huge.seen.iter().any(|i| matches!(i, Incoming::PubAck(_))),
         "the oversized packet was acknowledged"
     );
-    assert_eq!(stored(&app, "pen-a").await, 7);
-    assert_eq!(stored(&app, "pen-b").await, 0);
-    assert_eq!(stored(&app, "pen-huge").await, 0);
+    assert_eq!(app.stored("pen-a").await, 7);
+    assert_eq!(app.stored("pen-b").await, 0);
+    assert_eq!(app.stored("pen-huge").await, 0);
     let text = metrics(&app).await;
     for reason in ["device_mismatch", "oversized"] {
         assert!(
@@ -433,9 +453,8 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker() 
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("port released");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect() {
-    let app = spawn_app(&[]).await;
+async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
     let secret_a = app.pen_secret("pen-a").await;
@@ -478,7 +497,7 @@ async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect() {
     let mut a = pen(port, "pen-a", &secret_a).await;
     a.send(&heartbeat("pen-a", 1)).await;
     a.wait_ack("pen-a", 1).await;
-    assert_eq!(stored(&app, "pen-b").await, 0);
+    assert_eq!(app.stored("pen-b").await, 0);
 
     let text = metrics(&app).await;
     for reason in ["missing", "unknown", "denied"] {
@@ -504,10 +523,10 @@ async fn anonymous_unknown_and_borrowed_identities_are_refused_at_connect() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and_nothing_is_stored()
-{
-    let app = spawn_app(&[]).await;
+async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and_nothing_is_stored(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
     let secret_a = app.pen_secret("pen-a").await;
@@ -538,8 +557,8 @@ async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and
     b.send(&heartbeat("pen-b", 2)).await;
     let seen = b.wait_ack("pen-b", 2).await;
     assert!(seen.is_empty(), "pen-b heard something else: {seen:?}");
-    assert_eq!(stored(&app, "pen-b").await, 1);
-    assert_eq!(stored(&app, "pen-a").await, 0);
+    assert_eq!(app.stored("pen-b").await, 1);
+    assert_eq!(app.stored("pen-a").await, 0);
     let text = metrics(&app).await;
     assert!(
         text.contains("pentrace_mqtt_denials_total{name=\"publish\"} 5"),
@@ -547,9 +566,8 @@ async fn a_pen_publishing_on_another_pens_or_any_other_topic_is_disconnected_and
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pen_may_subscribe_only_to_its_own_down_topic() {
-    let app = spawn_app(&[]).await;
+async fn a_pen_may_subscribe_only_to_its_own_down_topic(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0), ("pen-b", 0)], &[], &[]).await;
     let secret_a = app.pen_secret("pen-a").await;
@@ -586,7 +604,7 @@ async fn a_pen_may_subscribe_only_to_its_own_down_topic() {
         topics.iter().all(|t| *t == down("pen-a")),
         "pen-a received {topics:?}"
     );
-    assert_eq!(stored(&app, "pen-b").await, 3);
+    assert_eq!(app.stored("pen-b").await, 3);
     let text = metrics(&app).await;
     assert!(
         text.contains("pentrace_mqtt_denials_total{name=\"subscribe\"} 7"),
@@ -594,9 +612,10 @@ async fn a_pen_may_subscribe_only_to_its_own_down_topic() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refused() {
-    let app = spawn_app(&[]).await;
+async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refused(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     // Registered and issued while the server runs.
     register(&app, "clinic-a", &[("pen-new", 0)], &[], &[]).await;
@@ -610,7 +629,7 @@ async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refuse
     let mut p = pen(port, "pen-new", &secret).await;
     p.send(&heartbeat("pen-new", 1)).await;
     p.wait_ack("pen-new", 1).await;
-    assert_eq!(stored(&app, "pen-new").await, 1);
+    assert_eq!(app.stored("pen-new").await, 1);
 
     revoke(&app, &credential).await;
     assert!(
@@ -634,9 +653,8 @@ async fn a_new_pen_connects_at_once_and_a_revoked_one_is_disconnected_and_refuse
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_connection_with_the_same_client_id_takes_over_and_is_reported() {
-    let app = spawn_app(&[]).await;
+async fn a_second_connection_with_the_same_client_id_takes_over_and_is_reported(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let secret = app.pen_secret("pen-a").await;
@@ -656,9 +674,8 @@ async fn a_second_connection_with_the_same_client_id_takes_over_and_is_reported(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_speaks_for_its_clinics_pens_only() {
-    let app = spawn_app(&[]).await;
+async fn a_gateway_speaks_for_its_clinics_pens_only(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a1", 0), ("pen-a2", 0)], &[], &[]).await;
     register(&app, "clinic-b", &[("pen-b1", 0)], &[], &[]).await;
@@ -688,8 +705,8 @@ async fn a_gateway_speaks_for_its_clinics_pens_only() {
     gw.send(&heartbeat("pen-a2", 1)).await;
     gw.wait_ack("pen-a1", 1).await;
     gw.wait_ack("pen-a2", 1).await;
-    assert_eq!(stored(&app, "pen-a1").await, 1);
-    assert_eq!(stored(&app, "pen-a2").await, 1);
+    assert_eq!(app.stored("pen-a1").await, 1);
+    assert_eq!(app.stored("pen-a2").await, 1);
 
     // A device registered nowhere: the pipeline's answer (UNKNOWN_DEVICE),
     // heard through `+/down`; the connection goes on.
@@ -703,7 +720,7 @@ async fn a_gateway_speaks_for_its_clinics_pens_only() {
             seen.push(pb::DeviceDownlink::decode(p.payload.as_ref()).expect("downlink"));
         }
     }
-    assert_eq!(stored(&app, "pen-nowhere").await, 0);
+    assert_eq!(app.stored("pen-nowhere").await, 0);
 
     // Another clinic's pen: nothing stored, the gateway disconnected.
     gw.send(&heartbeat("pen-b1", 1)).await;
@@ -711,16 +728,17 @@ async fn a_gateway_speaks_for_its_clinics_pens_only() {
         gw.wait_closed(Duration::from_secs(10)).await,
         "the gateway stayed connected"
     );
-    assert_eq!(stored(&app, "pen-b1").await, 0);
+    assert_eq!(app.stored("pen-b1").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_turns_it_off() {
-    let db = TestDb::create().await;
+async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_turns_it_off(
+    backend: Backend,
+) {
+    let store = TestStore::create(backend).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port().to_string();
     let (code, output) = pentrace_run(
-        &db,
+        &store,
         &[
             "serve",
             "--plaintext",
@@ -742,13 +760,14 @@ async fn a_taken_port_stops_start_up_with_the_flags_to_change_it_and_no_mqtt_tur
         assert!(output.contains(&needle), "{needle} missing in:\n{output}");
     }
 
-    let server = Server::start(&db, &["--no-mqtt"], &[]).await;
+    let server = Server::start(&store, &["--no-mqtt"], &[]).await;
     assert_eq!(server.mqtt, "off");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_broker() {
-    let app = spawn_app(&[]).await;
+async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_broker(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     let truth = crate::sim::truth_file();
     let url = format!("mqtt://127.0.0.1:{port}");
@@ -786,21 +805,17 @@ async fn the_simulator_with_every_fault_is_judged_exactly_over_the_embedded_brok
     assert!(out.status.success(), "sim --verify failed:\n{report}");
     crate::sim::assert_verified(&report);
     crate::sim::assert_every_fault_injected(&truth);
-    let doubled = app
-        .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")
-        .await;
-    assert_eq!(doubled, 0);
+    assert_eq!(app.rows().await.doubled().await, 0);
     let text = metrics(&app).await;
     assert!(!text.contains("pentrace_mqtt_denials_total{"), "{text}");
     let _ = std::fs::remove_file(&truth);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order() {
+async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order(backend: Backend) {
     use bytes::BytesMut;
     use rumqttc::mqttbytes::v4::{Packet, Publish};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut app = spawn_app(&[]).await;
+    let mut app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let secret = app.pen_secret("pen-a").await;
@@ -821,7 +836,7 @@ async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order() {
     stream.write_all(&out).await.expect("publish");
     // Stop while they are in flight.
     eventually(Duration::from_secs(10), "some stored", || async {
-        stored(&app, "pen-a").await > 0
+        app.stored("pen-a").await > 0
     })
     .await;
     assert!(app.stop().success());
@@ -837,12 +852,14 @@ async fn a_graceful_stop_acknowledges_what_it_took_once_stored_and_in_order() {
             acked.push(i64::from(ack.pkid));
         }
     }
-    let stored_seqs: Vec<i64> = sqlx::query_scalar(
-        "SELECT seq FROM device_messages WHERE device_id = 'pen-a' ORDER BY seq",
-    )
-    .fetch_all(&app.db.pool)
-    .await
-    .expect("seqs");
+    let stored_seqs: Vec<i64> = app
+        .rows()
+        .await
+        .fetch::<(i64,)>("SELECT seq FROM device_messages WHERE device_id = 'pen-a' ORDER BY seq")
+        .await
+        .into_iter()
+        .map(|(seq,)| seq)
+        .collect();
     // Everything taken before the stop was settled: each stored one
     // acknowledged, in arrival order, and nothing else.
     assert!(!acked.is_empty(), "nothing acknowledged");
@@ -895,9 +912,10 @@ async fn until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> O
     .ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_half_keep_alives() {
-    let app = spawn_app(&[]).await;
+async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_half_keep_alives(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let port = embedded_port(&app.server.mqtt);
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let secret = app.pen_secret("pen-a").await;
@@ -932,6 +950,8 @@ async fn silent_connections_are_closed_after_the_connect_timeout_and_one_and_a_h
     );
 }
 
+// PostgreSQL only: it stops a private PostgreSQL cluster (an embedded
+// SQLite file cannot go away while its server runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_away_a_connection_is_not_read_past_its_cap_and_nothing_is_lost() {
     use std::sync::Arc;

@@ -15,10 +15,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
-use crate::helpers::{Server, eventually, pentrace_cli_at, spawn_app_with};
+use crate::helpers::{Backend, Rows, Server, eventually, pentrace_cli_at, spawn_app_with};
 use crate::pgcluster::PgCluster;
 use crate::rss::RssSampler;
 use crate::sim::{EVERY_FAULT, sim_command_at, text, truth_file};
+
+crate::both_stores!(
+    a_persistent_broker_killed_under_load_loses_nothing,
+    a_broker_without_persistence_killed_under_load_loses_nothing,
+);
 
 /// Ingest must resume within this long of the broker's return.
 const RESUME_LIMIT: Duration = Duration::from_secs(10);
@@ -84,13 +89,16 @@ fn sent(report: &str) -> i64 {
 }
 
 /// `count`, `count distinct` of the stored message keys.
-async fn stored(pool: &sqlx::PgPool) -> (i64, i64) {
-    sqlx::query_as("SELECT count(*), count(DISTINCT (device_id, seq)) FROM device_messages")
-        .fetch_one(pool)
-        .await
-        .expect("count")
+async fn stored(rows: &Rows) -> (i64, i64) {
+    let all = rows.count("SELECT count(*) FROM device_messages").await;
+    let distinct = rows
+        .count("SELECT count(*) FROM (SELECT DISTINCT device_id, seq FROM device_messages) AS k")
+        .await;
+    (all, distinct)
 }
 
+/// Rows in `device_messages` of a PostgreSQL database that may be away
+/// (-1 then).
 async fn count(pool: &sqlx::PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM device_messages")
         .fetch_one(pool)
@@ -98,7 +106,7 @@ async fn count(pool: &sqlx::PgPool) -> i64 {
         .unwrap_or(-1)
 }
 
-async fn broker_killed_under_load(mut broker: Broker, label: &str) {
+async fn broker_killed_under_load(backend: Backend, mut broker: Broker, label: &str) {
     let client_id = format!("pentrace-broker-{label}");
     let args = [
         "--mqtt-url",
@@ -106,7 +114,9 @@ async fn broker_killed_under_load(mut broker: Broker, label: &str) {
         "--mqtt-client-id",
         client_id.as_str(),
     ];
-    let app = spawn_app_with(&args, &[]).await;
+    let app = spawn_app_with(backend, &args, &[]).await;
+    let rows = app.rows().await;
+    let count = async || rows.count("SELECT count(*) FROM device_messages").await;
     let truth = truth_file();
     let extra = load(ORDER_FREE_FAULTS, "20", "60", "90");
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -120,21 +130,21 @@ async fn broker_killed_under_load(mut broker: Broker, label: &str) {
         &extra,
     ));
     eventually(Duration::from_secs(60), "the pens streaming", || async {
-        count(&app.db.pool).await > 200
+        count().await > 200
     })
     .await;
     broker.kill9();
-    let at_kill = count(&app.db.pool).await;
+    let at_kill = count().await;
     // The broker stays away for 2 s (a parameter of the fault, not a wait
     // for anything).
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.restart();
     let back = Instant::now();
-    let before = count(&app.db.pool).await;
+    let before = count().await;
     eventually(
         RESUME_LIMIT,
         "ingest resuming after the broker's return",
-        || async { count(&app.db.pool).await > before },
+        || async { count().await > before },
     )
     .await;
     let resumed = back.elapsed();
@@ -144,29 +154,32 @@ async fn broker_killed_under_load(mut broker: Broker, label: &str) {
         out.status.success(),
         "after a broker kill ({label}) the simulator's verification failed:\n{report}"
     );
-    let (rows, distinct) = stored(&app.db.pool).await;
+    let (all, distinct) = stored(rows).await;
     let sent = sent(&report);
-    assert_eq!(rows, distinct, "a message stored twice");
+    assert_eq!(all, distinct, "a message stored twice");
     assert_eq!(distinct, sent, "sent {sent}, stored {distinct}");
     println!(
         "broker SIGKILL ({label}): sent {sent}, stored {distinct}, lost {}, doubled {}; \
          {at_kill} stored at the kill, ingest resumed {:.2} s after the broker's return",
         sent - distinct,
-        rows - distinct,
+        all - distinct,
         resumed.as_secs_f64()
     );
     println!("{report}");
     let _ = std::fs::remove_file(&truth);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persistent_broker_killed_under_load_loses_nothing() {
-    broker_killed_under_load(Broker::start(), "persistence on").await;
+async fn a_persistent_broker_killed_under_load_loses_nothing(backend: Backend) {
+    broker_killed_under_load(backend, Broker::start(), "persistence on").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_without_persistence_killed_under_load_loses_nothing() {
-    broker_killed_under_load(Broker::start_without_persistence(), "persistence off").await;
+async fn a_broker_without_persistence_killed_under_load_loses_nothing(backend: Backend) {
+    broker_killed_under_load(
+        backend,
+        Broker::start_without_persistence(),
+        "persistence off",
+    )
+    .await;
 }
 
 /// `/readyz`'s status code (0 when it does not answer).
@@ -303,7 +316,7 @@ async fn database_away_under_load(outage: Duration) {
         total_sent += sent(&report);
         println!("{transport} pens:\n{report}");
     }
-    let (rows, distinct) = stored(&pool).await;
+    let (rows, distinct) = stored(&Rows::Postgres(pool)).await;
     assert_eq!(rows, distinct, "a message stored twice");
     assert_eq!(distinct, total_sent, "sent {total_sent}, stored {distinct}");
     println!(
@@ -331,11 +344,14 @@ async fn database_away_under_load(outage: Duration) {
     }
 }
 
+// PostgreSQL only: it stops a private PostgreSQL cluster (an embedded
+// SQLite file cannot go away while its server runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_away_for_10_s_under_load_on_both_transports_loses_nothing() {
     database_away_under_load(Duration::from_secs(10)).await;
 }
 
+// PostgreSQL only, as the 10 s one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_away_for_60_s_under_load_on_both_transports_loses_nothing() {
     database_away_under_load(Duration::from_secs(60)).await;

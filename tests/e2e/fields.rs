@@ -14,7 +14,15 @@ use tonic::Code;
 
 use pentrace_proto::v1::registry_client::RegistryClient;
 
-use crate::helpers::{Authed, TestApp, exchange, register, spawn_app, ts};
+use crate::helpers::{Authed, Backend, TestApp, exchange, register, spawn_app, ts};
+
+crate::both_stores!(
+    every_registry_entry_is_stored_as_registered_or_refused_by_field,
+    a_lot_is_recalled_by_recall_lot_only_and_re_registering_keeps_the_recall,
+    registry_limits_decide_the_flags,
+    credential_request_fields_are_honoured_or_refused,
+    fleet_and_compliance_refuse_unknown_enum_numbers_and_unusable_bounds,
+);
 
 /// Valid GTIN-14s, one product each.
 const GTIN: &str = "09506000134352";
@@ -183,9 +191,8 @@ async fn flags(app: &TestApp) -> BTreeSet<(i32, String)> {
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_registry_entry_is_stored_as_registered_or_refused_by_field() {
-    let app = spawn_app(&[]).await;
+async fn every_registry_entry_is_stored_as_registered_or_refused_by_field(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let mut r = app.registry().await;
     let clinic_request = |c: pb::Clinic| pb::RegisterClinicRequest { clinic: Some(c) };
 
@@ -379,9 +386,10 @@ async fn every_registry_entry_is_stored_as_registered_or_refused_by_field() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lot_is_recalled_by_recall_lot_only_and_re_registering_keeps_the_recall() {
-    let app = spawn_app(&[]).await;
+async fn a_lot_is_recalled_by_recall_lot_only_and_re_registering_keeps_the_recall(
+    backend: Backend,
+) {
+    let app = spawn_app(backend, &[]).await;
     let today = Utc::now().date_naive();
     let expiry = yymmdd(today + Span::days(400));
     register(
@@ -518,9 +526,8 @@ async fn a_lot_is_recalled_by_recall_lot_only_and_re_registering_keeps_the_recal
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_limits_decide_the_flags() {
-    let app = spawn_app(&[]).await;
+async fn registry_limits_decide_the_flags(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let today = Utc::now().date_naive();
     let good = yymmdd(today + Span::days(400));
     let products = [
@@ -661,9 +668,8 @@ async fn registry_limits_decide_the_flags() {
     assert!(future.flags.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credential_request_fields_are_honoured_or_refused() {
-    let app = spawn_app(&[]).await;
+async fn credential_request_fields_are_honoured_or_refused(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     register(&app, "clinic-c", &[("pen-c", 0)], &[], &[]).await;
     register(&app, "clinic-d", &[("pen-d", 0)], &[], &[]).await;
     let mut r = app.registry().await;
@@ -793,9 +799,8 @@ async fn credential_request_fields_are_honoured_or_refused() {
     assert_eq!(every.expect("list").into_inner().credentials.len(), 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_and_compliance_refuse_unknown_enum_numbers_and_unusable_bounds() {
-    let app = spawn_app(&[]).await;
+async fn fleet_and_compliance_refuse_unknown_enum_numbers_and_unusable_bounds(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     register(&app, "clinic-e", &[("pen-e", 0)], &[], &[]).await;
     let mut compliance = app.compliance().await;
     let mut fleet = app.fleet().await;

@@ -9,9 +9,14 @@ use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::telemetry_client::TelemetryClient;
 
 use crate::helpers::{
-    Authed, TestApp, eventually, exchange, pentrace_run, register, spawn_app_with, user_token,
+    Authed, Backend, TestApp, TestStore, eventually, exchange, pentrace_run, register,
+    spawn_app_on, user_token,
 };
 use crate::mqtt::heartbeat;
+
+crate::both_stores!(
+    the_fleet_checks_find_shared_revoked_expiring_and_silent_and_each_clinic_sees_its_own,
+);
 
 /// Opens an ingest stream that stays open until the returned sender drops,
 /// and waits until its first message is stored.
@@ -74,14 +79,13 @@ fn request(clinic: &str) -> pb::CheckFleetRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fleet_checks_find_shared_revoked_expiring_and_silent_and_each_clinic_sees_its_own() {
-    let dir =
-        std::env::temp_dir().join(format!("pentrace-fleet-{}", uuid::Uuid::new_v4().simple()));
-    let data_dir = dir.to_string_lossy().into_owned();
+async fn the_fleet_checks_find_shared_revoked_expiring_and_silent_and_each_clinic_sees_its_own(
+    backend: Backend,
+) {
+    let store = TestStore::create(backend).await;
     // A device CA where the (plaintext) test server looks, so that its
     // Registry can issue pen certificates.
-    let pki = dir.join("pki").to_string_lossy().into_owned();
+    let pki = store.data_dir.join("pki").to_string_lossy().into_owned();
     let made = std::process::Command::new(env!("CARGO_BIN_EXE_pentrace"))
         .args(["ca", "init", "--dir", &pki])
         .output()
@@ -91,7 +95,7 @@ async fn the_fleet_checks_find_shared_revoked_expiring_and_silent_and_each_clini
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let app = spawn_app_with(&["--no-mqtt"], &[("PENTRACE_DATA_DIR", &data_dir)]).await;
+    let app = spawn_app_on(store, &["--no-mqtt"], &[]).await;
     register(
         &app,
         "clinic-a",
@@ -157,7 +161,7 @@ async fn the_fleet_checks_find_shared_revoked_expiring_and_silent_and_each_clini
 
     // Clinic A's owner sees clinic A's findings only, asked for every
     // clinic or for clinic B.
-    let owner = user_token(&app.db, "Olga Owner", "clinic_owner", &["clinic-a"]);
+    let owner = user_token(&app.store, "Olga Owner", "clinic_owner", &["clinic-a"]);
     let mine = check(&app, &owner, request("")).await;
     assert!(has(&mine, pb::FleetFindingKind::CredentialShared, "pen-a"));
     assert!(mine.iter().all(|f| f.clinic_id == "clinic-a"), "{mine:?}");
@@ -177,7 +181,7 @@ async fn the_fleet_checks_find_shared_revoked_expiring_and_silent_and_each_clini
 
     // The same checks on the command line: a finding is exit 1.
     let (code, text) = pentrace_run(
-        &app.db,
+        &app.store,
         &[
             "audit",
             "fleet",
@@ -193,7 +197,7 @@ async fn the_fleet_checks_find_shared_revoked_expiring_and_silent_and_each_clini
     assert!(!text.contains("pen-b"), "{text}");
     assert!(text.contains("1 finding(s)"), "{text}");
     let (code, json) = pentrace_run(
-        &app.db,
+        &app.store,
         &[
             "audit",
             "fleet",
@@ -212,9 +216,8 @@ async fn the_fleet_checks_find_shared_revoked_expiring_and_silent_and_each_clini
         .collect();
     assert!(kinds.contains(&"revoked_credential_in_use"), "{kinds:?}");
     assert!(kinds.contains(&"certificate_expiring"), "{kinds:?}");
-    let (code, text) = pentrace_run(&app.db, &["audit", "fleet", "--clinic", "nowhere"]);
+    let (code, text) = pentrace_run(&app.store, &["audit", "fleet", "--clinic", "nowhere"]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("no clinic \"nowhere\""), "{text}");
     drop((held, also));
-    let _ = std::fs::remove_dir_all(&dir);
 }

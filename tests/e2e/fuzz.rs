@@ -13,8 +13,10 @@ use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use prost_types::Timestamp;
 
-use crate::helpers::{Server, TestDb, exchange, pentrace_cli};
+use crate::helpers::{Backend, Server, exchange, pentrace_cli, register, spawn_app};
 use crate::ingest::http_get;
+
+crate::both_stores!(fuzzed_messages_are_answered_never_panic_and_acks_cover_only_stored);
 
 /// Messages per store (the issue asks for at least 10,000 in CI).
 const MESSAGES: usize = 10_000;
@@ -304,70 +306,33 @@ async fn fuzz(server: &Server, gateway: &str, seed: u64) -> BTreeSet<(String, u6
     covered
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fuzzed_messages_on_postgres_are_answered_never_panic_and_acks_cover_only_stored() {
-    let db = TestDb::create().await;
-    let server = Server::start(&db, &["--auto-register", "--no-mqtt"], &[]).await;
+/// The seeds of the two stores' runs: two different fuzzes, each the same
+/// every run.
+fn seed(backend: Backend) -> u64 {
+    match backend {
+        Backend::Postgres => 0x5EED_0001,
+        Backend::Sqlite => 0x5EED_0002,
+    }
+}
+
+async fn fuzzed_messages_are_answered_never_panic_and_acks_cover_only_stored(backend: Backend) {
+    let app = spawn_app(backend, &["--auto-register", "--no-mqtt"]).await;
     // The fuzzed pens join the default clinic as they appear; a gateway of
     // that clinic sends for them all.
-    sqlx::query(
-        "INSERT INTO clinics (id, name) VALUES ('default', 'default') ON CONFLICT DO NOTHING",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("clinic");
+    register(&app, "default", &[], &[], &[]).await;
     let gateway = pentrace_cli(
-        &db,
+        &app.store,
         &[
             "device", "gateway", "--name", "gw-fuzz", "--clinic", "default",
         ],
     );
-    let covered = fuzz(&server, gateway.trim(), 0x5EED_0001).await;
-    let stored: Vec<(String, i64)> = sqlx::query_as("SELECT device_id, seq FROM device_messages")
-        .fetch_all(&db.pool)
+    let covered = fuzz(&app.server, gateway.trim(), seed(backend)).await;
+    let stored: Vec<(String, i64)> = app
+        .rows()
         .await
-        .expect("keys");
+        .fetch("SELECT device_id, seq FROM device_messages")
+        .await;
     let stored: HashSet<(String, u64)> = stored.into_iter().map(|(d, s)| (d, s as u64)).collect();
     let unstored: Vec<_> = covered.iter().filter(|k| !stored.contains(*k)).collect();
     assert!(unstored.is_empty(), "acked but not stored: {unstored:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fuzzed_messages_on_sqlite_are_answered_never_panic_and_acks_cover_only_stored() {
-    let dir = std::env::temp_dir().join(format!("pentrace-fuzz-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("data dir");
-    let server = Server::start_sqlite(&dir, &["--auto-register", "--no-mqtt"], &[]).await;
-    let url = format!("sqlite://{}", dir.join("pentrace.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.expect("sqlite file");
-    sqlx::query(
-        "INSERT INTO clinics (id, name) VALUES ('default', 'default') ON CONFLICT DO NOTHING",
-    )
-    .execute(&pool)
-    .await
-    .expect("clinic");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pentrace"))
-        .env_remove("DATABASE_URL")
-        .env("PENTRACE_DATA_DIR", &dir)
-        .args([
-            "device", "gateway", "--name", "gw-fuzz", "--clinic", "default",
-        ])
-        .output()
-        .expect("pentrace device gateway");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let covered = fuzz(&server, &gateway, 0x5EED_0002).await;
-    let stored: Vec<(String, i64)> = sqlx::query_as("SELECT device_id, seq FROM device_messages")
-        .fetch_all(&pool)
-        .await
-        .expect("keys");
-    let stored: HashSet<(String, u64)> = stored.into_iter().map(|(d, s)| (d, s as u64)).collect();
-    let unstored: Vec<_> = covered.iter().filter(|k| !stored.contains(*k)).collect();
-    assert!(unstored.is_empty(), "acked but not stored: {unstored:?}");
-    pool.close().await;
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

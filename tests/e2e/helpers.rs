@@ -1,8 +1,11 @@
-//! `spawn_app`: a fresh database and the real binary serving on free ports.
+//! `spawn_app`: a store of its own (a PostgreSQL database or an SQLite file
+//! in a data directory of its own) and the real binary serving on free
+//! ports; [`Rows`], the one way a test reads rows no API shows.
 
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +14,10 @@ use pentrace_proto::v1::compliance_client::ComplianceClient;
 use pentrace_proto::v1::fleet_client::FleetClient;
 use pentrace_proto::v1::registry_client::RegistryClient;
 use pentrace_proto::v1::telemetry_client::TelemetryClient;
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{Connection, Executor, FromRow, PgConnection, PgPool};
+use tokio::sync::OnceCell;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -74,6 +80,219 @@ impl Drop for TestDb {
     }
 }
 
+/// The store a test runs on. [`crate::both_stores!`] runs each test body
+/// once with each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A database of its own on the tests' PostgreSQL (`--database-url`).
+    Postgres,
+    /// The embedded default: `pentrace.db` in the data directory.
+    Sqlite,
+}
+
+/// One test's store and the server's data directory (a fresh temporary
+/// directory on both stores: its PKI, and on SQLite its database file),
+/// removed with it; on PostgreSQL also a database of its own, dropped with
+/// it. Every `pentrace` process of the test ([`Server::start`],
+/// [`pentrace_cli`]) is pointed at it.
+pub struct TestStore {
+    pub data_dir: PathBuf,
+    pg: Option<TestDb>,
+    rows: OnceCell<Rows>,
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+impl TestStore {
+    pub async fn create(backend: Backend) -> TestStore {
+        let data_dir =
+            std::env::temp_dir().join(format!("pentrace-e2e-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let pg = match backend {
+            Backend::Postgres => Some(TestDb::create().await),
+            Backend::Sqlite => None,
+        };
+        TestStore {
+            data_dir,
+            pg,
+            rows: OnceCell::new(),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pg {
+            Some(_) => Backend::Postgres,
+            None => Backend::Sqlite,
+        }
+    }
+
+    /// The PostgreSQL database, for the parts of a test that only
+    /// PostgreSQL has (roles, row locks); panics on SQLite.
+    pub fn pg(&self) -> &TestDb {
+        self.pg
+            .as_ref()
+            .expect("a PostgreSQL-only step in a test on SQLite")
+    }
+
+    /// The SQLite file (created by the server's first start).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("pentrace.db")
+    }
+
+    /// What names the server's log file.
+    fn label(&self) -> String {
+        match &self.pg {
+            Some(db) => db.name.clone(),
+            None => self.data_dir.file_name().map_or_else(
+                || "pentrace-sqlite".into(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+        }
+    }
+
+    /// The flags that point a `pentrace` command at the store (after its
+    /// subcommand's own); the data directory goes in the environment.
+    fn store_args(&self) -> Vec<String> {
+        match &self.pg {
+            Some(db) => vec!["--database-url".into(), db.url.clone()],
+            None => Vec::new(),
+        }
+    }
+
+    /// `pentrace ARGS` against this store, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pentrace"));
+        cmd.env_remove("DATABASE_URL")
+            .env("PENTRACE_DATA_DIR", &self.data_dir)
+            .args(args)
+            .args(self.store_args());
+        cmd
+    }
+
+    /// A read-only view of the store's rows (opened on first use, once the
+    /// server has created the SQLite file).
+    pub async fn rows(&self) -> &Rows {
+        self.rows
+            .get_or_init(|| async {
+                match &self.pg {
+                    Some(db) => {
+                        let options: PgConnectOptions = db.url.parse().expect("url");
+                        let pool = PgPoolOptions::new()
+                            .max_connections(2)
+                            .connect_with(
+                                options.options([("default_transaction_read_only", "on")]),
+                            )
+                            .await
+                            .expect("a read-only pool");
+                        Rows::Postgres(pool)
+                    }
+                    None => {
+                        let options = SqliteConnectOptions::new()
+                            .filename(self.sqlite_path())
+                            .read_only(true)
+                            .busy_timeout(Duration::from_secs(10));
+                        let pool = SqlitePoolOptions::new()
+                            .max_connections(2)
+                            .connect_with(options)
+                            .await
+                            .unwrap_or_else(|e| {
+                                panic!("{} read-only: {e}", self.sqlite_path().display())
+                            });
+                        Rows::Sqlite(pool)
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Runs `sql` (one or more statements) as someone with write access to
+    /// the database itself would, past the server: for tests of what the
+    /// server does when its database is changed under it.
+    pub async fn execute_as_owner(&self, sql: &str) -> Result<(), sqlx::Error> {
+        match &self.pg {
+            Some(db) => db.pool.execute(sql).await.map(drop),
+            None => {
+                let options = SqliteConnectOptions::new()
+                    .filename(self.sqlite_path())
+                    .busy_timeout(Duration::from_secs(10));
+                let mut c = sqlx::SqliteConnection::connect_with(&options).await?;
+                let done = c.execute(sql).await.map(drop);
+                c.close().await?;
+                done
+            }
+        }
+    }
+
+    /// The store as the server uses it (through the store crate), for a
+    /// test that must read records exactly as they were hashed.
+    pub async fn open_store(&self) -> std::sync::Arc<dyn pentrace_store::Store> {
+        match &self.pg {
+            Some(db) => std::sync::Arc::new(pentrace_store::postgres::PgStore::from_pool(
+                db.pool.clone(),
+            )),
+            None => std::sync::Arc::new(
+                pentrace_store::sqlite::SqliteStore::open(&self.sqlite_path())
+                    .await
+                    .expect("the SQLite store"),
+            ),
+        }
+    }
+}
+
+/// Direct reads of a store's rows, read-only, for what no API shows (the
+/// messages stored per key, audit events, quarantined bytes). SQL given
+/// here must mean the same in both dialects.
+#[derive(Debug, Clone)]
+pub enum Rows {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Rows {
+    /// Every row of a query both dialects share, as a tuple of `String`,
+    /// `i64`, `Vec<u8>` or `Option`s of them.
+    pub async fn fetch<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin,
+    {
+        let rows = match self {
+            Rows::Postgres(pool) => sqlx::query_as::<_, T>(sql).fetch_all(pool).await,
+            Rows::Sqlite(pool) => sqlx::query_as::<_, T>(sql).fetch_all(pool).await,
+        };
+        rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The one integer of a query (`SELECT count(*) FROM ...`).
+    pub async fn count(&self, sql: &str) -> i64 {
+        let rows: Vec<(i64,)> = self.fetch(sql).await;
+        match rows.as_slice() {
+            [(n,)] => *n,
+            _ => panic!("{sql}: {} rows, not one", rows.len()),
+        }
+    }
+
+    /// Messages of the device stored (rows of `device_messages`).
+    pub async fn messages(&self, device: &str) -> i64 {
+        self.count(&format!(
+            "SELECT count(*) FROM device_messages WHERE device_id = '{device}'"
+        ))
+        .await
+    }
+
+    /// Message keys (device, seq) stored more than once.
+    pub async fn doubled(&self) -> i64 {
+        self.count(
+            "SELECT count(*) FROM (SELECT device_id, seq FROM device_messages \
+             GROUP BY device_id, seq HAVING count(*) > 1) AS doubled",
+        )
+        .await
+    }
+}
+
 /// A running `pentrace serve` process.
 pub struct Server {
     pub grpc: String,
@@ -81,6 +300,8 @@ pub struct Server {
     /// What the start-up line says about MQTT: `embedded:127.0.0.1:PORT`,
     /// the external broker's URL, or `off`.
     pub mqtt: String,
+    /// What it says about the store: `postgres` or `sqlite:PATH`.
+    pub store: String,
     child: Child,
     pub log: std::path::PathBuf,
 }
@@ -89,32 +310,38 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test's server log stays, for whoever reads the failure,
+        // and every log with TEST_LOG.
+        if !std::thread::panicking() && std::env::var_os("TEST_LOG").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
 impl Server {
-    /// Starts the real binary on free ports against `db`.
-    pub async fn start(db: &TestDb, args: &[&str], envs: &[(&str, &str)]) -> Server {
-        Server::start_at(&db.url, &db.name, args, envs).await
+    /// Starts the real binary on free ports on the test's store, with the
+    /// store's data directory.
+    pub async fn start(store: &TestStore, args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let dir = store.data_dir.to_string_lossy().into_owned();
+        let mut with_dir = vec![("PENTRACE_DATA_DIR", dir.as_str())];
+        // The test's own settings last: they win.
+        with_dir.extend_from_slice(envs);
+        let store_args = store.store_args();
+        let store_args: Vec<&str> = store_args.iter().map(String::as_str).collect();
+        let server = Server::launch(&store.label(), &store_args, args, &with_dir).await;
+        // The test runs on the store its name says.
+        let expected = match store.backend() {
+            Backend::Postgres => "postgres".to_owned(),
+            Backend::Sqlite => format!("sqlite:{}", store.sqlite_path().display()),
+        };
+        assert_eq!(server.store, expected, "the server's store");
+        server
     }
 
     /// Starts the real binary on free ports against the database at `url`
     /// (e.g. a private [`crate::pgcluster::PgCluster`]); `name` names its log.
     pub async fn start_at(url: &str, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Server {
         Server::launch(name, &["--database-url", url], args, envs).await
-    }
-
-    /// Starts the real binary on free ports on the embedded SQLite store in
-    /// `data_dir`.
-    pub async fn start_sqlite(
-        data_dir: &std::path::Path,
-        args: &[&str],
-        envs: &[(&str, &str)],
-    ) -> Server {
-        let dir = data_dir.to_string_lossy().into_owned();
-        let mut envs = envs.to_vec();
-        envs.push(("PENTRACE_DATA_DIR", dir.as_str()));
-        Server::launch("pentrace_sqlite", &[], args, &envs).await
     }
 
     async fn launch(name: &str, store: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Server {
@@ -181,10 +408,12 @@ impl Server {
         let grpc = format!("http://{}", field("grpc="));
         let http = format!("http://{}", field("http="));
         let mqtt = field("mqtt=");
+        let store = field("store=");
         Server {
             grpc,
             http,
             mqtt,
+            store,
             child,
             log,
         }
@@ -236,9 +465,15 @@ impl Interceptor for Bearer {
 /// A channel whose calls carry a bearer token.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
-/// Runs the real binary's admin commands against the test database.
-pub fn pentrace_cli(db: &TestDb, args: &[&str]) -> String {
-    pentrace_cli_at(&db.url, args)
+/// Runs the real binary's admin commands against the test's store.
+pub fn pentrace_cli(store: &TestStore, args: &[&str]) -> String {
+    let out = store.command(args).output().expect("run pentrace");
+    assert!(
+        out.status.success(),
+        "pentrace {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs the real binary's admin commands against the database at `url`.
@@ -256,14 +491,10 @@ pub fn pentrace_cli_at(url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs the real binary against the test database; returns the exit code
+/// Runs the real binary against the test's store; returns the exit code
 /// and everything it printed.
-pub fn pentrace_run(db: &TestDb, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pentrace"))
-        .args(args)
-        .args(["--database-url", &db.url])
-        .output()
-        .expect("run pentrace");
+pub fn pentrace_run(store: &TestStore, args: &[&str]) -> (i32, String) {
+    let out = store.command(args).output().expect("run pentrace");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -274,21 +505,22 @@ pub fn pentrace_run(db: &TestDb, args: &[&str]) -> (i32, String) {
 
 /// Creates a user with `pentrace user add` and returns a token from
 /// `pentrace token issue`.
-pub fn user_token(db: &TestDb, name: &str, role: &str, clinics: &[&str]) -> String {
+pub fn user_token(store: &TestStore, name: &str, role: &str, clinics: &[&str]) -> String {
     let mut args = vec!["user", "add", "--name", name, "--role", role];
     for c in clinics {
         args.extend(["--clinic", c]);
     }
-    pentrace_cli(db, &args);
-    pentrace_cli(db, &["token", "issue", "--user", name])
+    pentrace_cli(store, &args);
+    pentrace_cli(store, &["token", "issue", "--user", name])
         .trim()
         .to_owned()
 }
 
-/// A server and its database, with an admin's token.
+/// A server and its store, with an admin's token.
 pub struct TestApp {
+    /// First: stopped before its store is removed.
     pub server: Server,
-    pub db: TestDb,
+    pub store: TestStore,
     pub grpc: String,
     pub http: String,
     pub admin_token: String,
@@ -373,35 +605,48 @@ impl TestApp {
         self.server.signal("TERM")
     }
 
-    /// Replaces the server process with a new one on the same database.
+    /// Replaces the server process with a new one on the same store.
     pub async fn restart(&mut self, args: &[&str], envs: &[(&str, &str)]) {
-        self.server = Server::start(&self.db, args, envs).await;
+        self.server = Server::start(&self.store, args, envs).await;
         self.grpc = self.server.grpc.clone();
         self.http = self.server.http.clone();
     }
 
+    /// The store's rows, read-only ([`Rows`]).
+    pub async fn rows(&self) -> &Rows {
+        self.store.rows().await
+    }
+
+    /// [`Rows::count`].
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(&self.db.pool)
-            .await
-            .expect(sql)
+        self.rows().await.count(sql).await
+    }
+
+    /// [`Rows::messages`].
+    pub async fn stored(&self, device: &str) -> i64 {
+        self.rows().await.messages(device).await
     }
 }
 
-/// Creates a database and starts `pentrace serve` on it, on free ports.
-pub async fn spawn_app(args: &[&str]) -> TestApp {
-    spawn_app_with(args, &[]).await
+/// Creates a store and starts `pentrace serve` on it, on free ports.
+pub async fn spawn_app(backend: Backend, args: &[&str]) -> TestApp {
+    spawn_app_with(backend, args, &[]).await
 }
 
 /// [`spawn_app`] with extra environment variables.
-pub async fn spawn_app_with(args: &[&str], envs: &[(&str, &str)]) -> TestApp {
-    let db = TestDb::create().await;
-    let server = Server::start(&db, args, envs).await;
+pub async fn spawn_app_with(backend: Backend, args: &[&str], envs: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(TestStore::create(backend).await, args, envs).await
+}
+
+/// [`spawn_app_with`] on a store the test has prepared (e.g. files in its
+/// data directory).
+pub async fn spawn_app_on(store: TestStore, args: &[&str], envs: &[(&str, &str)]) -> TestApp {
+    let server = Server::start(&store, args, envs).await;
     let (grpc, http) = (server.grpc.clone(), server.http.clone());
-    let admin_token = user_token(&db, "Ada Admin", "admin", &[]);
+    let admin_token = user_token(&store, "Ada Admin", "admin", &[]);
     TestApp {
         server,
-        db,
+        store,
         grpc,
         http,
         admin_token,

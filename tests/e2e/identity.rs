@@ -10,27 +10,28 @@ use pentrace_proto::v1::telemetry_client::TelemetryClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::helpers::{
-    TestApp, eventually, exchange, register, register_on, spawn_app, spawn_app_with,
+    Backend, TestApp, TestStore, eventually, exchange, register, register_on, spawn_app,
+    spawn_app_on,
 };
 use crate::mqtt::heartbeat;
 
-async fn stored(app: &TestApp, device: &str) -> i64 {
-    app.count(&format!(
-        "SELECT count(*) FROM device_messages WHERE device_id = '{device}'"
-    ))
-    .await
-}
+crate::both_stores!(
+    ingest_without_a_valid_credential_is_refused_and_nothing_is_stored,
+    a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics,
+    revoking_a_credential_ends_its_open_stream,
+    over_tls_a_pen_authenticates_by_its_certificate,
+    a_reuse_across_clinics_shows_no_other_clinics_ids,
+);
 
-async fn two_clinics() -> TestApp {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn two_clinics(backend: Backend) -> TestApp {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     register(&app, "clinic-b", &[("pen-b", 0)], &[], &[]).await;
     app
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_without_a_valid_credential_is_refused_and_nothing_is_stored() {
-    let app = two_clinics().await;
+async fn ingest_without_a_valid_credential_is_refused_and_nothing_is_stored(backend: Backend) {
+    let app = two_clinics(backend).await;
     // No credential at all.
     let mut anonymous = TelemetryClient::new(app.channel().await);
     let refused = anonymous
@@ -66,7 +67,7 @@ async fn ingest_without_a_valid_credential_is_refused_and_nothing_is_stored() {
             "{secret}: {status:?}"
         );
     }
-    assert_eq!(stored(&app, "pen-a").await, 0);
+    assert_eq!(app.stored("pen-a").await, 0);
     let metrics = reqwest_get(&format!("{}/metrics", app.http)).await;
     assert!(
         metrics.contains("pentrace_device_auth_refused_total{name=\"revoked\"} 1"),
@@ -83,9 +84,8 @@ async fn reqwest_get(url: &str) -> String {
     crate::ingest::http_get(url).await.expect("http get")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics() {
-    let app = two_clinics().await;
+async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics(backend: Backend) {
+    let app = two_clinics(backend).await;
     // Pen A's credential carrying pen B's messages: refused one by one,
     // nothing stored, and the stream goes on for A's own.
     let a = app.pen_secret("pen-a").await;
@@ -106,7 +106,7 @@ async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics() {
         assert!(!r.retry);
     }
     assert_eq!(down.watermark("pen-a"), 1);
-    assert_eq!(stored(&app, "pen-b").await, 0);
+    assert_eq!(app.stored("pen-b").await, 0);
     // The real pen B's own seqs 4 and 5 are then stored, not "duplicates".
     let b = app.pen_secret("pen-b").await;
     let mut client = app.telemetry_with(&b).await;
@@ -116,7 +116,7 @@ async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics() {
     )
     .await;
     assert_eq!(down.watermark("pen-b"), 5);
-    assert_eq!(stored(&app, "pen-b").await, 5);
+    assert_eq!(app.stored("pen-b").await, 5);
     // A gateway of clinic A: A's pens yes, B's no.
     let mut gateway = app.telemetry_for("clinic-a").await;
     let down = exchange(
@@ -127,12 +127,11 @@ async fn a_pen_writes_only_its_own_record_and_a_gateway_only_its_clinics() {
     assert_eq!(down.watermark("pen-a"), 2);
     let r = down.rejection("pen-b", 6).expect("rejected");
     assert_eq!(r.code, pb::RejectCode::PermissionDenied as i32);
-    assert_eq!(stored(&app, "pen-b").await, 5);
+    assert_eq!(app.stored("pen-b").await, 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_a_credential_ends_its_open_stream() {
-    let app = two_clinics().await;
+async fn revoking_a_credential_ends_its_open_stream(backend: Backend) {
+    let app = two_clinics(backend).await;
     let issued = app.issue(pb::CredentialKind::PenSecret, "pen-a", "").await;
     let mut client = app.telemetry_with(&issued.secret).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -143,7 +142,7 @@ async fn revoking_a_credential_ends_its_open_stream() {
         .expect("ingest")
         .into_inner();
     eventually(Duration::from_secs(10), "pen-a's first message", || async {
-        stored(&app, "pen-a").await == 1
+        app.stored("pen-a").await == 1
     })
     .await;
     app.registry()
@@ -204,16 +203,14 @@ async fn https_get(http: &str, path: &str, ca_pem: &str) -> String {
 
 /// A TLS server (its CA and certificate made in its data directory on
 /// first start) and a pen authenticating by its certificate.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_tls_a_pen_authenticates_by_its_certificate() {
-    let dir = std::env::temp_dir().join(format!("pentrace-tls-{}", uuid::Uuid::new_v4().simple()));
+async fn over_tls_a_pen_authenticates_by_its_certificate(backend: Backend) {
+    let store = TestStore::create(backend).await;
+    let dir = store.data_dir.clone();
     let data_dir = dir.to_string_lossy().into_owned();
-    let app = spawn_app_with(
+    let app = spawn_app_on(
+        store,
         &["--no-mqtt"],
-        &[
-            ("PENTRACE_DATA_DIR", &data_dir),
-            ("PENTRACE_TLS__PLAINTEXT", "false"),
-        ],
+        &[("PENTRACE_TLS__PLAINTEXT", "false")],
     )
     .await;
     let ca = std::fs::read_to_string(dir.join("pki/ca.pem")).expect("the server made its CA");
@@ -319,15 +316,16 @@ async fn over_tls_a_pen_authenticates_by_its_certificate() {
         }
     }
     assert!(acked && denied, "acked {acked}, denied {denied}");
-    assert_eq!(stored(&app, "pen-c").await, 1);
-    assert_eq!(stored(&app, "pen-d").await, 0);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(app.stored("pen-c").await, 1);
+    assert_eq!(app.stored("pen-d").await, 0);
 }
 
 /// A store outage while a gateway's stream needs to check a pen it has
 /// not sent for yet is no denial: that message is refused as retryable,
 /// the stream stays open, and the resend is stored once the database is
 /// back.
+// PostgreSQL only: it stops a private PostgreSQL cluster (an embedded
+// SQLite file cannot go away while its server runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_check_during_a_database_outage_is_retryable_not_a_denial() {
     use crate::helpers::{Server, pentrace_cli_at};
@@ -415,11 +413,10 @@ async fn a_gateway_check_during_a_database_outage_is_retryable_not_a_denial() {
 /// A cartridge first used in clinic B and then in clinic A: A's officer
 /// sees the reuse and when the cartridge was used before, but no id of
 /// B's — not in the flag, not in A's audit chain.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reuse_across_clinics_shows_no_other_clinics_ids() {
+async fn a_reuse_across_clinics_shows_no_other_clinics_ids(backend: Backend) {
     use crate::helpers::user_token;
     use crate::mqtt::session_start;
-    let app = spawn_app(&["--no-mqtt"]).await;
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     let gtin = "09506000134352";
     let product = pb::Product {
         gtin: gtin.into(),
@@ -438,7 +435,7 @@ async fn a_reuse_across_clinics_shows_no_other_clinics_ids() {
     let down = exchange(&mut a, vec![session_start("pen-a", 1, &a_session, &udi)]).await;
     assert_eq!(down.watermark("pen-a"), 1);
 
-    let officer = user_token(&app.db, "Olga A", "compliance_officer", &["clinic-a"]);
+    let officer = user_token(&app.store, "Olga A", "compliance_officer", &["clinic-a"]);
     let flags = app
         .compliance_as(&officer)
         .await
@@ -456,13 +453,15 @@ async fn a_reuse_across_clinics_shows_no_other_clinics_ids() {
         assert!(!seen.contains(foreign), "{foreign} in {seen}");
     }
     assert!(seen.contains("another clinic"), "{seen}");
-    let chain: Vec<(String,)> = sqlx::query_as(
-        "SELECT coalesce(new_value::text, '') || coalesce(reason, '') FROM audit_events \
-         WHERE clinic_id = 'clinic-a'",
-    )
-    .fetch_all(&app.db.pool)
-    .await
-    .expect("audit");
+    let chain: Vec<(String,)> = app
+        .rows()
+        .await
+        .fetch(
+            "SELECT coalesce(new_value, '') || coalesce(reason, '') FROM audit_events \
+             WHERE clinic_id = 'clinic-a'",
+        )
+        .await;
+    assert!(!chain.is_empty(), "clinic A's chain records the sessions");
     for (text,) in chain {
         assert!(
             !text.contains("pen-b") && !text.contains(&b_session),

@@ -10,7 +10,9 @@ use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use tokio_stream::StreamExt;
 
-use crate::helpers::{Downlinks, TestApp, eventually, exchange, register, spawn_app, ts};
+use crate::helpers::{Backend, Downlinks, TestApp, eventually, exchange, register, spawn_app, ts};
+
+crate::both_stores!(every_fault_is_flagged_exactly_once_and_every_sample_stored_once);
 
 const GTIN: &str = "09506000134352";
 /// A valid GTIN-14 that is not in the catalogue.
@@ -172,9 +174,8 @@ fn watermarks(down: Downlinks) -> HashMap<String, u64> {
 /// The expected flags as (kind, session id).
 type Expected = BTreeSet<(i32, String)>;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_fault_is_flagged_exactly_once_and_every_sample_stored_once() {
-    let app = spawn_app(&[]).await;
+async fn every_fault_is_flagged_exactly_once_and_every_sample_stored_once(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let today = Utc::now().date_naive();
     let product = pb::Product {
         gtin: GTIN.into(),

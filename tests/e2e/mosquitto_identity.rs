@@ -19,8 +19,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, DYNSEC_ADMIN};
-use crate::helpers::{eventually, register, spawn_app_with};
+use crate::helpers::{Backend, eventually, register, spawn_app_with};
 use crate::mqtt::{MqttPen, heartbeat};
+
+// The two tests with a pentrace server run on both stores; the others
+// talk to Mosquitto through `BrokerAccounts` only, no server, no store.
+crate::both_stores!(
+    pentrace_serve_consumes_from_the_dynsec_broker_set_up_by_prepare_broker,
+    issuing_and_revoking_through_pentrace_reach_the_managed_broker_at_once,
+);
 
 const CONSUMER: &str = "pentrace-1";
 const CONSUMER_PASSWORD: &str = "consumer-secret-1";
@@ -569,8 +576,7 @@ async fn the_dynsec_admin_must_be_an_admin() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pentrace_serve_consumes_from_the_dynsec_broker_set_up_by_prepare_broker() {
+async fn pentrace_serve_consumes_from_the_dynsec_broker_set_up_by_prepare_broker(backend: Backend) {
     let broker = Broker::start_with_dynsec();
     let client_id = "pentrace-dynsec";
     // The operator's command, as deploy/mosquitto/README.md gives it.
@@ -614,7 +620,7 @@ async fn pentrace_serve_consumes_from_the_dynsec_broker_set_up_by_prepare_broker
         ("PENTRACE_MQTT__USERNAME", client_id),
         ("PENTRACE_MQTT__PASSWORD", CONSUMER_PASSWORD),
     ];
-    let app = spawn_app_with(&args, &envs).await;
+    let app = spawn_app_with(backend, &args, &envs).await;
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let mut a = MqttPen::connect_with(broker.port, "pen-a", Some(&secret("pen-a"))).await;
     for seq in 1..=3 {
@@ -623,12 +629,7 @@ async fn pentrace_serve_consumes_from_the_dynsec_broker_set_up_by_prepare_broker
     // The ack comes back on pen-a's down topic: the consumer may publish
     // there, and pen-a may read it.
     a.wait_ack(3).await;
-    eventually(WAIT, "stored", || async {
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-a'")
-            .await
-            == 3
-    })
-    .await;
+    eventually(WAIT, "stored", || async { app.stored("pen-a").await == 3 }).await;
     // Connected once, subscribed at the first try.
     let log = app.server.log_text();
     assert!(
@@ -642,8 +643,7 @@ async fn pentrace_serve_consumes_from_the_dynsec_broker_set_up_by_prepare_broker
 /// the first (the broker has one password per pen, so the store revokes
 /// the first too); a revocation removes the account; and a revocation the
 /// broker does not hear of is an error, not a silent success.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issuing_and_revoking_through_pentrace_reach_the_managed_broker_at_once() {
+async fn issuing_and_revoking_through_pentrace_reach_the_managed_broker_at_once(backend: Backend) {
     use pentrace_proto::v1 as pb;
     let broker = Broker::start_with_dynsec();
     admin(&broker)
@@ -663,7 +663,7 @@ async fn issuing_and_revoking_through_pentrace_reach_the_managed_broker_at_once(
         ("PENTRACE_MQTT__DYNSEC_ADMIN__USERNAME", DYNSEC_ADMIN.0),
         ("PENTRACE_MQTT__DYNSEC_ADMIN__PASSWORD", DYNSEC_ADMIN.1),
     ];
-    let app = spawn_app_with(&args, &envs).await;
+    let app = spawn_app_with(backend, &args, &envs).await;
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
 
     let first = app.issue(pb::CredentialKind::PenSecret, "pen-a", "").await;

@@ -12,8 +12,13 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
-use crate::helpers::{eventually, register, spawn_app_with, ts};
+use crate::helpers::{Backend, eventually, register, spawn_app_with, ts};
 use crate::ingest::http_get;
+
+crate::both_stores!(
+    mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads,
+    messages_published_while_the_server_is_down_are_stored_after_restart,
+);
 
 /// A pen talking MQTT: publishes on its `up` topic, reads its `down` topic.
 pub(crate) struct MqttPen {
@@ -158,8 +163,7 @@ pub(crate) fn session_start(device: &str, seq: u64, session: &str, udi: &str) ->
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads() {
+async fn mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads(backend: Backend) {
     let broker = Broker::start();
     let args = [
         "--mqtt-url",
@@ -169,7 +173,7 @@ async fn mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads() {
     ];
     // A message limit below the broker's, so an oversized payload reaches
     // the consumer and must be refused there without stopping it.
-    let app = spawn_app_with(&args, &[("PENTRACE_MAX_MESSAGE_BYTES", "4096")]).await;
+    let app = spawn_app_with(backend, &args, &[("PENTRACE_MAX_MESSAGE_BYTES", "4096")]).await;
     let gtin = "09506000134352";
     let product = pb::Product {
         gtin: gtin.into(),
@@ -191,11 +195,7 @@ async fn mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads() {
         a.send(&heartbeat("pen-a", seq)).await;
     }
     a.wait_ack(3).await;
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-a'")
-            .await,
-        3
-    );
+    assert_eq!(app.stored("pen-a").await, 3);
 
     // pen-a's topic, payload claiming pen-b: spoofing.
     a.publish_raw("pen-a", heartbeat("pen-b", 1).encode_to_vec())
@@ -226,16 +226,8 @@ async fn mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads() {
             .all(|d| !matches!(&d.body, Some(pb::device_downlink::Body::Ack(a)) if covers(a, 4))),
         "the refused seq 4 was acknowledged: {seen:?}"
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-a'")
-            .await,
-        4
-    );
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-b'")
-            .await,
-        0
-    );
+    assert_eq!(app.stored("pen-a").await, 4);
+    assert_eq!(app.stored("pen-b").await, 0);
     let metrics = http_get(&format!("{}/metrics", app.http))
         .await
         .expect("metrics");
@@ -277,8 +269,7 @@ async fn mqtt_acks_after_commit_and_refuses_spoofing_and_bad_payloads() {
     assert_eq!(reject.cartridge_id, format!("{gtin}:SER-9"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_published_while_the_server_is_down_are_stored_after_restart() {
+async fn messages_published_while_the_server_is_down_are_stored_after_restart(backend: Backend) {
     let broker = Broker::start();
     let args = [
         "--mqtt-url",
@@ -289,7 +280,7 @@ async fn messages_published_while_the_server_is_down_are_stored_after_restart() 
     // A rolling restart: the same client id comes straight back, so the
     // session (and what the broker queues for it meanwhile) is kept.
     let keep = [("PENTRACE_MQTT__KEEP_SESSION_ON_SHUTDOWN", "true")];
-    let mut app = spawn_app_with(&args, &keep).await;
+    let mut app = spawn_app_with(backend, &args, &keep).await;
     register(&app, "clinic-a", &[("pen-a", 0)], &[], &[]).await;
     let mut a = MqttPen::connect(&broker, "pen-a").await;
     a.send(&heartbeat("pen-a", 1)).await;
@@ -303,9 +294,7 @@ async fn messages_published_while_the_server_is_down_are_stored_after_restart() 
     app.restart(&args, &keep).await;
     a.wait_ack(200).await;
     eventually(Duration::from_secs(10), "all stored", || async {
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-a'")
-            .await
-            == 200
+        app.stored("pen-a").await == 200
     })
     .await;
 }

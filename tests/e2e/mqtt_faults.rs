@@ -13,11 +13,17 @@ use prost::Message;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
 
 use crate::broker::Broker;
-use crate::helpers::{Server, TestApp, eventually, register, spawn_app_with};
+use crate::helpers::{Backend, Server, TestApp, eventually, register, spawn_app_with};
 use crate::ingest::http_get;
 use crate::mqtt::heartbeat;
 use crate::pgcluster::PgCluster;
 use crate::rss::{RssSampler, wait_steady};
+
+crate::both_stores!(
+    ingest_resumes_after_a_persistent_broker_is_killed_and_restarted,
+    ingest_resumes_after_a_broker_without_persistence_is_killed_and_restarted,
+    a_consumer_that_stopped_gracefully_gets_no_more_share_of_the_messages,
+);
 
 /// The consumer's connection and subscription lines reach the server's log
 /// file (never the test's output), so a test can wait for them and check
@@ -183,10 +189,14 @@ const RESUMPTION: Duration = Duration::from_secs(10);
 /// Kills the broker while a pen publishes, restarts it, and checks that
 /// what is published after its return is stored within [`RESUMPTION`].
 /// Returns the server's `session_present` on each of its connections.
-async fn ingest_resumes_after_a_broker_kill(mut broker: Broker, client_id: &str) -> Vec<bool> {
+async fn ingest_resumes_after_a_broker_kill(
+    backend: Backend,
+    mut broker: Broker,
+    client_id: &str,
+) -> Vec<bool> {
     let url = broker.url.clone();
     let args = ["--mqtt-url", url.as_str(), "--mqtt-client-id", client_id];
-    let app = spawn_app_with(&args, &[CONSUMER_LOG]).await;
+    let app = spawn_app_with(backend, &args, &[CONSUMER_LOG]).await;
     register(
         &app,
         "clinic-a",
@@ -241,20 +251,24 @@ async fn ingest_resumes_after_a_broker_kill(mut broker: Broker, client_id: &str)
     sessions_present(&app.server.log_text())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_resumes_after_a_persistent_broker_is_killed_and_restarted() {
-    let present = ingest_resumes_after_a_broker_kill(Broker::start(), "pentrace-kill-p").await;
+async fn ingest_resumes_after_a_persistent_broker_is_killed_and_restarted(backend: Backend) {
+    let present =
+        ingest_resumes_after_a_broker_kill(backend, Broker::start(), "pentrace-kill-p").await;
     // Mosquitto restored the session (and not its $share subscription):
     // only subscribing on every ConnAck brings the messages back.
     assert_eq!(present.last(), Some(&true), "connections: {present:?}");
     assert!(present.len() >= 2, "connections: {present:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_resumes_after_a_broker_without_persistence_is_killed_and_restarted() {
-    let present =
-        ingest_resumes_after_a_broker_kill(Broker::start_without_persistence(), "pentrace-kill-np")
-            .await;
+async fn ingest_resumes_after_a_broker_without_persistence_is_killed_and_restarted(
+    backend: Backend,
+) {
+    let present = ingest_resumes_after_a_broker_kill(
+        backend,
+        Broker::start_without_persistence(),
+        "pentrace-kill-np",
+    )
+    .await;
     assert_eq!(present.last(), Some(&false), "connections: {present:?}");
     assert!(present.len() >= 2, "connections: {present:?}");
 }
@@ -271,8 +285,7 @@ async fn committed_by(server: &Server) -> u64 {
         .sum::<f64>() as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_that_stopped_gracefully_gets_no_more_share_of_the_messages() {
+async fn a_consumer_that_stopped_gracefully_gets_no_more_share_of_the_messages(backend: Backend) {
     let broker = Broker::start();
     let stays = [
         "--mqtt-url",
@@ -286,8 +299,8 @@ async fn a_consumer_that_stopped_gracefully_gets_no_more_share_of_the_messages()
         "--mqtt-client-id",
         "pentrace-leaves",
     ];
-    let app = spawn_app_with(&stays, &[CONSUMER_LOG]).await;
-    let mut leaving = Server::start(&app.db, &leaves, &[CONSUMER_LOG]).await;
+    let app = spawn_app_with(backend, &stays, &[CONSUMER_LOG]).await;
+    let mut leaving = Server::start(&app.store, &leaves, &[CONSUMER_LOG]).await;
     let devices: Vec<String> = (0..10).map(|i| format!("pen-{i}")).collect();
     let registered: Vec<(&str, u32)> = devices.iter().map(|d| (d.as_str(), 0)).collect();
     register(&app, "clinic-a", &registered, &[], &[]).await;
@@ -410,6 +423,8 @@ async fn publish_backlog(port: u16, devices: &[String], first: u64, count: u64) 
     .await;
 }
 
+// PostgreSQL only: it stops a private PostgreSQL cluster (an embedded
+// SQLite file cannot go away while its server runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_and_nothing_is_lost_while_the_database_is_away() {
     // A broker without an in-flight limit (the shipped config before): only
@@ -479,6 +494,7 @@ async fn memory_stays_bounded_and_nothing_is_lost_while_the_database_is_away() {
     }
 }
 
+// PostgreSQL only, as the one above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poller_stopped_past_its_keep_alive_reconnects_and_gets_everything_redelivered() {
     // An in-flight window above what the consumer holds (its intake, the
@@ -590,6 +606,7 @@ async fn persistent_visit(port: u16, client_id: &str, subscribe: bool) -> bool {
         .expect("the broker answers")
 }
 
+// No server, so no store: the command talks to the broker only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_forget_session_ends_a_gone_consumers_session() {
     let broker = Broker::start();

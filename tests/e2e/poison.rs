@@ -13,9 +13,14 @@ use pentrace_proto::v1::device_message::Body;
 use prost_types::Timestamp;
 
 use crate::broker::Broker;
-use crate::helpers::{TestApp, exchange, register, spawn_app_with, ts};
+use crate::helpers::{Backend, TestApp, exchange, register, spawn_app_with, ts};
 use crate::ingest::http_get;
 use crate::mqtt::{MqttPen, covers, heartbeat};
+
+crate::both_stores!(
+    poison_over_grpc_is_stored_and_flagged_or_answered_and_good_messages_pass,
+    poison_over_mqtt_is_stored_and_flagged_or_answered_and_good_messages_pass,
+);
 
 /// What the server must do with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,13 +147,16 @@ fn poison(device: &str, first: u64) -> Vec<(pb::DeviceMessage, Expect)> {
 
 /// Flags the poison must have raised, and the server's health afterwards.
 async fn check_server(app: &TestApp, device: &str) {
-    for kind in ["CLOCK_SKEW", "UDI_INVALID", "DEPTH_EXCEEDED"] {
-        let n = app
-            .count(&format!(
-                "SELECT count(*) FROM flags WHERE device_id = '{device}' AND kind = '{kind}'"
-            ))
-            .await;
-        assert!(n >= 1, "no {kind} flag for {device}");
+    let flags = crate::rules::flags_of(app, device).await;
+    for kind in [
+        pb::FlagKind::ClockSkew,
+        pb::FlagKind::UdiInvalid,
+        pb::FlagKind::DepthExceeded,
+    ] {
+        assert!(
+            !crate::rules::of_kind(&flags, kind).is_empty(),
+            "no {kind:?} flag for {device}: {flags:?}"
+        );
     }
     let metrics = http_get(&format!("{}/metrics", app.http))
         .await
@@ -174,9 +182,10 @@ async fn stored(app: &TestApp, device: &str, seq: u64) -> bool {
         == 1
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_over_grpc_is_stored_and_flagged_or_answered_and_good_messages_pass() {
-    let app = spawn_app_with(&["--no-mqtt"], &[]).await;
+async fn poison_over_grpc_is_stored_and_flagged_or_answered_and_good_messages_pass(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, &["--no-mqtt"], &[]).await;
     register(&app, "clinic-a", &[("pen-g", 0)], &[], &[]).await;
     let messages = poison("pen-g", 1);
     let mut client = app
@@ -219,8 +228,9 @@ async fn poison_over_grpc_is_stored_and_flagged_or_answered_and_good_messages_pa
     check_server(&app, "pen-g").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_over_mqtt_is_stored_and_flagged_or_answered_and_good_messages_pass() {
+async fn poison_over_mqtt_is_stored_and_flagged_or_answered_and_good_messages_pass(
+    backend: Backend,
+) {
     let broker = Broker::start();
     let args = [
         "--mqtt-url",
@@ -228,7 +238,7 @@ async fn poison_over_mqtt_is_stored_and_flagged_or_answered_and_good_messages_pa
         "--mqtt-client-id",
         "pentrace-poison",
     ];
-    let app = spawn_app_with(&args, &[]).await;
+    let app = spawn_app_with(backend, &args, &[]).await;
     register(&app, "clinic-a", &[("pen-m", 0)], &[], &[]).await;
     let mut pen = MqttPen::connect(&broker, "pen-m").await;
     let messages = poison("pen-m", 1);

@@ -7,7 +7,14 @@ use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use tonic::Code;
 
-use crate::helpers::{Downlinks, TestApp, exchange, register, spawn_app, ts};
+use crate::helpers::{Backend, Downlinks, TestApp, exchange, register, spawn_app, ts};
+
+crate::both_stores!(
+    a_refused_message_is_answered_and_the_stream_goes_on,
+    bad_content_is_stored_and_flagged_not_refused,
+    auto_register_accepts_unknown_devices_into_the_default_clinic,
+    sigterm_drains_and_exits_cleanly,
+);
 
 fn heartbeat(device: &str, seq: u64) -> pb::DeviceMessage {
     pb::DeviceMessage {
@@ -30,9 +37,8 @@ async fn stream(app: &TestApp, messages: Vec<pb::DeviceMessage>) -> Downlinks {
     exchange(&mut client, messages).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_message_is_answered_and_the_stream_goes_on() {
-    let app = spawn_app(&[]).await;
+async fn a_refused_message_is_answered_and_the_stream_goes_on(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
 
     // An unregistered device between good messages, and a seq of 0 (no
@@ -95,16 +101,8 @@ async fn a_refused_message_is_answered_and_the_stream_goes_on() {
     let down = stream(&app, vec![heartbeat("pen-1", 4), heartbeat("pen-1", 5)]).await;
     assert!(down.end.is_ok(), "{:?}", down.end);
     assert_eq!(down.watermark("pen-1"), 5);
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'pen-1'")
-            .await,
-        5
-    );
-    assert_eq!(
-        app.count("SELECT count(*) FROM device_messages WHERE device_id = 'ghost'")
-            .await,
-        0
-    );
+    assert_eq!(app.stored("pen-1").await, 5);
+    assert_eq!(app.stored("ghost").await, 0);
     let metrics = crate::ingest::http_get(&format!("{}/metrics", app.http))
         .await
         .expect("metrics");
@@ -118,9 +116,8 @@ async fn a_refused_message_is_answered_and_the_stream_goes_on() {
 
 /// Issue 12: hostile content that used to refuse (or panic on) a message is
 /// stored, with its samples, and flagged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_content_is_stored_and_flagged_not_refused() {
-    let app = spawn_app(&[]).await;
+async fn bad_content_is_stored_and_flagged_not_refused(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
     let far = prost_types::Timestamp {
         seconds: -8_330_000_000_000,
@@ -163,41 +160,47 @@ async fn bad_content_is_stored_and_flagged_not_refused() {
     assert!(down.end.is_ok(), "{:?}", down.end);
     assert!(down.rejections.is_empty(), "{:?}", down.rejections);
     assert_eq!(down.watermark("pen-1"), 2);
-    assert_eq!(
-        app.count(
-            "SELECT count(*) FROM sessions WHERE device_id = 'pen-1' AND area = 'unknown(17)'"
-        )
-        .await,
-        1
-    );
+    let sessions = app
+        .fleet()
+        .await
+        .list_sessions(pb::ListSessionsRequest {
+            device_id: "pen-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("sessions")
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].area, 17, "an unknown area keeps its number");
     assert_eq!(
         app.count("SELECT count(*) FROM stroke_samples WHERE depth_um = 2147483647")
             .await,
         10
     );
-    for kind in ["CLOCK_SKEW", "UDI_INVALID", "DEPTH_EXCEEDED"] {
+    let flags = crate::rules::flags_of(&app, "pen-1").await;
+    for kind in [
+        pb::FlagKind::ClockSkew,
+        pb::FlagKind::UdiInvalid,
+        pb::FlagKind::DepthExceeded,
+    ] {
         assert_eq!(
-            app.count(&format!(
-                "SELECT count(*) FROM flags WHERE device_id = 'pen-1' AND kind = '{kind}'"
-            ))
-            .await,
+            crate::rules::of_kind(&flags, kind).len(),
             1,
-            "{kind}"
+            "{kind:?}: {flags:?}"
         );
     }
+    let invalid = crate::rules::of_kind(&flags, pb::FlagKind::UdiInvalid)[0];
+    let evidence: serde_json::Value =
+        serde_json::from_str(&invalid.evidence_json).expect("evidence");
     assert_eq!(
-        app.count(
-            "SELECT count(*) FROM flags WHERE kind = 'UDI_INVALID' \
-             AND evidence->>'raw_session_id' = 'session\u{fffd}seven'"
-        )
-        .await,
-        1
+        evidence["raw_session_id"], "session\u{fffd}seven",
+        "{evidence}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_register_accepts_unknown_devices_into_the_default_clinic() {
-    let app = spawn_app(&["--auto-register"]).await;
+async fn auto_register_accepts_unknown_devices_into_the_default_clinic(backend: Backend) {
+    let app = spawn_app(backend, &["--auto-register"]).await;
     // An unregistered pen has no credential of its own: a gateway of the
     // default clinic speaks for it.
     register(&app, "default", &[], &[], &[]).await;
@@ -205,16 +208,24 @@ async fn auto_register_accepts_unknown_devices_into_the_default_clinic() {
     let down = exchange(&mut client, vec![heartbeat("new-pen", 1)]).await;
     assert!(down.end.is_ok(), "{:?}", down.end);
     assert_eq!(down.watermark("new-pen"), 1);
-    assert_eq!(
-        app.count("SELECT count(*) FROM devices WHERE id = 'new-pen' AND clinic_id = 'default'")
-            .await,
-        1
-    );
+    let devices = app
+        .fleet()
+        .await
+        .list_devices(pb::ListDevicesRequest::default())
+        .await
+        .expect("devices")
+        .into_inner()
+        .devices;
+    let registered: Vec<(String, String)> = devices
+        .into_iter()
+        .filter_map(|d| d.device)
+        .map(|d| (d.device_id, d.clinic_id))
+        .collect();
+    assert_eq!(registered, [("new-pen".to_owned(), "default".to_owned())]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_and_exits_cleanly() {
-    let mut app = spawn_app(&[]).await;
+async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
+    let mut app = spawn_app(backend, &[]).await;
     register(&app, "clinic-a", &[("pen-1", 0)], &[], &[]).await;
     let down = stream(&app, (1..=50).map(|s| heartbeat("pen-1", s)).collect()).await;
     assert_eq!(down.watermark("pen-1"), 50);

@@ -11,7 +11,9 @@ use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{TestApp, pentrace_cli, register, spawn_app, ts, user_token};
+use crate::helpers::{Backend, TestApp, pentrace_cli, register, spawn_app, ts, user_token};
+
+crate::both_stores!(a_months_report_holds_exactly_the_clinics_sessions_and_flags);
 
 const GTIN: &str = "09506000134352";
 /// A valid GTIN-14 that is not in the catalogue.
@@ -183,28 +185,53 @@ fn check_seal(text: &str) -> String {
     digest
 }
 
-/// The database's answer to one SQL text query with the period bound.
-async fn ids(app: &TestApp, sql: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeSet<String> {
-    sqlx::query_scalar::<_, String>(sql)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&app.db.pool)
+/// The ids of the pens' sessions started in [from, to), by Fleet.ListSessions.
+async fn sessions_started(
+    app: &TestApp,
+    pens: &[&str],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for pen in pens {
+        let sessions = app
+            .fleet()
+            .await
+            .list_sessions(pb::ListSessionsRequest {
+                device_id: (*pen).into(),
+                from: Some(ts(from)),
+                to: Some(ts(to)),
+                limit: 10_000,
+            })
+            .await
+            .expect("sessions")
+            .into_inner()
+            .sessions;
+        ids.extend(sessions.into_iter().map(|s| s.session_id));
+    }
+    ids
+}
+
+/// Flags by Compliance.ListFlags (fewer than one page).
+async fn flags(app: &TestApp, request: pb::ListFlagsRequest) -> Vec<pb::Flag> {
+    let response = app
+        .compliance()
         .await
-        .expect(sql)
-        .into_iter()
-        .collect()
+        .list_flags(request)
+        .await
+        .expect("flags")
+        .into_inner();
+    assert!(response.next_page_token.is_empty(), "one page");
+    response.flags
 }
 
 async fn exported_events(app: &TestApp, chain: &str, sha256: &str) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM audit_events WHERE clinic_id = $1 \
-         AND action = 'report.exported' AND subject_type = 'report' AND new_value LIKE $2",
-    )
-    .bind(chain)
-    .bind(format!("%{sha256}%"))
-    .fetch_one(&app.db.pool)
+    app.count(&format!(
+        "SELECT count(*) FROM audit_events WHERE clinic_id = '{chain}' \
+         AND action = 'report.exported' AND subject_type = 'report' \
+         AND new_value LIKE '%{sha256}%'"
+    ))
     .await
-    .expect("audit events")
 }
 
 /// Signs `flag` with the officer's token.
@@ -227,9 +254,8 @@ async fn sign(app: &TestApp, token: &str, flag: &str, resolve: bool, reason: &st
     result.expect("signed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
-    let app = spawn_app(&[]).await;
+async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags(backend: Backend) {
+    let app = spawn_app(backend, &[]).await;
     let product = pb::Product {
         gtin: GTIN.into(),
         name: "Nano 12".into(),
@@ -263,7 +289,6 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
         from.and_hms_opt(0, 0, 0).unwrap().and_utc(),
         to.and_hms_opt(0, 0, 0).unwrap().and_utc(),
     );
-    let (start_sql, end_sql) = (start.to_rfc3339(), end.to_rfc3339());
     let a = plan("A", &a_pens, 40, now - Span::hours(2), Span::hours(20));
     let b = plan("B", &b_pens, 12, now - Span::hours(5), Span::hours(60));
     stream_all(&app, &a).await;
@@ -275,53 +300,62 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
         .map(|p| p.id.clone())
         .collect();
     assert!(in_period.len() > 20 && in_period.len() < a.len());
-    let stored = ids(
-        &app,
-        "SELECT session_id::text FROM sessions WHERE clinic_id = 'clinic-a' \
-         AND started_at >= $1 AND started_at < $2",
-        start,
-        end,
-    )
-    .await;
+    let stored = sessions_started(&app, &a_pens, start, end).await;
     assert_eq!(
         stored, in_period,
         "every planned session of the period is stored"
     );
     // Flags are raised at ingest (today), after the period: the ones in the
     // report are exactly those of the period's sessions.
-    let flags_in_period = ids(
+    let a_flags = flags(
         &app,
-        "SELECT f.id::text FROM flags f JOIN sessions s ON s.session_id = f.session_id \
-         WHERE s.clinic_id = 'clinic-a' AND s.started_at >= $1 AND s.started_at < $2",
-        start,
-        end,
+        pb::ListFlagsRequest {
+            clinic_id: "clinic-a".into(),
+            ..Default::default()
+        },
     )
     .await;
-    assert_eq!(
-        app.count(&format!(
-            "SELECT count(*) FROM flags WHERE raised_at < '{end_sql}' OR session_id IS NULL"
-        ))
-        .await,
-        0
+    let flags_in_period: BTreeSet<String> = a_flags
+        .iter()
+        .filter(|f| stored.contains(&f.session_id))
+        .map(|f| f.flag_id.clone())
+        .collect();
+    let raised_before_the_end = flags(
+        &app,
+        pb::ListFlagsRequest {
+            to: Some(ts(end)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        raised_before_the_end.is_empty(),
+        "{raised_before_the_end:?}"
     );
-    let a_flags = app
-        .count("SELECT count(*) FROM flags WHERE clinic_id = 'clinic-a'")
-        .await;
+    let all_flags = flags(&app, pb::ListFlagsRequest::default()).await;
+    assert!(
+        all_flags.iter().all(|f| !f.session_id.is_empty()),
+        "every flag is of a session: {all_flags:?}"
+    );
     assert!(flags_in_period.len() >= 5, "{flags_in_period:?}");
     assert!(
-        a_flags > flags_in_period.len() as i64,
+        a_flags.len() > flags_in_period.len(),
         "some of A's flags are outside"
     );
-    assert!(
-        app.count("SELECT count(*) FROM flags WHERE clinic_id = 'clinic-b'")
-            .await
-            > 0
-    );
+    let b_flags = flags(
+        &app,
+        pb::ListFlagsRequest {
+            clinic_id: "clinic-b".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(!b_flags.is_empty());
 
     // A compliance officer signs two of the period's flags; the reasons
     // carry what CSV and HTML must quote and escape.
     let officer = user_token(
-        &app.db,
+        &app.store,
         "Carla Compliance",
         "compliance_officer",
         &["clinic-a"],
@@ -351,7 +385,7 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
     };
 
     // CSV: parses back to the database's sets and counts, nothing of B.
-    let csv_text = pentrace_cli(&app.db, &sterility("csv"));
+    let csv_text = pentrace_cli(&app.store, &sterility("csv"));
     let csv_sha = check_seal(&csv_text);
     for b_thing in ["clinic-b", "pen-b"]
         .into_iter()
@@ -370,13 +404,6 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
         .collect();
     assert_eq!(of("session").len(), stored.len());
     assert_eq!(sessions, stored);
-    let session_count = app
-        .count(&format!(
-            "SELECT count(*) FROM sessions WHERE clinic_id = 'clinic-a' \
-             AND started_at >= '{start_sql}' AND started_at < '{end_sql}'"
-        ))
-        .await;
-    assert_eq!(of("session").len() as i64, session_count);
     let flag_ids: BTreeSet<String> = of("flag")
         .iter()
         .map(|r| r[col("flag_id")].to_owned())
@@ -407,7 +434,7 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
     assert_eq!(exported_events(&app, "clinic-a", &csv_sha).await, 1);
 
     // JSON: one object with the same contents.
-    let json_text = pentrace_cli(&app.db, &sterility("json"));
+    let json_text = pentrace_cli(&app.store, &sterility("json"));
     let json_sha = check_seal(&json_text);
     let json: serde_json::Value = serde_json::from_str(&json_text).expect("one JSON object");
     let report = &json["report"];
@@ -421,12 +448,12 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
     assert_eq!(exported_events(&app, "clinic-a", &json_sha).await, 1);
 
     // HTML, to a file: no scripts, escaped values, every session listed.
-    let out = std::env::temp_dir().join(format!("{}-report.html", app.db.name));
+    let out = app.store.data_dir.join("report.html");
     let mut args = sterility("html");
     let out_arg = out.display().to_string();
     args.extend(["--out", out_arg.as_str()]);
     assert_eq!(
-        pentrace_cli(&app.db, &args),
+        pentrace_cli(&app.store, &args),
         "",
         "with --out, stdout stays empty"
     );
@@ -442,7 +469,7 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
 
     // The lot lookback spans both clinics and goes to the global chain.
     let lot_text = pentrace_cli(
-        &app.db,
+        &app.store,
         &[
             "report", "lot", "--gtin", GTIN, "--lot", LOT, "--format", "csv",
         ],
@@ -451,18 +478,22 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
     let mut reader = csv::Reader::from_reader(lot_text.as_bytes());
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
     let count = |kind: &str| rows.iter().filter(|r| &r[0] == kind).count() as i64;
-    assert_eq!(
-        count("session"),
-        app.count(&format!(
-            "SELECT count(*) FROM sessions WHERE gtin = '{GTIN}' AND lot = '{LOT}'"
-        ))
+    let lookback = app
+        .compliance()
         .await
-    );
+        .lot_lookback(pb::LotLookbackRequest {
+            gtin: GTIN.into(),
+            lot: LOT.into(),
+        })
+        .await
+        .expect("lookback")
+        .into_inner();
+    assert_eq!(count("session"), lookback.sessions.len() as i64);
     assert_eq!(count("clinic"), 2);
     assert_eq!(count("device"), (a_pens.len() + b_pens.len()) as i64);
     assert_eq!(exported_events(&app, "*", &lot_sha).await, 1);
     let lot_html = pentrace_cli(
-        &app.db,
+        &app.store,
         &[
             "report", "lot", "--gtin", GTIN, "--lot", LOT, "--format", "html",
         ],
@@ -472,5 +503,5 @@ async fn a_months_report_holds_exactly_the_clinics_sessions_and_flags() {
     assert!(lot_html.contains("Clinics (2)") && lot_html.contains("clinic-b"));
 
     // The exports extended the chains, which still verify.
-    pentrace_cli(&app.db, &["audit", "verify"]);
+    pentrace_cli(&app.store, &["audit", "verify"]);
 }

@@ -8,8 +8,16 @@ use chrono::{Duration as Span, Utc};
 use pentrace_proto::v1 as pb;
 use pentrace_proto::v1::device_message::Body;
 
-use crate::helpers::{TestApp, register, spawn_app};
+use crate::helpers::{Backend, TestApp, register, spawn_app};
 use crate::ingest::{Pen, Session, stream, udi};
+
+crate::both_stores!(
+    a_backlog_uploaded_in_any_order_flags_the_same_reused_cartridges,
+    overuse_adds_up_over_a_resume_and_a_redelivery_counts_once,
+    a_batch_naming_another_cartridge_is_judged_for_that_cartridge,
+    without_an_expiry_the_shelf_life_from_the_production_date_applies,
+    a_session_shows_the_corrected_times_and_the_pens_own,
+);
 
 const GTIN: &str = "09506000134352";
 
@@ -49,9 +57,8 @@ pub(crate) fn of_kind(flags: &[pb::Flag], kind: pb::FlagKind) -> Vec<&pb::Flag> 
     flags.iter().filter(|f| f.kind == kind as i32).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_uploaded_in_any_order_flags_the_same_reused_cartridges() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn a_backlog_uploaded_in_any_order_flags_the_same_reused_cartridges(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     let orders: [(&str, Vec<usize>); 3] = [
         ("pen-in-order", (0..7).collect()),
         ("pen-reversed", (0..7).rev().collect()),
@@ -107,9 +114,8 @@ async fn a_backlog_uploaded_in_any_order_flags_the_same_reused_cartridges() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overuse_adds_up_over_a_resume_and_a_redelivery_counts_once() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn overuse_adds_up_over_a_resume_and_a_redelivery_counts_once(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     // Rated 250 strokes; each batch is 100.
     register(
         &app,
@@ -174,9 +180,8 @@ fn batch_naming(pen: &mut Pen, s: &Session, udi: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_naming_another_cartridge_is_judged_for_that_cartridge() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn a_batch_naming_another_cartridge_is_judged_for_that_cartridge(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(
         &app,
         "clinic-a",
@@ -220,9 +225,8 @@ async fn a_batch_naming_another_cartridge_is_judged_for_that_cartridge() {
     assert_eq!(reused[0].session_id, later.id);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_an_expiry_the_shelf_life_from_the_production_date_applies() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn without_an_expiry_the_shelf_life_from_the_production_date_applies(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(
         &app,
         "clinic-a",
@@ -274,9 +278,8 @@ async fn without_an_expiry_the_shelf_life_from_the_production_date_applies() {
     assert_eq!(stored.expiry, (today - Span::days(1)).to_string());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_shows_the_corrected_times_and_the_pens_own() {
-    let app = spawn_app(&["--no-mqtt"]).await;
+async fn a_session_shows_the_corrected_times_and_the_pens_own(backend: Backend) {
+    let app = spawn_app(backend, &["--no-mqtt"]).await;
     register(
         &app,
         "clinic-a",

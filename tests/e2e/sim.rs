@@ -1,15 +1,22 @@
-//! The simulator end to end: 50 pens with every fault kind over MQTT and
-//! over gRPC, on PostgreSQL and on the embedded SQLite store, verified
-//! against ground truth; and a crash test that kills the server with
-//! SIGKILL while pens stream, and finds nothing lost or doubled.
+//! The simulator end to end, on each store: 50 pens with every fault kind
+//! over MQTT (behind Mosquitto; `embedded.rs` has the same run over the
+//! embedded broker) and over gRPC, verified against ground truth; and a
+//! crash test that kills the server with SIGKILL while pens stream, and
+//! finds nothing lost or doubled.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::broker::Broker;
-use crate::helpers::{Server, TestApp, eventually, spawn_app_with};
+use crate::helpers::{Backend, TestApp, eventually, spawn_app_with};
 use crate::ingest::http_get;
+
+crate::both_stores!(
+    fifty_pens_with_every_fault_over_mqtt_are_judged_exactly,
+    fifty_pens_with_every_fault_over_grpc_are_judged_exactly,
+    ten_sigkills_during_mqtt_ingest_lose_nothing_and_double_nothing,
+    ten_sigkills_during_grpc_ingest_lose_nothing_and_double_nothing,
+);
 
 /// Every fault kind, often enough that each occurs in a few sessions (a
 /// backlog on a few pens).
@@ -159,7 +166,7 @@ const FIFTY_PENS: [&str; 8] = [
     "600",
 ];
 
-async fn verified_run(transport: &str) {
+async fn verified_run(backend: Backend, transport: &str) {
     let broker = Broker::start();
     let args = [
         "--mqtt-url",
@@ -167,7 +174,7 @@ async fn verified_run(transport: &str) {
         "--mqtt-client-id",
         "pentrace-sim-test",
     ];
-    let app = spawn_app_with(&args, &[]).await;
+    let app = spawn_app_with(backend, &args, &[]).await;
     let truth = truth_file();
     let mut cmd = sim_command(&app, transport, Some(&broker), &truth, &FIFTY_PENS);
     let out = tokio::task::spawn_blocking(move || cmd.output())
@@ -182,131 +189,16 @@ async fn verified_run(transport: &str) {
     assert_verified(&report);
     assert_every_fault_injected(&truth);
     // Belt and braces beside the simulator's own check: no message key twice.
-    let doubled = app
-        .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")
-        .await;
-    assert_eq!(doubled, 0);
+    assert_eq!(app.rows().await.doubled().await, 0);
     let _ = std::fs::remove_file(&truth);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_pens_with_every_fault_over_mqtt_are_judged_exactly() {
-    verified_run("mqtt").await;
+async fn fifty_pens_with_every_fault_over_mqtt_are_judged_exactly(backend: Backend) {
+    verified_run(backend, "mqtt").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_pens_with_every_fault_over_grpc_are_judged_exactly() {
-    verified_run("grpc").await;
-}
-
-/// `pentrace serve` on its embedded defaults (SQLite in a scratch data
-/// directory, the in-process broker), with an admin's token.
-struct SqliteApp {
-    server: Server,
-    dir: PathBuf,
-    token: String,
-}
-
-impl SqliteApp {
-    async fn start() -> SqliteApp {
-        let dir =
-            std::env::temp_dir().join(format!("pentrace-sim-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("data dir");
-        let server = Server::start_sqlite(&dir, &[], &[]).await;
-        let app = SqliteApp {
-            server,
-            dir,
-            token: String::new(),
-        };
-        app.cli(&["user", "add", "--name", "Ada Admin", "--role", "admin"]);
-        let token = app.cli(&["token", "issue", "--user", "Ada Admin"]);
-        SqliteApp {
-            token: token.trim().to_owned(),
-            ..app
-        }
-    }
-
-    /// An admin command against the server's data directory.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_pentrace"))
-            .env_remove("DATABASE_URL")
-            .env("PENTRACE_DATA_DIR", &self.dir)
-            .args(args)
-            .output()
-            .expect("run pentrace");
-        assert!(out.status.success(), "pentrace {args:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The embedded broker's URL.
-    fn mqtt_url(&self) -> String {
-        let port = self
-            .server
-            .mqtt
-            .strip_prefix("embedded:")
-            .unwrap_or_else(|| panic!("not the embedded broker: {}", self.server.mqtt));
-        format!("mqtt://{port}")
-    }
-
-    /// Message keys stored more than once.
-    async fn doubled(&self) -> i64 {
-        let url = format!("sqlite://{}", self.dir.join("pentrace.db").display());
-        let pool = sqlx::SqlitePool::connect(&url).await.expect("sqlite file");
-        let doubled = sqlx::query_scalar(
-            "SELECT count(*) - count(DISTINCT device_id || ' ' || seq) FROM device_messages",
-        )
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-        pool.close().await;
-        doubled
-    }
-}
-
-/// The scenario of [`verified_run`] on the embedded store: the pens of the
-/// MQTT run connect to the in-process broker with the secrets `--setup`
-/// issues them.
-async fn verified_run_on_sqlite(transport: &str) {
-    let app = SqliteApp::start().await;
-    let truth = truth_file();
-    let mqtt = app.mqtt_url();
-    let mut extra = FIFTY_PENS.to_vec();
-    extra.extend(["--faults", EVERY_FAULT, "--mqtt-url", &mqtt]);
-    let mut cmd = sim_command_at(
-        &app.server.grpc,
-        &app.token,
-        transport,
-        "sim-clinic",
-        None,
-        &truth,
-        &extra,
-    );
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("run sim");
-    let report = text(&out);
-    assert!(
-        out.status.success(),
-        "sim --verify over {transport} on SQLite failed:\n{report}"
-    );
-    assert_verified(&report);
-    assert_every_fault_injected(&truth);
-    assert_eq!(app.doubled().await, 0);
-    let _ = std::fs::remove_file(&truth);
-    let SqliteApp { server, dir, .. } = app;
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_pens_with_every_fault_over_mqtt_on_sqlite_are_judged_exactly() {
-    verified_run_on_sqlite("mqtt").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_pens_with_every_fault_over_grpc_on_sqlite_are_judged_exactly() {
-    verified_run_on_sqlite("grpc").await;
+async fn fifty_pens_with_every_fault_over_grpc_are_judged_exactly(backend: Backend) {
+    verified_run(backend, "grpc").await;
 }
 
 /// Duplicates the server recognised, from its metrics (a killed server's
@@ -329,7 +221,7 @@ const KILLS: usize = 10;
 /// restarting it each time on the same database and addresses; the
 /// simulator's verification then finds every sample stored exactly once
 /// and every flag as injected.
-async fn sigkill_run(transport: &str) {
+async fn sigkill_run(backend: Backend, transport: &str) {
     let broker = Broker::start();
     // A fixed gRPC address: pens reconnect to it, and the simulator
     // verifies against the server that runs after the last crash.
@@ -343,7 +235,7 @@ async fn sigkill_run(transport: &str) {
         "--grpc-addr",
         grpc.as_str(),
     ];
-    let mut app = spawn_app_with(&args, &[]).await;
+    let mut app = spawn_app_with(backend, &args, &[]).await;
     let truth = truth_file();
     // Paced so the run outlasts the kills (about 1 s apart).
     let extra = [
@@ -396,25 +288,21 @@ async fn sigkill_run(transport: &str) {
         "the run ended before {KILLS} kills: make it longer"
     );
     let stored = app.count("SELECT count(*) FROM device_messages").await;
-    let doubled = app
-        .count("SELECT count(*) - count(DISTINCT (device_id, seq)) FROM device_messages")
-        .await;
+    let doubled = app.rows().await.doubled().await;
     assert_eq!(doubled, 0);
     // The counts for the closing note (visible with --no-capture).
     println!(
-        "crash test over {transport}: {kills} SIGKILLs, stored {stored} messages, \
+        "crash test over {transport} on {backend:?}: {kills} SIGKILLs, stored {stored} messages, \
          {duplicates} redeliveries recognised as duplicates (at least), 0 stored twice"
     );
     println!("{report}");
     let _ = std::fs::remove_file(&truth);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_sigkills_during_mqtt_ingest_lose_nothing_and_double_nothing() {
-    sigkill_run("mqtt").await;
+async fn ten_sigkills_during_mqtt_ingest_lose_nothing_and_double_nothing(backend: Backend) {
+    sigkill_run(backend, "mqtt").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_sigkills_during_grpc_ingest_lose_nothing_and_double_nothing() {
-    sigkill_run("grpc").await;
+async fn ten_sigkills_during_grpc_ingest_lose_nothing_and_double_nothing(backend: Backend) {
+    sigkill_run(backend, "grpc").await;
 }
