@@ -1,10 +1,12 @@
 //! pentrace's storage: the [`Store`] trait the pipeline and the query services
-//! use, its PostgreSQL implementation ([`postgres::PgStore`]) and its SQLite
-//! implementation, the embedded default ([`sqlite::SqliteStore`]).
+//! use, on PostgreSQL ([`postgres::PgStore`]) and on SQLite, the embedded
+//! default ([`sqlite::SqliteStore`]).
 //!
 //! The store holds facts and arbitrates races (bind-once, `(device_id, seq)`
 //! dedupe, one flag per dedupe key) with unique constraints; it never decides
-//! a rule. SQL dialect stays inside each implementation.
+//! a rule. One engine implements `Store` for both databases; each database
+//! supplies only the statements and encodings that differ (see
+//! docs/architecture.md, "The store: one engine, two dialects").
 
 use std::collections::{HashMap, HashSet};
 

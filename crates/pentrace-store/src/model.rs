@@ -394,7 +394,7 @@ pub struct ChainHead {
     pub hash: pentrace_domain::audit::ChainHash,
 }
 
-/// What a person may do (DESIGN §8).
+/// What a person may do (docs/architecture.md, "People and tenancy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Every clinic; registry changes.

@@ -47,7 +47,7 @@ pub struct TimescaleStatus {
     /// Continuous aggregates (views).
     pub continuous_aggregates: Vec<String>,
     /// Hypertables with a retention policy: pentrace never creates one
-    /// (DESIGN §5), so anything here was added by hand and deletes evidence.
+    /// (docs/architecture.md, "Storage"), so anything here was added by hand and deletes evidence.
     pub retention_policies: Vec<String>,
 }
 

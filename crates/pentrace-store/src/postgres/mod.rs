@@ -1,4 +1,5 @@
-//! The PostgreSQL implementation of [`Store`].
+//! pentrace's store on PostgreSQL: the pool, migrations, and the statements
+//! whose SQL differs from SQLite's (the rest is written once in the engine).
 //!
 //! Queries are built at run time (`sqlx::query`, not the compile-time checked
 //! macros) because CI builds without a database. Sets of keys travel as

@@ -1,5 +1,7 @@
-//! The SQLite implementation of [`Store`]: the embedded default, one file in
-//! WAL mode, for a single clinic, a demo or a laptop (DESIGN §5).
+//! pentrace's store on SQLite, the embedded default: one file in WAL mode,
+//! for a single clinic, a demo or a laptop (docs/architecture.md,
+//! "Storage"). The statements whose SQL differs from PostgreSQL's live here;
+//! the rest is written once in the engine.
 //!
 //! Two pools on the same file:
 //!
