@@ -26,10 +26,11 @@ pub(crate) struct ChainedEvent {
 pub(crate) trait AuditSql: Dialect {
     /// The heads of the given chains (sorted), held against other appenders
     /// until the transaction ends; a chain not listed is new.
+    /// Rows of `(clinic, position, hash)`.
     async fn lock_heads(
         c: &mut Conn<Self>,
         clinics: &[&str],
-    ) -> StoreResult<HashMap<String, (u64, ChainHash)>>;
+    ) -> StoreResult<Vec<(String, i64, Vec<u8>)>>;
     async fn insert_events(c: &mut Conn<Self>, events: &[ChainedEvent]) -> StoreResult<()>;
     /// Creates or moves the chains' heads.
     async fn set_heads(c: &mut Conn<Self>, heads: &[ChainHead]) -> StoreResult<()>;
@@ -49,7 +50,11 @@ pub(crate) trait AuditSql: Dialect {
             by_clinic.entry(d.clinic_id.as_str()).or_default().push(i);
         }
         let clinics: Vec<&str> = by_clinic.keys().copied().collect();
-        let heads = Self::lock_heads(c, &clinics).await?;
+        let mut heads = HashMap::new();
+        for (clinic, position, hash) in Self::lock_heads(c, &clinics).await? {
+            let head = chain_head(clinic, position, &hash)?;
+            heads.insert(head.clinic_id, (head.position, head.hash));
+        }
         let at = now_micros();
         let mut events = Vec::with_capacity(drafts.len());
         let mut hashes = vec![GENESIS; drafts.len()];

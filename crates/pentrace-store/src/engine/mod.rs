@@ -49,22 +49,8 @@ pub(crate) trait StoreSql:
 {
 }
 
-impl<D> StoreSql for D where
-    D: audit::AuditSql
-        + audit::AuditCommonSql
-        + commit::CommitSql
-        + credentials::CredentialSql
-        + facts::FactsSql
-        + flags::FlagSql
-        + people::PeopleSql
-        + people::PeopleCommonSql
-        + quarantine::QuarantineSql
-        + queries::QuerySql
-        + queries::QueryCommonSql
-        + registry::RegistrySql
-        + status::StatusSql
-{
-}
+impl StoreSql for crate::postgres::PgStore {}
+impl StoreSql for crate::sqlite::SqliteStore {}
 
 /// The one implementation of [`Store`], for every dialect.
 

@@ -1,15 +1,13 @@
 //! The audit trail's statements on PostgreSQL: heads locked `FOR UPDATE`
 //! in clinic order, events and heads written as arrays.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pentrace_domain::audit::{ChainHash, GENESIS};
+use pentrace_domain::audit::GENESIS;
 use sqlx::PgConnection;
 
 use super::PgStore;
-use crate::engine::audit::{AuditSql, ChainedEvent, EVENT_COLUMNS, EventRow, chain_head};
+use crate::engine::audit::{AuditSql, ChainedEvent, EVENT_COLUMNS, EventRow};
 use crate::shared::columns::int8;
 use crate::{AuditQuery, ChainHead, StoreResult, StoredAuditEvent};
 
@@ -18,7 +16,7 @@ impl AuditSql for PgStore {
     async fn lock_heads(
         c: &mut PgConnection,
         clinics: &[&str],
-    ) -> StoreResult<HashMap<String, (u64, ChainHash)>> {
+    ) -> StoreResult<Vec<(String, i64, Vec<u8>)>> {
         // A new chain's head row is created first, so there is a row to lock.
         sqlx::query(
             "INSERT INTO audit_heads (clinic_id, position, hash) \
@@ -28,19 +26,13 @@ impl AuditSql for PgStore {
         .bind(GENESIS.as_slice())
         .execute(&mut *c)
         .await?;
-        let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT clinic_id, position, hash FROM audit_heads WHERE clinic_id = ANY($1) \
              ORDER BY clinic_id FOR UPDATE",
         )
         .bind(clinics)
         .fetch_all(c)
-        .await?;
-        rows.into_iter()
-            .map(|(clinic, position, hash)| {
-                let head = chain_head(clinic, position, &hash)?;
-                Ok((head.clinic_id, (head.position, head.hash)))
-            })
-            .collect()
+        .await?)
     }
 
     async fn insert_events(c: &mut PgConnection, events: &[ChainedEvent]) -> StoreResult<()> {

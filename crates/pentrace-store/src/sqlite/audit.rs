@@ -3,15 +3,12 @@
 //! chain's head and appending after it cannot interleave with another
 //! appender: no row locks are needed.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
-use pentrace_domain::audit::ChainHash;
 use serde_json::json;
 use sqlx::SqliteConnection;
 
 use super::SqliteStore;
-use crate::engine::audit::{AuditSql, ChainedEvent, EVENT_COLUMNS, EventRow, chain_head};
+use crate::engine::audit::{AuditSql, ChainedEvent, EVENT_COLUMNS, EventRow};
 use crate::shared::columns::{int8, micros};
 use crate::{AuditQuery, ChainHead, StoreResult, StoredAuditEvent};
 
@@ -20,20 +17,14 @@ impl AuditSql for SqliteStore {
     async fn lock_heads(
         c: &mut SqliteConnection,
         clinics: &[&str],
-    ) -> StoreResult<HashMap<String, (u64, ChainHash)>> {
-        let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+    ) -> StoreResult<Vec<(String, i64, Vec<u8>)>> {
+        Ok(sqlx::query_as(
             "SELECT clinic_id, position, hash FROM audit_heads \
              WHERE clinic_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(json!(clinics).to_string())
         .fetch_all(c)
-        .await?;
-        rows.into_iter()
-            .map(|(clinic, position, hash)| {
-                let head = chain_head(clinic, position, &hash)?;
-                Ok((head.clinic_id, (head.position, head.hash)))
-            })
-            .collect()
+        .await?)
     }
 
     async fn insert_events(c: &mut SqliteConnection, events: &[ChainedEvent]) -> StoreResult<()> {
