@@ -374,6 +374,15 @@ impl Config {
                 "must be a postgres:// URL (unset for the embedded SQLite store)",
             ));
         }
+        // A role meant to keep the server from rewriting the audit tables
+        // must not be silently ignored: SQLite has no roles.
+        if self.database_role.is_some() && url.is_none() {
+            return Err(invalid(
+                "database_role",
+                "applies to PostgreSQL only; set database_url, or unset database_role for the \
+                 embedded SQLite store",
+            ));
+        }
         if self.database_max_connections < 2 {
             return Err(invalid("database_max_connections", "must be at least 2"));
         }
@@ -576,6 +585,16 @@ mod tests {
         config.policy.gap_window_s = i64::MAX as u64;
         let err = config.validate().expect_err("i64::MAX seconds");
         assert!(err.to_string().contains("policy.gap_window_s"), "{err}");
+    }
+
+    #[test]
+    fn a_database_role_without_postgres_is_refused() {
+        let mut config = Config::load(None, &Overrides::default()).expect("defaults");
+        config.database_role = Some("pentrace_app".into());
+        let err = config.validate().expect_err("a role on SQLite");
+        assert!(err.to_string().contains("database_role"), "{err}");
+        config.database_url = Some(SecretString::from("postgres://db/pentrace"));
+        assert!(config.validate().is_ok());
     }
 
     #[test]
