@@ -71,24 +71,12 @@ async fn two_pens_sending_the_same_session_id_are_two_sessions_and_the_reuse_is_
     let down = exchange(&mut b, pen_b.sent.clone()).await;
     assert!(down.end.is_ok() && down.rejections.is_empty(), "{down:?}");
 
-    let sessions_of = async |device: &str| {
-        app.fleet()
-            .await
-            .list_sessions(pb::ListSessionsRequest {
-                device_id: device.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("sessions")
-            .into_inner()
-            .sessions
-    };
-    let of_a = sessions_of("pen-a").await;
+    let of_a = app.sessions_of("pen-a").await;
     assert_eq!(of_a.len(), 1, "{of_a:?}");
     assert_eq!(of_a[0].session_id, nil);
     let stored_a = of_a[0].strokes;
     let flags = flags_of(&app, "pen-b").await;
-    let sessions_of_b = sessions_of("pen-b").await.len();
+    let sessions_of_b = app.sessions_of("pen-b").await.len();
     // (reuse flags of pen-b, strokes of clinic A's session, sessions of pen-b)
     assert_eq!(
         (

@@ -91,17 +91,7 @@ async fn a_message_the_store_refuses_is_quarantined_acknowledged_and_listed(back
         "the quarantined seq is acknowledged"
     );
     assert_eq!(app.stored("pen-1").await, 5);
-    let sessions = app
-        .fleet()
-        .await
-        .list_sessions(pb::ListSessionsRequest {
-            device_id: "pen-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("sessions")
-        .into_inner()
-        .sessions;
+    let sessions = app.sessions_of("pen-1").await;
     assert!(sessions.is_empty(), "{sessions:?}");
     let quarantined: Vec<(Vec<u8>, String)> = app
         .rows()

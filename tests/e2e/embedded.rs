@@ -345,17 +345,7 @@ async fn serve_without_mqtt_configuration_takes_pens_over_the_embedded_broker(ba
     })
     .await;
     a.wait_ack("pen-a", 6).await;
-    let sessions = app
-        .fleet()
-        .await
-        .list_sessions(pb::ListSessionsRequest {
-            device_id: "pen-a".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("sessions")
-        .into_inner()
-        .sessions;
+    let sessions = app.sessions_of("pen-a").await;
     assert!(
         sessions
             .iter()

@@ -599,6 +599,19 @@ impl TestApp {
     pub async fn fleet_as(&self, token: &str) -> FleetClient<Authed> {
         FleetClient::with_interceptor(self.channel().await, Self::bearer(token))
     }
+    /// The device's sessions, as `Fleet.ListSessions` gives them.
+    pub async fn sessions_of(&self, device_id: &str) -> Vec<pb::Session> {
+        self.fleet()
+            .await
+            .list_sessions(pb::ListSessionsRequest {
+                device_id: device_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("sessions")
+            .into_inner()
+            .sessions
+    }
 
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {

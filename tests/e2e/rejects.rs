@@ -160,17 +160,7 @@ async fn bad_content_is_stored_and_flagged_not_refused(backend: Backend) {
     assert!(down.end.is_ok(), "{:?}", down.end);
     assert!(down.rejections.is_empty(), "{:?}", down.rejections);
     assert_eq!(down.watermark("pen-1"), 2);
-    let sessions = app
-        .fleet()
-        .await
-        .list_sessions(pb::ListSessionsRequest {
-            device_id: "pen-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("sessions")
-        .into_inner()
-        .sessions;
+    let sessions = app.sessions_of("pen-1").await;
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert_eq!(sessions[0].area, 17, "an unknown area keeps its number");
     assert_eq!(

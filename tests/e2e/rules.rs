@@ -260,17 +260,7 @@ async fn without_an_expiry_the_shelf_life_from_the_production_date_applies(backe
     assert_eq!(evidence["expiry_source"], "shelf_life");
     assert_eq!(evidence["expiry"], (today - Span::days(1)).to_string());
     // The session records the expiry that applied.
-    let sessions = app
-        .fleet()
-        .await
-        .list_sessions(pb::ListSessionsRequest {
-            device_id: "pen-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("sessions")
-        .into_inner()
-        .sessions;
+    let sessions = app.sessions_of("pen-1").await;
     let stored = sessions
         .iter()
         .find(|s| s.session_id == old.id)
@@ -296,17 +286,7 @@ async fn a_session_shows_the_corrected_times_and_the_pens_own(backend: Backend) 
     let mut pen = Pen::new("pen-1");
     pen.session(&session, 1, 800, behind);
     stream(&app, pen.sent.clone()).await;
-    let sessions = app
-        .fleet()
-        .await
-        .list_sessions(pb::ListSessionsRequest {
-            device_id: "pen-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("sessions")
-        .into_inner()
-        .sessions;
+    let sessions = app.sessions_of("pen-1").await;
     let s = &sessions[0];
     let secs =
         |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| t.seconds).unwrap_or_default();
