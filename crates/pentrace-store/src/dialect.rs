@@ -4,16 +4,16 @@
 //! The engine (`crate::engine`) owns every piece of orchestration and is
 //! written once, generic over a [`Dialect`]. A dialect owns its pools, how a
 //! write transaction begins (`BEGIN IMMEDIATE` on SQLite's one writer
-//! connection), and, through the per-area traits next to the orchestration
-//! that calls them (`engine::registry::RegistrySql`, ...), the leaf
-//! statements whose SQL or column encodings differ: arrays with `UNNEST` or
-//! JSON with `json_each`, `timestamptz` or integer microseconds, `uuid` or
-//! text. A leaf takes domain values and returns domain values; it decides
-//! nothing.
+//! connection), its column encodings of a time and an id, how a list is
+//! bound, and, through the per-area traits next to the orchestration that
+//! calls them (`engine::commit::CommitSql`, ...), the statements whose SQL
+//! differs: arrays with `UNNEST` or JSON with `json_each`, `COPY` or
+//! multi-row inserts, row locks. A statement takes domain values and returns
+//! rows or domain values; it decides nothing. Statements both databases
+//! spell alike are written once, in the engine, with [`for_both_stores!`].
 //!
-//! Leaves are trait methods rather than generic sqlx code so the engine
-//! needs no sqlx type bounds, and each statement stays next to the database
-//! it is written for.
+//! Statements are trait methods rather than generic sqlx code, so the engine
+//! needs no sqlx type bounds.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -67,9 +67,9 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
 /// vaultwarden's `db_run!` runs one body on each backend: the body's SQL
 /// runs unchanged on both (`$n` placeholders, which sqlx-sqlite binds by
 /// position too) and its values go through the dialect's encodings
-/// (`Self::time`). Each expansion is concrete code, so no
-/// sqlx trait bounds are needed. Statements whose SQL differs are written
-/// per dialect instead.
+/// (`Self::time`, `Self::uuid`, `Self::list`). Each expansion is concrete
+/// code, so no sqlx trait bounds are needed. Statements whose SQL differs
+/// are written per dialect instead.
 macro_rules! for_both_stores {
     (impl $leaves:path { $($body:tt)* }) => {
         #[async_trait::async_trait]

@@ -1,9 +1,11 @@
 //! The store's engine: every piece of orchestration, written once and
 //! generic over a [`Dialect`](crate::dialect::Dialect) — the order of a
 //! commit and its conflict checks, registry changes and their audit events,
-//! the flag lifecycle, people and tokens, reports and queries. The SQL it
-//! runs is the dialect's, through the per-area traits defined here next to
-//! the code that calls them (`RegistrySql`, ...).
+//! the flag lifecycle, people and tokens, reports and queries — and the one
+//! implementation of [`Store`]. Each area declares the statements it runs as
+//! traits next to the code that calls them: `*CommonSql` (and `RegistrySql`,
+//! `CredentialSql`, `QuarantineSql`) written once here for both stores,
+//! the rest per dialect in `postgres/` and `sqlite/`.
 
 pub(crate) mod audit;
 pub(crate) mod commit;
@@ -53,7 +55,6 @@ impl StoreSql for crate::postgres::PgStore {}
 impl StoreSql for crate::sqlite::SqliteStore {}
 
 /// The one implementation of [`Store`], for every dialect.
-
 #[async_trait]
 impl<D: StoreSql> Store for D {
     fn kind(&self) -> &'static str {
