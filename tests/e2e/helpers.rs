@@ -283,11 +283,14 @@ impl Rows {
         .await
     }
 
-    /// Message keys (device, seq) stored more than once.
+    /// Stroke samples stored more than once: the same (device, seq, time),
+    /// which one message of the simulator never repeats. `stroke_samples`
+    /// has no key (the message keys stop duplicates one level up), so this
+    /// is what a message committed twice would leave behind.
     pub async fn doubled(&self) -> i64 {
         self.count(
-            "SELECT count(*) FROM (SELECT device_id, seq FROM device_messages \
-             GROUP BY device_id, seq HAVING count(*) > 1) AS doubled",
+            "SELECT count(*) FROM (SELECT device_id, seq, time FROM stroke_samples \
+             GROUP BY device_id, seq, time HAVING count(*) > 1) AS doubled",
         )
         .await
     }
