@@ -100,7 +100,9 @@ pub(crate) async fn commit<D: CommitSql + FlagSql + AuditSql>(
     let mut lots: Vec<&(String, String)> = batch.unrecalled_lots.iter().collect();
     lots.sort();
     lots.dedup();
-    let sessions = merge(&batch.sessions)?;
+    // Merged by the canonical id: `ABC…` and `abc…` are one row, which
+    // PostgreSQL's one multi-row statement must not touch twice.
+    let sessions = merge(&canonical_sessions(&batch.sessions)?)?;
     for hole in batch
         .holes
         .iter()
@@ -230,6 +232,19 @@ pub(crate) fn canonical_id(value: &str, what: &str) -> StoreResult<String> {
     Uuid::parse_str(value)
         .map(|u| u.to_string())
         .map_err(|e| StoreError::Invalid(format!("{what} {value:?}: {e}")))
+}
+
+/// The session writes with their ids in canonical form.
+fn canonical_sessions(writes: &[SessionWrite]) -> StoreResult<Vec<SessionWrite>> {
+    writes
+        .iter()
+        .map(|w| {
+            Ok(SessionWrite {
+                session_id: canonical_id(&w.session_id, "session id")?,
+                ..w.clone()
+            })
+        })
+        .collect()
 }
 
 /// The rows sorted by key; a key twice is invalid (`twice` says which).

@@ -1,0 +1,294 @@
+//! Probes of the behaviours the one-engine rewrite moved: statements that
+//! now run the same SQL text on both databases, and the logic the engine
+//! took over from the two dialects.
+
+use pentrace_domain::FlagKind;
+use pentrace_domain::audit::Actor;
+use pentrace_domain::rules::CartridgeRelation;
+use pentrace_store::{
+    Clinic, CommitOutcome, CredentialKind, Device, FlagQuery, Lot, NewDeviceCredential, Product,
+    SessionQuery, StoreError, WriteBatch,
+};
+
+use crate::fixture::TestStore;
+use crate::helpers::*;
+
+crate::conformance!(
+    lots_are_listed_for_every_gtin_or_one,
+    credentials_of_every_clinic_or_none_are_listed,
+    a_moved_pen_takes_its_credentials_along,
+    flags_are_found_by_any_spelling_of_their_session,
+    a_hostile_batch_is_refused_before_anything_is_written,
+    placeholders_bind_by_number_on_both_stores,
+    writes_of_one_session_spelled_two_ways_add_up_alike,
+);
+
+async fn lots_are_listed_for_every_gtin_or_one(store: TestStore) {
+    registry(&store, &[]).await;
+    let other = Product {
+        gtin: "00000000000017".into(),
+        name: "Other".into(),
+        max_depth_um: 0,
+        rated_strokes: 0,
+        max_active_s: 0,
+        shelf_life_days: 0,
+    };
+    store
+        .upsert_product(&other, &Actor::System)
+        .await
+        .expect("product");
+    for lot in ["B", "A"] {
+        let lot = Lot {
+            gtin: other.gtin.clone(),
+            lot: lot.into(),
+            expiry: None,
+            recalled_at: None,
+            recall_reason: None,
+        };
+        store.upsert_lot(&lot, &Actor::System).await.expect("lot");
+    }
+    let all = store.list_lots(None).await.expect("every lot");
+    let keys: Vec<(&str, &str)> = all
+        .iter()
+        .map(|l| (l.gtin.as_str(), l.lot.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("00000000000017", "A"),
+            ("00000000000017", "B"),
+            (GTIN, LOT)
+        ]
+    );
+    let one = store.list_lots(Some(GTIN)).await.expect("one gtin");
+    assert_eq!(one.len(), 1);
+    assert!(
+        store
+            .list_lots(Some("nope"))
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}
+
+fn pen_secret(principal: &str, fp: u8) -> NewDeviceCredential {
+    NewDeviceCredential {
+        kind: CredentialKind::PenSecret,
+        principal: principal.into(),
+        clinic_id: None,
+        fingerprint: [fp; 32],
+        not_after: None,
+        replace: false,
+    }
+}
+
+async fn second_clinic(store: &TestStore) {
+    let clinic = Clinic {
+        id: "clinic-2".into(),
+        name: "Two".into(),
+        time_zone: "UTC".into(),
+    };
+    store
+        .upsert_clinic(&clinic, &Actor::System)
+        .await
+        .expect("clinic");
+}
+
+async fn credentials_of_every_clinic_or_none_are_listed(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    store
+        .issue_device_credential(&pen_secret("pen-a", 1), &Actor::System)
+        .await
+        .expect("issue");
+    assert_eq!(
+        store
+            .list_device_credentials(None)
+            .await
+            .expect("all")
+            .len(),
+        1
+    );
+    let none: &[String] = &[];
+    assert!(
+        store
+            .list_device_credentials(Some(none))
+            .await
+            .expect("none")
+            .is_empty()
+    );
+    let other = ["clinic-9".to_owned()];
+    assert!(
+        store
+            .list_device_credentials(Some(&other))
+            .await
+            .expect("other")
+            .is_empty()
+    );
+}
+
+async fn a_moved_pen_takes_its_credentials_along(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    second_clinic(&store).await;
+    let (issued, _) = store
+        .issue_device_credential(&pen_secret("pen-a", 2), &Actor::System)
+        .await
+        .expect("issue");
+    assert_eq!(issued.clinic_id, CLINIC);
+    let moved = Device {
+        id: "pen-a".into(),
+        clinic_id: "clinic-2".into(),
+        model: "pen-x".into(),
+        max_depth_um: 2500,
+    };
+    store
+        .upsert_device(&moved, &Actor::System)
+        .await
+        .expect("move");
+    let found = store
+        .device_credential(&[2; 32])
+        .await
+        .expect("by fingerprint")
+        .expect("stored");
+    assert_eq!(found.clinic_id, "clinic-2");
+    let two = ["clinic-2".to_owned()];
+    assert_eq!(
+        store
+            .list_device_credentials(Some(&two))
+            .await
+            .expect("two")
+            .len(),
+        1
+    );
+}
+
+async fn flags_are_found_by_any_spelling_of_their_session(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    let session = new_session();
+    let batch = WriteBatch {
+        messages: vec![message("pen-a", 1, "session_start", Some(&session))],
+        sessions: vec![session_write(
+            &session,
+            "pen-a",
+            None,
+            CartridgeRelation::Unidentified,
+            t(0),
+        )],
+        flags: vec![flag(
+            "k-1",
+            FlagKind::DepthExceeded,
+            "pen-a",
+            Some(&session),
+        )],
+        ..WriteBatch::default()
+    };
+    commit_ok(&store, &batch).await;
+    let query = FlagQuery {
+        session_id: Some(session.to_uppercase()),
+        ..FlagQuery::default()
+    };
+    let flags = store.list_flags(&query).await.expect("flags");
+    assert_eq!(flags.len(), 1);
+    assert_eq!(flags[0].session_id.as_deref(), Some(session.as_str()));
+}
+
+/// Values a pen could send that no column can hold are refused as
+/// `Invalid` before anything is stored, on both stores alike.
+async fn a_hostile_batch_is_refused_before_anything_is_written(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    let mut key = message("pen-a", 1, "stroke_batch", None);
+    key.seq = u64::MAX;
+    let huge = WriteBatch {
+        messages: vec![key],
+        ..WriteBatch::default()
+    };
+    let outcome = store.commit(&huge).await;
+    assert!(
+        matches!(outcome, Err(StoreError::Invalid(_))),
+        "{outcome:?}"
+    );
+    let bad_session = WriteBatch {
+        messages: vec![message("pen-a", 1, "session_start", Some("not-a-uuid"))],
+        ..WriteBatch::default()
+    };
+    let outcome = store.commit(&bad_session).await;
+    assert!(
+        matches!(outcome, Err(StoreError::Invalid(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(store.count("SELECT count(*) FROM device_messages").await, 0);
+}
+
+/// The engine's shared statements reuse `$n` and name it out of order
+/// (`SET clinic_id = $2 WHERE device_id = $1`): sqlx-sqlite binds a `$n`
+/// to the n-th value by its number, as PostgreSQL does, not by where it
+/// first appears.
+async fn placeholders_bind_by_number_on_both_stores(store: TestStore) {
+    const SQL: &str = "SELECT $2 || '-' || $1 || '-' || $2";
+    let text: String = match &store {
+        TestStore::Postgres(s) => sqlx::query_scalar(SQL)
+            .bind("a")
+            .bind("b")
+            .fetch_one(s.pool())
+            .await
+            .expect("postgres"),
+        TestStore::Sqlite(s) => sqlx::query_scalar(SQL)
+            .bind("a")
+            .bind("b")
+            .fetch_one(s.pool())
+            .await
+            .expect("sqlite"),
+    };
+    assert_eq!(text, "b-a-b");
+}
+
+/// A session id is one session however the pen spells it (`ABC…` and
+/// `abc…`, as `uuid` compares them): two writes of one session in a batch,
+/// spelled two ways, add up on both stores. PostgreSQL refused two
+/// deciding writes of one row in its one `ON CONFLICT DO UPDATE`, and its
+/// `UPDATE … FROM` of two adding rows kept only one row's deltas, while
+/// SQLite, writing row by row, added both.
+async fn writes_of_one_session_spelled_two_ways_add_up_alike(store: TestStore) {
+    registry(&store, &["pen-a"]).await;
+    let session = new_session();
+    let upper = session.to_uppercase();
+    let mut first = session_write(
+        &session,
+        "pen-a",
+        None,
+        CartridgeRelation::Unidentified,
+        t(0),
+    );
+    first.add_strokes = 1;
+    let mut again = session_write(&upper, "pen-a", None, CartridgeRelation::Unidentified, t(0));
+    again.add_strokes = 2;
+    let batch = WriteBatch {
+        messages: vec![message("pen-a", 1, "session_start", Some(&session))],
+        sessions: vec![first, again],
+        ..WriteBatch::default()
+    };
+    let outcome = store.commit(&batch).await;
+    assert!(
+        matches!(outcome, Ok(CommitOutcome::Committed { .. })),
+        "{outcome:?}"
+    );
+    let batch = WriteBatch {
+        messages: vec![message("pen-a", 2, "stroke_batch", Some(&session))],
+        sessions: vec![
+            session_delta(&session, "pen-a", 10, 500),
+            session_delta(&upper, "pen-a", 20, 600),
+        ],
+        ..WriteBatch::default()
+    };
+    commit_ok(&store, &batch).await;
+    let query = SessionQuery {
+        device_id: "pen-a".into(),
+        ..SessionQuery::default()
+    };
+    let stored = store.list_sessions(&query).await.expect("sessions");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].session_id, session);
+    assert_eq!(
+        (stored[0].strokes, stored[0].samples, stored[0].max_depth_um),
+        (33, 2, 600)
+    );
+}
