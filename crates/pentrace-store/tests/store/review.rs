@@ -21,6 +21,7 @@ crate::conformance!(
     a_hostile_batch_is_refused_before_anything_is_written,
     placeholders_bind_by_number_on_both_stores,
     writes_of_one_session_spelled_two_ways_add_up_alike,
+    registry_values_past_9999_and_before_1_ad_are_written_as_postgres_wrote_them,
 );
 
 async fn lots_are_listed_for_every_gtin_or_one(store: TestStore) {
@@ -291,4 +292,85 @@ async fn writes_of_one_session_spelled_two_ways_add_up_alike(store: TestStore) {
         (stored[0].strokes, stored[0].samples, stored[0].max_depth_um),
         (33, 2, 600)
     );
+}
+
+/// A lot's audited values are PostgreSQL's `to_jsonb` of the row (what
+/// registry events said before the engine wrote them in Rust), also for a
+/// mistyped year: `10000-01-31T…`, not chrono's `+10000-01-31T…`, and
+/// `0099-01-31T… BC`, not `-0098-01-31T…`. (An expiry date that far off is
+/// PostgreSQL's only: SQLite's `date(expiry) IS expiry` check refuses
+/// years outside 0000-9999.)
+async fn registry_values_past_9999_and_before_1_ad_are_written_as_postgres_wrote_them(
+    store: TestStore,
+) {
+    registry(&store, &[]).await;
+    let far = chrono::NaiveDate::from_ymd_opt(10000, 1, 31).expect("date");
+    let bc = chrono::NaiveDate::from_ymd_opt(-98, 1, 31).expect("date");
+    let normal = chrono::NaiveDate::from_ymd_opt(2030, 1, 31).expect("date");
+    let mut lots = vec![("FAR", normal, far), ("BC", normal, bc)];
+    if store.backend() == crate::fixture::Backend::Postgres {
+        lots.extend([("FAR-EXPIRY", far, far), ("BC-EXPIRY", bc, bc)]);
+    }
+    for (name, expiry, recalled) in &lots {
+        let lot = Lot {
+            gtin: GTIN.into(),
+            lot: (*name).into(),
+            expiry: Some(*expiry),
+            recalled_at: Some(
+                recalled
+                    .and_hms_milli_opt(9, 0, 0, 500)
+                    .expect("time")
+                    .and_utc(),
+            ),
+            recall_reason: Some("typo".into()),
+        };
+        store.upsert_lot(&lot, &Actor::System).await.expect("lot");
+    }
+    let events = store
+        .audit_page(pentrace_store::GLOBAL_CHAIN, 0, 100)
+        .await
+        .expect("chain");
+    let values: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| {
+            e.event.action == "lot.registered" && e.event.subject_id != format!("{GTIN}:{LOT}")
+        })
+        .map(|e| {
+            let v = e.event.new_value.clone().expect("new value");
+            (
+                v["expiry"].as_str().unwrap_or_default().to_owned(),
+                v["recalled_at"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        ("2030-01-31", "10000-01-31T09:00:00.5+00:00"),
+        ("2030-01-31", "0099-01-31T09:00:00.5+00:00 BC"),
+    ];
+    if let TestStore::Postgres(s) = &store {
+        expected.extend([
+            ("10000-01-31", "10000-01-31T09:00:00.5+00:00"),
+            ("0099-01-31 BC", "0099-01-31T09:00:00.5+00:00 BC"),
+        ]);
+        // What PostgreSQL itself writes for these rows.
+        let mut pg: Vec<(String, String)> = Vec::new();
+        for (name, ..) in &lots {
+            pg.push(
+                sqlx::query_as(
+                    "SELECT to_jsonb(l) ->> 'expiry', to_jsonb(l) ->> 'recalled_at' \
+                     FROM lots l WHERE lot = $1",
+                )
+                .bind(*name)
+                .fetch_one(s.pool())
+                .await
+                .expect("to_jsonb"),
+            );
+        }
+        assert_eq!(pg, values);
+    }
+    let expected: Vec<(String, String)> = expected
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    assert_eq!(values, expected);
 }
