@@ -100,7 +100,9 @@ pub(crate) async fn commit<D: CommitSql + FlagSql + AuditSql>(
     let mut lots: Vec<&(String, String)> = batch.unrecalled_lots.iter().collect();
     lots.sort();
     lots.dedup();
-    let sessions = merge(&batch.sessions)?;
+    // Merged by the canonical id: `ABC…` and `abc…` are one row, which
+    // PostgreSQL's one multi-row statement must not touch twice.
+    let sessions = merge(&canonical_sessions(&batch.sessions))?;
     for hole in batch
         .holes
         .iter()
@@ -230,6 +232,20 @@ pub(crate) fn canonical_id(value: &str, what: &str) -> StoreResult<String> {
     Uuid::parse_str(value)
         .map(|u| u.to_string())
         .map_err(|e| StoreError::Invalid(format!("{what} {value:?}: {e}")))
+}
+
+/// The session writes with their ids in canonical form. An id that is not
+/// a UUID is left as sent: the statement that writes it refuses it as
+/// `Invalid` in its turn, after the message keys, as before.
+fn canonical_sessions(writes: &[SessionWrite]) -> Vec<SessionWrite> {
+    writes
+        .iter()
+        .map(|w| SessionWrite {
+            session_id: canonical_id(&w.session_id, "session id")
+                .unwrap_or_else(|_| w.session_id.clone()),
+            ..w.clone()
+        })
+        .collect()
 }
 
 /// The rows sorted by key; a key twice is invalid (`twice` says which).

@@ -3,7 +3,7 @@
 //! transaction.
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use pentrace_domain::audit::Actor;
 use serde_json::{Value, json};
 
@@ -446,7 +446,7 @@ fn lot_json(l: &Lot) -> Value {
     json!({
         "gtin": l.gtin,
         "lot": l.lot,
-        "expiry": l.expiry.map(|d| d.format("%Y-%m-%d").to_string()),
+        "expiry": l.expiry.map(json_date),
         "recalled_at": l.recalled_at.map(json_time),
         "recall_reason": l.recall_reason,
     })
@@ -454,20 +454,41 @@ fn lot_json(l: &Lot) -> Value {
 
 /// A time as PostgreSQL's `to_jsonb` writes a `timestamptz` in UTC (the
 /// form registry events recorded before the engine built them in Rust):
-/// `2025-03-01T09:00:00.5+00:00`, fractional seconds without trailing zeros.
+/// `2025-03-01T09:00:00.5+00:00`, fractional seconds without trailing zeros,
+/// the year as [`json_date`] writes it.
 fn json_time(at: DateTime<Utc>) -> String {
-    let text = at.to_rfc3339_opts(SecondsFormat::Micros, false);
-    match text.split_once('.') {
-        Some((seconds, rest)) => {
-            let (fraction, offset) = rest.split_at(rest.find('+').unwrap_or(rest.len()));
-            let fraction = fraction.trim_end_matches('0');
-            if fraction.is_empty() {
-                format!("{seconds}{offset}")
-            } else {
-                format!("{seconds}.{fraction}{offset}")
-            }
-        }
-        None => text,
+    let micros = format!("{:06}", at.timestamp_subsec_micros());
+    let micros = micros.trim_end_matches('0');
+    let fraction = if micros.is_empty() {
+        String::new()
+    } else {
+        format!(".{micros}")
+    };
+    let (year, era) = pg_year(at.year());
+    format!(
+        "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}+00:00{era}",
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
+}
+
+/// A date as PostgreSQL's `to_jsonb` writes it: `2030-01-31`, a year past
+/// 9999 without a sign (`10000-01-31`), a year before 1 AD as `0099-01-31 BC`.
+fn json_date(day: NaiveDate) -> String {
+    let (year, era) = pg_year(day.year());
+    format!("{year:04}-{:02}-{:02}{era}", day.month(), day.day())
+}
+
+/// PostgreSQL's year and era of a proleptic Gregorian year (`0` is 1 BC).
+fn pg_year(year: i32) -> (i64, &'static str) {
+    let year = i64::from(year);
+    if year > 0 {
+        (year, "")
+    } else {
+        (1 - year, " BC")
     }
 }
 

@@ -55,4 +55,5 @@ mod people;
 mod queries;
 mod registry;
 mod reports;
+mod review;
 mod timescaledb;
