@@ -66,7 +66,7 @@ pub(crate) trait Dialect: Clone + std::fmt::Debug + Send + Sync + 'static {
 /// Implements a leaf trait for both stores from one body, the way
 /// vaultwarden's `db_run!` runs one body on each backend: the body's SQL
 /// runs unchanged on both (`$n` placeholders, which sqlx-sqlite binds by
-/// position too) and its values go through the dialect's encodings
+/// their number too) and its values go through the dialect's encodings
 /// (`Self::time`, `Self::uuid`, `Self::list`). Each expansion is concrete
 /// code, so no sqlx trait bounds are needed. Statements whose SQL differs
 /// are written per dialect instead.
