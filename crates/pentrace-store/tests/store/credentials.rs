@@ -2,7 +2,7 @@
 //! revocation, every change audited in the clinic's chain.
 
 use pentrace_domain::audit::Actor;
-use pentrace_store::{Clinic, CredentialKind, NewDeviceCredential, StoreError};
+use pentrace_store::{CredentialKind, NewDeviceCredential, StoreError};
 
 use crate::fixture::TestStore;
 use crate::helpers::*;
@@ -26,15 +26,7 @@ fn new(kind: CredentialKind, principal: &str, clinic: Option<&str>, fp: u8) -> N
 
 async fn credentials_belong_to_a_pen_or_a_clinics_gateway(store: TestStore) {
     registry(&store, &["pen-a"]).await;
-    let clinic2 = Clinic {
-        id: "clinic-2".into(),
-        name: "Two".into(),
-        time_zone: "UTC".into(),
-    };
-    store
-        .upsert_clinic(&clinic2, &Actor::System)
-        .await
-        .expect("clinic");
+    second_clinic(&store).await;
     let actor = Actor::User("admin-1".into());
     let (pen, revoked) = store
         .issue_device_credential(&new(CredentialKind::PenSecret, "pen-a", None, 1), &actor)
@@ -183,15 +175,7 @@ async fn rotation_and_revocation_are_audited_once(store: TestStore) {
 /// A list scoped to clinics holds exactly their credentials.
 async fn credentials_are_listed_by_clinic(store: TestStore) {
     registry(&store, &["pen-a"]).await;
-    let clinic2 = Clinic {
-        id: "clinic-2".into(),
-        name: "Two".into(),
-        time_zone: "UTC".into(),
-    };
-    store
-        .upsert_clinic(&clinic2, &Actor::System)
-        .await
-        .expect("clinic");
+    second_clinic(&store).await;
     let actor = Actor::System;
     for (kind, principal, clinic, fp) in [
         (CredentialKind::PenSecret, "pen-a", None, 1),

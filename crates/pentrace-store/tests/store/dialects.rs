@@ -6,7 +6,7 @@ use pentrace_domain::FlagKind;
 use pentrace_domain::audit::Actor;
 use pentrace_domain::rules::CartridgeRelation;
 use pentrace_store::{
-    Clinic, CommitOutcome, CredentialKind, Device, FlagQuery, Lot, NewDeviceCredential, Product,
+    CommitOutcome, CredentialKind, Device, FlagQuery, Lot, NewDeviceCredential, Product,
     SessionQuery, StoreError, WriteBatch,
 };
 
@@ -81,18 +81,6 @@ fn pen_secret(principal: &str, fp: u8) -> NewDeviceCredential {
         not_after: None,
         replace: false,
     }
-}
-
-async fn second_clinic(store: &TestStore) {
-    let clinic = Clinic {
-        id: "clinic-2".into(),
-        name: "Two".into(),
-        time_zone: "UTC".into(),
-    };
-    store
-        .upsert_clinic(&clinic, &Actor::System)
-        .await
-        .expect("clinic");
 }
 
 async fn credentials_of_every_clinic_or_none_are_listed(store: TestStore) {

@@ -27,6 +27,20 @@ pub fn new_session() -> String {
     Uuid::new_v4().to_string()
 }
 
+/// A second clinic, `clinic-2` (for scoping: nothing of it shows to
+/// `CLINIC`'s people).
+pub async fn second_clinic(store: &TestStore) {
+    let clinic = Clinic {
+        id: "clinic-2".into(),
+        name: "Two".into(),
+        time_zone: "UTC".into(),
+    };
+    store
+        .upsert_clinic(&clinic, &pentrace_domain::audit::Actor::System)
+        .await
+        .expect("clinic");
+}
+
 /// The clinic, the devices, the product `GTIN` and its lot `LOT`.
 pub async fn registry(store: &TestStore, devices: &[&str]) {
     let clinic = Clinic {

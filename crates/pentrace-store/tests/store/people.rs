@@ -3,7 +3,7 @@
 use pentrace_domain::FlagKind;
 use pentrace_domain::audit::Actor;
 use pentrace_store::{
-    Clinic, FlagAction, FlagState, FlagStep, GLOBAL_CHAIN, Role, SignatureMeaning, StoreError, User,
+    FlagAction, FlagState, FlagStep, GLOBAL_CHAIN, Role, SignatureMeaning, StoreError, User,
 };
 use uuid::Uuid;
 
@@ -14,18 +14,6 @@ crate::conformance!(
     users_and_tokens_are_stored_and_audited,
     signed_actions_move_a_flag_through_its_lifecycle,
 );
-
-async fn second_clinic(store: &TestStore) {
-    let clinic = Clinic {
-        id: "clinic-2".into(),
-        name: "Two".into(),
-        time_zone: "UTC".into(),
-    };
-    store
-        .upsert_clinic(&clinic, &Actor::System)
-        .await
-        .expect("clinic");
-}
 
 async fn users_and_tokens_are_stored_and_audited(store: TestStore) {
     registry(&store, &["pen-a"]).await;

@@ -5,7 +5,7 @@ use chrono::{Duration, Utc};
 use pentrace_domain::FlagKind;
 use pentrace_domain::audit::Actor;
 use pentrace_domain::rules::CartridgeRelation;
-use pentrace_store::{Clinic, Device, FlagRecord, WriteBatch};
+use pentrace_store::{Device, FlagRecord, WriteBatch};
 
 use crate::fixture::TestStore;
 use crate::helpers::*;
@@ -49,15 +49,7 @@ fn sessions_of(flags: &[FlagRecord]) -> Vec<Option<&str>> {
 
 async fn a_report_covers_its_clinic_and_period(store: TestStore) {
     registry(&store, &["pen-a"]).await;
-    let clinic = Clinic {
-        id: "clinic-2".into(),
-        name: "Two".into(),
-        time_zone: "UTC".into(),
-    };
-    store
-        .upsert_clinic(&clinic, &Actor::System)
-        .await
-        .expect("clinic");
+    second_clinic(&store).await;
     let device = Device {
         id: "pen-c".into(),
         clinic_id: "clinic-2".into(),
